@@ -1,0 +1,37 @@
+/* Shared CPU helpers: reading frozen weights of any float dtype as f32. */
+#include <string.h>
+
+#include "../ct_error.h"
+#include "../ct_inline.h"
+#include "cpu_kernels.h"
+
+float ct_cpu_load(const ct_tensor *t, int64_t i) {
+    switch (t->dtype) {
+    case CT_BF16: return ct_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case CT_F16: return ct_f16_to_f32(((const uint16_t *)t->data)[i]);
+    default: return ((const float *)t->data)[i];
+    }
+}
+
+int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst) {
+    int64_t cols = ct_dim_from_end(w, 1);
+    size_t off = (size_t)r0 * (size_t)cols;
+    size_t count = (size_t)n * (size_t)cols;
+    switch (w->dtype) {
+    case CT_F32: memcpy(dst, (const float *)w->data + off, count * sizeof(float)); return CT_OK;
+    case CT_BF16:
+    case CT_F16: return ct_convert(dst, CT_F32, (const uint16_t *)w->data + off, w->dtype, (int64_t)count);
+    default:
+        return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
+                         w->name ? w->name : "?", ct_dtype_name(w->dtype));
+    }
+}
+
+int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y) {
+    const float *xs = x->data;
+    float *ys = y->data;
+    int64_t n = ct_numel(x);
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; i++) ys[i] += alpha * xs[i];
+    return CT_OK;
+}

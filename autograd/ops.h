@@ -1,0 +1,50 @@
+/* The op set. Each op checks shapes, runs its forward kernel on the tape's
+ * backend and records itself when a gradient may flow. Every op returns a new
+ * tensor from the tape's arena, or NULL with the error message set.
+ * Shapes: T = tokens (batch rows × sequence, flattened), D = hidden size. */
+#ifndef CT_OPS_H
+#define CT_OPS_H
+
+#include "backend.h"
+#include "tape.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* [T, D] rows of table [V, D] (frozen or trainable) for ids (i32 [T]). */
+ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids);
+
+/* x [.., D] * rsqrt(mean(x²) + eps) * w [D]; statistics in fp32. */
+ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps);
+
+/* Rotary embedding of x [T, H*head_dim] at positions pos (i32 [T]); see
+ * ct_rope_params for which heads rotate. */
+ct_tensor *ct_rope(ct_tape *t, ct_tensor *x, ct_tensor *pos, const ct_rope_params *p);
+
+/* Causal, grouped-KV attention on InternLM2's packed qkv [T, Hkv*(G+2)*hd];
+ * seg (i32 [T], equal values form one sample; samples are contiguous) keeps
+ * packed samples apart, NULL = one sequence. Returns [T, Hq*hd]. */
+ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_attn_params *p);
+
+/* silu(gate) * up, both [.., F]. */
+ct_tensor *ct_swiglu(ct_tape *t, ct_tensor *gate, ct_tensor *up);
+
+/* a + b (same shape): the residual connection. */
+ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b);
+
+/* x [T, in] -> [T, out] through a frozen base weight plus LoRA (see ct_linear).
+ * Grads: dx when x requires grad, dA/dB when they do; never the base weight. */
+ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin);
+
+/* Output projection fused with the loss: sum over trained tokens of
+ * -log softmax(x·Wᵀ)[label], divided by `norm` (norm <= 0: by the number of
+ * trained tokens of these labels, i.e. the mean). labels i32 [T], -100 ignored.
+ * Returns a 1-element f32 tensor; *n_trained (may be NULL) gets the count. */
+ct_tensor *ct_linear_cross_entropy(ct_tape *t, ct_tensor *x, const ct_linear *head,
+                                   ct_tensor *labels, float norm, int64_t *n_trained);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,32 @@
+/* add: y = a + b. Backward: da += dy, db += dy. */
+#include "../ct_error.h"
+#include "../ops.h"
+
+static int add_backward(ct_tape *t, const ct_tape_entry *e) {
+    for (int i = 0; i < 2; i++) {
+        ct_tensor *x = e->in[i];
+        if (!x->requires_grad) continue;
+        ct_tensor *g = ct_grad(t, x);
+        if (!g) return CT_ERUNTIME;
+        CT_TRY(t->be->axpy(1.0f, e->out->grad, g));
+    }
+    return CT_OK;
+}
+
+static const ct_op_def k_add = {"add", add_backward};
+
+ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) {
+    char sa[64], sb[64];
+    if (!ct_same_shape(a, b) || a->dtype != CT_F32 || b->dtype != CT_F32) {
+        ct_errorf(CT_ERUNTIME, "add: shapes %s and %s (%s, %s) must match and be f32",
+                  ct_shape_str(a, sa, sizeof sa), ct_shape_str(b, sb, sizeof sb),
+                  ct_dtype_name(a->dtype), ct_dtype_name(b->dtype));
+        return NULL;
+    }
+    ct_tensor *y = ct_tape_new_like(t, a);
+    if (!y) return NULL;
+    if (t->be->copy(y->data, a->data, ct_nbytes(a)) || t->be->axpy(1.0f, b, y)) return NULL;
+    ct_tensor *in[2] = {a, b};
+    if (ct_tape_record(t, &k_add, y, in, 2, NULL)) return NULL;
+    return y;
+}

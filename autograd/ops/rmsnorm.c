@@ -1,0 +1,42 @@
+/* rmsnorm: saves the per-row rstd [rows] for backward. */
+#include "../ct_error.h"
+#include "../ops.h"
+
+typedef struct {
+    ct_tensor *rstd; /* [rows] f32 */
+    float eps;
+} rmsnorm_saved;
+
+static int rmsnorm_backward(ct_tape *t, const ct_tape_entry *e) {
+    const rmsnorm_saved *s = e->saved;
+    ct_tensor *x = e->in[0], *w = e->in[1];
+    ct_tensor *dx = NULL, *dw = NULL;
+    if (x->requires_grad && !(dx = ct_grad(t, x))) return CT_ERUNTIME;
+    if (w->requires_grad && !(dw = ct_grad(t, w))) return CT_ERUNTIME;
+    return t->be->rmsnorm_bwd(x, w, s->rstd, e->out->grad, dx, dw);
+}
+
+static const ct_op_def k_rmsnorm = {"rmsnorm", rmsnorm_backward};
+
+ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps) {
+    if (x->dtype != CT_F32 || ct_numel(w) != ct_dim_from_end(x, 1) ||
+        (w->requires_grad && w->dtype != CT_F32)) {
+        ct_errorf(CT_EINPUT, "rmsnorm: x must be f32 with last dim %lld = weight size %lld (trainable weight f32)",
+                  (long long)ct_dim_from_end(x, 1), (long long)ct_numel(w));
+        return NULL;
+    }
+    ct_tensor *in[2] = {x, w};
+    bool grad = ct_tape_wants_grad(t, in, 2);
+    ct_tensor *y = ct_tape_new_like(t, x);
+    if (!y) return NULL;
+    rmsnorm_saved *s = NULL;
+    if (grad) {
+        int64_t rows = ct_rows(x);
+        s = ct_tape_meta(t, sizeof *s);
+        if (!s || !(s->rstd = ct_tape_new(t, CT_F32, 1, &rows))) return NULL;
+        s->eps = eps;
+    }
+    if (t->be->rmsnorm_fwd(x, w, eps, y, s ? s->rstd : NULL)) return NULL;
+    if (ct_tape_record(t, &k_rmsnorm, y, in, 2, s)) return NULL;
+    return y;
+}

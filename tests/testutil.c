@@ -1,0 +1,89 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "autograd/ct_inline.h"
+
+int ct_test_checks, ct_test_failures;
+
+int ct_test_finish(void) {
+    printf("%d passed, %d failed\n", ct_test_checks - ct_test_failures, ct_test_failures);
+    return ct_test_failures ? 1 : 0;
+}
+
+double ct_test_uniform(ct_test_rng *r) {
+    r->s = ct_mix64(r->s);
+    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
+}
+
+double ct_test_normal(ct_test_rng *r) {
+    double u1 = ct_test_uniform(r), u2 = ct_test_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void ct_test_fill(ct_test_rng *r, float *x, int64_t n, double scale) {
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(scale * ct_test_normal(r));
+}
+
+void ct_fd_grad(ct_fd_fn f, void *ctx, double *x, int64_t n, double h, double *g) {
+    for (int64_t i = 0; i < n; i++) {
+        double keep = x[i];
+        x[i] = keep + h;
+        double fp = f(ctx);
+        x[i] = keep - h;
+        double fm = f(ctx);
+        x[i] = keep;
+        g[i] = (fp - fm) / (2.0 * h);
+    }
+}
+
+static bool close_report(const char *what, const float *got, const void *want, bool want_f32,
+                         int64_t n, double atol, double rtol) {
+    int64_t worst = -1, bad = 0;
+    double worst_excess = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double w = want_f32 ? ((const float *)want)[i] : ((const double *)want)[i];
+        double d = fabs((double)got[i] - w);
+        double lim = atol + rtol * fabs(w);
+        if (!(d <= lim)) { /* also catches NaN */
+            bad++;
+            double excess = isnan(d) ? INFINITY : d / lim;
+            if (worst < 0 || excess > worst_excess) {
+                worst = i;
+                worst_excess = excess;
+            }
+        }
+    }
+    ct_test_checks++;
+    if (bad) {
+        ct_test_failures++;
+        double w = want_f32 ? ((const float *)want)[worst] : ((const double *)want)[worst];
+        fprintf(stderr, "%s: %lld of %lld elements differ; worst [%lld]: got %.9g want %.9g (atol %g rtol %g)\n",
+                what, (long long)bad, (long long)n, (long long)worst, (double)got[worst], w, atol, rtol);
+        return false;
+    }
+    return true;
+}
+
+bool ct_check_close(const char *what, const float *got, const double *want, int64_t n,
+                    double atol, double rtol) {
+    return close_report(what, got, want, false, n, atol, rtol);
+}
+
+bool ct_check_close_f(const char *what, const float *got, const float *want, int64_t n,
+                      double atol, double rtol) {
+    return close_report(what, got, want, true, n, atol, rtol);
+}
+
+const char *ct_fixture(const char *rel, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s/%s", CT_FIXTURES, rel);
+    if (access(buf, R_OK) != 0) {
+        fprintf(stderr, "fixture %s not found: skipping (needs ../shared/fixtures)\n", buf);
+        return NULL;
+    }
+    return buf;
+}

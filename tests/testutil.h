@@ -1,0 +1,60 @@
+/* Test helpers: checks that count failures, seeded random inputs, central
+ * finite differences in double precision, closeness with a report of the worst
+ * element, and fixture paths. A test's main ends with `return ct_test_finish();`. */
+#ifndef CT_TESTUTIL_H
+#define CT_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "autograd/ct_error.h"
+
+#define CT_TEST_SKIP 77 /* ctest SKIP_RETURN_CODE */
+
+extern int ct_test_checks, ct_test_failures;
+
+#define CHECK(cond, ...)                                                           \
+    do {                                                                           \
+        ct_test_checks++;                                                          \
+        if (!(cond)) {                                                             \
+            ct_test_failures++;                                                    \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                          \
+            fputc('\n', stderr);                                                   \
+        }                                                                          \
+    } while (0)
+
+/* Checks that a ct_status-returning expression succeeded; prints the message. */
+#define CHECK_OK(expr) CHECK((expr) == 0, "%s", ct_last_error())
+/* Checks that a pointer-returning op succeeded. */
+#define CHECK_PTR(p) CHECK((p) != NULL, "%s", ct_last_error())
+
+/* Prints "<N> passed, <M> failed" and returns the exit code. */
+int ct_test_finish(void);
+
+/* Deterministic random numbers for inputs. */
+typedef struct {
+    uint64_t s;
+} ct_test_rng;
+double ct_test_uniform(ct_test_rng *r);                /* [0, 1) */
+double ct_test_normal(ct_test_rng *r);                 /* N(0, 1) */
+void ct_test_fill(ct_test_rng *r, float *x, int64_t n, double scale); /* N(0, scale²) */
+
+/* Central differences of f at x (double[n], restored afterwards):
+ * g[i] = (f(x+h e_i) - f(x-h e_i)) / 2h. */
+typedef double (*ct_fd_fn)(void *ctx);
+void ct_fd_grad(ct_fd_fn f, void *ctx, double *x, int64_t n, double h, double *g);
+
+/* |got - want| <= atol + rtol * |want| everywhere; on failure prints the worst
+ * element and counts one failed check. Returns true when close. */
+bool ct_check_close(const char *what, const float *got, const double *want, int64_t n,
+                    double atol, double rtol);
+bool ct_check_close_f(const char *what, const float *got, const float *want, int64_t n,
+                      double atol, double rtol);
+
+/* Path of a shared fixture ("stories260k-internlm2/config.json") into buf, or
+ * NULL (with a message) when ../shared/fixtures is absent: the test then skips. */
+const char *ct_fixture(const char *rel, char *buf, size_t cap);
+
+#endif

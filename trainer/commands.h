@@ -1,0 +1,19 @@
+/* Subcommands of the ctuner binary. Each takes (argc, argv) with argv[0] the
+ * command name and returns a ct_status (0 ok, CT_ERUNTIME, CT_EINPUT) with the
+ * message set, or CT_ARGS_HELP after printing its help. main() maps that to
+ * the exit code. */
+#ifndef CT_COMMANDS_H
+#define CT_COMMANDS_H
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} ct_command;
+
+/* The table, terminated by a {NULL} entry. */
+extern const ct_command ct_commands[];
+
+int ct_cmd_info(int argc, char **argv);
+
+#endif
