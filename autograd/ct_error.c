@@ -7,12 +7,14 @@
 #define CT_ERROR_CAP 2048
 
 static _Thread_local char g_msg[CT_ERROR_CAP];
+static _Thread_local int g_code;
 
 int ct_errorf(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g_msg, sizeof g_msg, fmt, ap);
     va_end(ap);
+    g_code = code;
     return code;
 }
 
@@ -32,9 +34,15 @@ int ct_error_wrap(int code, const char *fmt, ...) {
     size_t m = strnlen(old, room);
     memcpy(g_msg + n + 2, old, m);
     g_msg[n + 2 + m] = '\0';
+    g_code = code;
     return code;
 }
 
 const char *ct_last_error(void) { return g_msg; }
 
-void ct_error_clear(void) { g_msg[0] = '\0'; }
+int ct_last_status(void) { return g_code ? g_code : CT_ERUNTIME; }
+
+void ct_error_clear(void) {
+    g_msg[0] = '\0';
+    g_code = 0;
+}

@@ -26,6 +26,10 @@ int ct_error_wrap(int code, const char *fmt, ...) __attribute__((format(printf, 
 /* The current message; never NULL (empty when none). Owned by the library. */
 const char *ct_last_error(void);
 
+/* The code of the last ct_errorf/ct_error_wrap (CT_ERUNTIME when none): how
+ * callers of NULL-returning functions (the ops) recover CT_EINPUT vs CT_ERUNTIME. */
+int ct_last_status(void);
+
 void ct_error_clear(void);
 
 /* Propagate a non-zero status from an expression. */

@@ -171,8 +171,10 @@ static int checkpoint_backward(ct_tape *t, const ct_tape_entry *e) {
 static const ct_op_def k_checkpoint_op = {"checkpoint", checkpoint_backward};
 
 int ct_checkpoint(ct_tape *t, ct_segment_fn fn, void *ctx, ct_tensor *in, ct_tensor **out) {
-    if (!t->recording) return fn(t, ctx, in, out); /* no_grad: nothing to save */
+    /* Nesting is refused first: inside a segment's forward recording is off, so
+     * the no_grad shortcut below would otherwise let it pass until backward. */
     if (t->in_checkpoint) return ct_errorf(CT_ERUNTIME, "checkpoint: segments do not nest");
+    if (!t->recording) return fn(t, ctx, in, out); /* no_grad: nothing to save */
 
     /* Forward without recording; intermediates go to scratch and are dropped. */
     ct_arena_mark scratch_mark = ct_arena_get_mark(&t->scratch);
@@ -223,7 +225,8 @@ ct_tensor *ct_tensor_new(const ct_backend *be, ct_dtype dt, int ndim, const int6
         free(t);
         return NULL;
     }
-    t->data = be->mem.alloc(ct_nbytes(t));
+    size_t bytes = ct_nbytes(t);
+    t->data = be->mem.alloc(bytes);
     if (!t->data) goto oom;
     if (with_grad) {
         t->grad = calloc(1, sizeof *t->grad);
@@ -235,9 +238,9 @@ ct_tensor *ct_tensor_new(const ct_backend *be, ct_dtype dt, int ndim, const int6
     }
     return t;
 oom:
-    ct_tensor_free(be, t);
+    ct_tensor_free(be, t); /* t is gone: the message uses `bytes`, taken before */
     ct_errorf(CT_ERUNTIME, "out of memory allocating a %s tensor of %zu bytes", ct_dtype_name(dt),
-              ct_dtype_bytes(dt, ct_numel(t)));
+              bytes);
     return NULL;
 }
 

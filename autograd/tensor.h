@@ -37,7 +37,8 @@ typedef struct ct_tensor {
     struct ct_tensor *grad; /* f32, same shape; NULL until a gradient reaches it */
     bool requires_grad;     /* trainable leaf, or computed from one while recording */
     const char *name;       /* for messages; may be NULL; not owned */
-    const void *quant;      /* quantization state for CT_NF4 weights; not owned */
+    const void *quant;      /* CT_NF4 (nf4 or fp4) weights: their ct_quant_state (quant.h),
+                               whose codes are `data`; not owned */
 } ct_tensor;
 
 const char *ct_dtype_name(ct_dtype dt);
