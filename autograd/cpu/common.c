@@ -1,8 +1,9 @@
-/* Shared CPU helpers: reading frozen weights of any float dtype as f32. */
+/* Shared CPU helpers: reading frozen weights of any float dtype (and nf4/fp4) as f32. */
 #include <string.h>
 
 #include "../ct_error.h"
 #include "../ct_inline.h"
+#include "../quant.h"
 #include "cpu_kernels.h"
 
 float ct_cpu_load(const ct_tensor *t, int64_t i) {
@@ -21,6 +22,15 @@ int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst
     case CT_F32: memcpy(dst, (const float *)w->data + off, count * sizeof(float)); return CT_OK;
     case CT_BF16:
     case CT_F16: return ct_convert(dst, CT_F32, (const uint16_t *)w->data + off, w->dtype, (int64_t)count);
+    case CT_NF4: {
+        /* nf4/fp4: rows are a range of the flattened weight; blocks may span rows. */
+        const ct_quant_state *st = w->quant;
+        CT_TRY(ct_quant_check(st, w->name));
+        if (st->n != ct_numel(w))
+            return ct_errorf(CT_EINPUT, "weight %s: quant state holds %lld elements, the tensor %lld",
+                             w->name ? w->name : "?", (long long)st->n, (long long)ct_numel(w));
+        return ct_quant_dequantize(st, (int64_t)off, (int64_t)count, dst);
+    }
     default:
         return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
                          w->name ? w->name : "?", ct_dtype_name(w->dtype));
