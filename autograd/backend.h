@@ -106,7 +106,9 @@ typedef struct ct_backend {
     int (*axpy)(float alpha, const ct_tensor *x, ct_tensor *y);
 
     /* y [T,out] = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ; u [T,r] = drop(x)·Aᵀ saved (NULL when
-     * lin->a is NULL). `seed` picks the dropout mask (ct_uniform(seed, t*in+i) < p). */
+     * lin->a is NULL, or when nothing is saved: then a scratch temporary). `seed`
+     * picks the dropout mask (ct_uniform(seed, t*in+i) < p, kept ones × 1/(1-p));
+     * lin->dropout is what applies (the op zeroes it outside training). */
     int (*lora_linear_fwd)(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
                            ct_tensor *u, ct_arena *scratch);
     int (*lora_linear_bwd)(const ct_tensor *x, const ct_linear *lin, uint64_t seed,
@@ -117,7 +119,10 @@ typedef struct ct_backend {
      * ignored), computed over chunks so T×V logits never exist whole.
      * Writes the sum of NLL over trained tokens to *nll_sum and their count to
      * *n_trained. When dx/da/db are non-NULL, accumulates the gradient of
-     * (grad_scale * nll_sum) into them in the same pass. */
+     * (grad_scale * nll_sum) into them in the same pass. A label outside [0, V)
+     * other than -100 is CT_EINPUT naming its position. With head->dropout > 0 the
+     * LoRA input mask is ct_uniform(head->id, t*D+i) < p: the op passes a copy of
+     * the head whose id is already the mixed step seed. */
     int (*linear_xent_fwd)(const ct_tensor *x, const ct_linear *head, const ct_tensor *labels,
                            float grad_scale, double *nll_sum, int64_t *n_trained,
                            ct_tensor *dx, ct_tensor *da, ct_tensor *db, ct_arena *scratch);

@@ -12,6 +12,27 @@ float ct_cpu_load(const ct_tensor *t, int64_t i);
 int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst);
 
 int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
+/* Frozen-weight GEMMs (cpu/lora_linear.c), shared by lora_linear and
+ * linear_xent. W [N, K] is frozen in any weight dtype: f32 goes straight to
+ * sgemm, others are converted per row tile into `scratch` (released on return).
+ * ct_cpu_gemm_xwt: C [M, N] (row stride ldc) = alpha·X·Wᵀ + beta·C, X [M, K] (ldx).
+ * ct_cpu_gemm_gw:  C [M, K] (row stride ldc) += alpha·G·W,          G [M, N] (ldg). */
+int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
+                    float beta, float *c, int64_t ldc, ct_arena *scratch);
+int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, float alpha,
+                   float *c, int64_t ldc, ct_arena *scratch);
+/* Bound on one converted f32 weight tile (default 4 MiB; 0 restores it). Returns
+ * the previous bound. Not thread-safe: for tests and benchmarks. */
+size_t ct_cpu_set_weight_tile_bytes(size_t bytes);
+/* dst [m, cols] = dropout of src [m, cols] (may be the same buffer): element (j, i)
+ * is zeroed when ct_uniform(seed, row*cols + i) < p, row = rows ? rows[j] : row0 + j,
+ * and kept ones are scaled by 1/(1-p). */
+void ct_cpu_dropout_rows(const float *src, float *dst, int64_t m, int64_t cols,
+                         const int64_t *rows, int64_t row0, uint64_t seed, float p);
+/* Bound on the [chunk, V] logits buffer of linear_xent (default 32 MiB; 0 restores
+ * it). Returns the previous bound. Not thread-safe: for tests and benchmarks. */
+size_t ct_cpu_set_xent_chunk_bytes(size_t bytes);
+
 
 int ct_cpu_embedding_fwd(const ct_tensor *table, const ct_tensor *ids, ct_tensor *y);
 int ct_cpu_embedding_bwd(const ct_tensor *ids, const ct_tensor *dy, ct_tensor *dtable);

@@ -1,0 +1,533 @@
+/* Causal, grouped-KV, segment-aware attention on InternLM2's packed qkv,
+ * computed blockwise ("flash attention") on the CPU.
+ *
+ * Layout: a qkv row holds, for each KV head g, G query heads, then k_g, then
+ * v_g (head_dim each); query head h reads KV head h / G. Key j is visible to
+ * query i iff j <= i and both lie in the same run of equal seg values, so query
+ * i sees the keys [start(i), i] and key j is seen by the queries [j, end(j)).
+ *
+ * Forward, per (query head, block of BLK queries): walk the visible key blocks
+ * with an online softmax (running max m, sum l, unnormalised O), then
+ * out = O / l and lse = m + log l. Only out and lse [Hq, T] are kept. Scores
+ * are computed transposed (Sᵀ = K·Qᵀ, one row per key) so the softmax
+ * statistics are element-wise over queries and vectorize, and Qᵀ is packed
+ * once per query block instead of packing Kᵀ for every key block.
+ * Backward (FlashAttention-2), work item = a KV head (split by query heads when
+ * there are too few KV heads for the threads); per query head, per key block,
+ * recompute P = exp(S - lse) for every query block that sees the keys, with
+ * D_i = rowsum(dO_i * O_i):
+ *   dV += Pᵀ·dO,  dS = P * (dO·Vᵀ - D),  dK += scale·dSᵀ·Q,  dQ += scale·dS·K.
+ * Each dQ row belongs to one work item and each dK/dV row to one (item, key
+ * block), so every sum runs in a fixed order: results do not depend on the
+ * schedule. No T×T buffer exists; per-thread tiles live in `scratch`.
+ *
+ * K and V are packed once per call into contiguous zero-padded rows, and the
+ * backward packs Q and dO of one head at a time, so the inner loops never walk
+ * strided qkv rows. Block products use one register-blocked kernel (mm_tile):
+ * tile rows are padded to 4, columns to 16. */
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "../ct_error.h"
+#include "cpu_kernels.h"
+
+enum { BLK = 64 }; /* queries and keys per block */
+
+/* One SIMD register of floats: 8 with AVX, else 4 (wider generic vectors
+ * without hardware support compile to slow piecewise code). Loads and stores
+ * go through memcpy: no alignment or aliasing assumptions. */
+#ifdef __AVX__
+enum { VL = 8 };
+#else
+enum { VL = 4 };
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+
+/* Left alone, gcc re-loads b0/b1 as a memory operand of each of their four
+ * multiplies; the loads, not the arithmetic, then bound the tile kernel
+ * (~20% slower). An empty asm that "modifies" them pins them in registers. */
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(__i386__))
+#define KEEP_IN_REGISTERS(x, y) __asm__("" : "+x"(x), "+x"(y))
+#else
+#define KEEP_IN_REGISTERS(x, y) ((void)0)
+#endif
+
+static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/* C[M×N] (acc ? += : =) A·B with A(i,k) = A[i*sai + k*sak] (so a transposed
+ * operand needs no copy), B [K×N] row stride ldb, C row stride ldc;
+ * M % 4 == 0, N % 16 == 0. Each C element is summed over k in order
+ * (reproducible); a 4×(2·VL) block of C stays in registers. */
+static void mm_tile(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak,
+                    const float *B, int64_t ldb, float *C, int64_t ldc, bool acc) {
+    const size_t vb = sizeof(vf);
+    for (int64_t i = 0; i < M; i += 4) {
+        for (int64_t j = 0; j < N; j += 2 * VL) {
+            float *c0 = C + (size_t)i * (size_t)ldc + (size_t)j, *c1 = c0 + ldc, *c2 = c1 + ldc,
+                  *c3 = c2 + ldc;
+            vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0},
+               c31 = {0};
+            if (acc) {
+                memcpy(&c00, c0, vb);
+                memcpy(&c01, c0 + VL, vb);
+                memcpy(&c10, c1, vb);
+                memcpy(&c11, c1 + VL, vb);
+                memcpy(&c20, c2, vb);
+                memcpy(&c21, c2 + VL, vb);
+                memcpy(&c30, c3, vb);
+                memcpy(&c31, c3 + VL, vb);
+            }
+            const float *a = A + (size_t)i * (size_t)sai, *b = B + (size_t)j;
+            for (int64_t k = 0; k < K; k++, a += sak, b += ldb) {
+                vf b0, b1;
+                memcpy(&b0, b, vb);
+                memcpy(&b1, b + VL, vb);
+                KEEP_IN_REGISTERS(b0, b1);
+                float a0 = a[0], a1 = a[sai], a2 = a[2 * sai], a3 = a[3 * sai];
+                c00 += a0 * b0;
+                c01 += a0 * b1;
+                c10 += a1 * b0;
+                c11 += a1 * b1;
+                c20 += a2 * b0;
+                c21 += a2 * b1;
+                c30 += a3 * b0;
+                c31 += a3 * b1;
+            }
+            memcpy(c0, &c00, vb);
+            memcpy(c0 + VL, &c01, vb);
+            memcpy(c1, &c10, vb);
+            memcpy(c1 + VL, &c11, vb);
+            memcpy(c2, &c20, vb);
+            memcpy(c2 + VL, &c21, vb);
+            memcpy(c3, &c30, vb);
+            memcpy(c3 + VL, &c31, vb);
+        }
+    }
+}
+
+/* e^x in fp32 (Cephes expf: range reduction by ln 2, degree-6 polynomial,
+ * ~1-2 ulp), x clamped to [-87, 88] (so e^-inf gives ~1e-38, not 0: callers
+ * write masked entries themselves). Branch-free arithmetic, so the loops that
+ * call it vectorize; libm's expf would be called once per element. */
+static inline float exp_poly(float x) {
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln2) */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n; n in [-126, 127] */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+/* The problem, resolved once per call. */
+typedef struct {
+    int64_t T, C;       /* tokens; qkv row width Hkv*(G+2)*hd */
+    int64_t Hkv, G, Hq; /* KV heads, query heads per KV head, query heads */
+    int64_t hd, hdp;    /* head_dim; padded to 16 */
+    float scale;
+    const int64_t *start; /* (T) first token of each token's sample */
+    const int64_t *end;   /* (T) one past the last token of each token's sample */
+} attn_dims;
+
+static size_t q_col(const attn_dims *a, int64_t h) {
+    return (size_t)(((h / a->G) * (a->G + 2) + h % a->G) * a->hd);
+}
+static size_t k_col(const attn_dims *a, int64_t g) { return (size_t)((g * (a->G + 2) + a->G) * a->hd); }
+static size_t v_col(const attn_dims *a, int64_t g) { return k_col(a, g) + (size_t)a->hd; }
+
+/* dst [n_pad, hdp] = mul * src rows r0.. (row stride ld, hd columns from col),
+ * zero padded to n_pad rows and hdp columns. */
+static void pack_rows(const attn_dims *a, const float *src, int64_t ld, size_t col, int64_t r0,
+                      int64_t n, int64_t n_pad, float mul, float *dst) {
+    for (int64_t r = 0; r < n_pad; r++) {
+        float *d = dst + (size_t)r * (size_t)a->hdp;
+        if (r < n) {
+            const float *s = src + (size_t)(r0 + r) * (size_t)ld + col;
+            for (int64_t c = 0; c < a->hd; c++) d[c] = mul * s[c];
+            for (int64_t c = a->hd; c < a->hdp; c++) d[c] = 0.0f;
+        } else {
+            memset(d, 0, (size_t)a->hdp * sizeof *d);
+        }
+    }
+}
+
+/* dst [hd, BLK] = mul * transpose of qkv rows r0.. (hd columns from col),
+ * columns n.. zero up to n_pad. */
+static void pack_cols(const attn_dims *a, const float *qkv, size_t col, int64_t r0, int64_t n,
+                      int64_t n_pad, float mul, float *dst) {
+    for (int64_t r = 0; r < n; r++) {
+        const float *s = qkv + (size_t)(r0 + r) * (size_t)a->C + col;
+        for (int64_t c = 0; c < a->hd; c++) dst[(size_t)c * BLK + (size_t)r] = mul * s[c];
+    }
+    for (int64_t c = 0; c < a->hd; c++)
+        for (int64_t r = n; r < n_pad; r++) dst[(size_t)c * BLK + (size_t)r] = 0.0f;
+}
+
+/* [*lo, *hi) = [x_lo - base, x_hi - base) clamped to [0, n] (empty when equal). */
+static void clamp_range(int64_t x_lo, int64_t x_hi, int64_t base, int64_t n, int64_t *lo,
+                        int64_t *hi) {
+    int64_t l = x_lo - base, h = x_hi - base;
+    l = l < 0 ? 0 : l > n ? n : l;
+    h = h > n ? n : h < l ? l : h;
+    *lo = l;
+    *hi = h;
+}
+
+/* Run starts and ends from seg (NULL: one sequence). */
+static void segment_bounds(const ct_tensor *seg, int64_t T, int64_t *start, int64_t *end) {
+    const int32_t *s = seg ? seg->data : NULL;
+    for (int64_t i = 0; i < T; i++)
+        start[i] = (i > 0 && (!s || s[i] == s[i - 1])) ? start[i - 1] : i;
+    for (int64_t i = T - 1; i >= 0; i--)
+        end[i] = (i < T - 1 && (!s || s[i] == s[i + 1])) ? end[i + 1] : i + 1;
+}
+
+static int dims_init(attn_dims *a, const ct_tensor *qkv, const ct_attn_params *p) {
+    a->T = ct_rows(qkv);
+    a->C = ct_dim_from_end(qkv, 1);
+    a->Hkv = p->n_kv_heads;
+    a->G = p->group;
+    a->Hq = a->Hkv * a->G;
+    a->hd = p->head_dim;
+    a->hdp = round_up(a->hd, 16);
+    a->scale = p->scale;
+    if (a->Hkv < 1 || a->G < 1 || a->hd < 1 || a->C != a->Hkv * (a->G + 2) * a->hd)
+        return ct_errorf(CT_EINPUT, "attention: qkv width %lld does not match %lld kv heads × (%lld+2) × head_dim %lld",
+                         (long long)a->C, (long long)a->Hkv, (long long)a->G, (long long)a->hd);
+    return CT_OK;
+}
+
+/* K and V of every KV head, packed once per call: kv [Hkv, 2, Tp, hdp] with
+ * Tp = T + 4 (zero rows let a tile's rows run up to 3 past T). Shared,
+ * read-only, by all work items: no strided qkv rows in the inner loops. */
+static int64_t kv_rows(const attn_dims *a) { return a->T + 4; }
+
+static const float *kv_at(const attn_dims *a, const float *kv, int64_t g, int which) {
+    return kv + (size_t)(2 * g + which) * (size_t)kv_rows(a) * (size_t)a->hdp;
+}
+
+static void pack_kv(const attn_dims *a, const float *qkv, float *kv, bool par) {
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t e = 0; e < 2 * a->Hkv; e++) /* e = 2g (k) or 2g+1 (v) */
+        pack_rows(a, qkv, a->C, k_col(a, e / 2) + (size_t)(e % 2) * (size_t)a->hd, 0, a->T,
+                  kv_rows(a), 1.0f, kv + (size_t)e * (size_t)kv_rows(a) * (size_t)a->hdp);
+}
+
+/* ---------------- forward ---------------- */
+
+typedef struct {
+    float *qt;         /* (hd, BLK) (scale·Q)ᵀ of the query block */
+    float *o;          /* (BLK, hdp) unnormalised output */
+    float *pt;         /* (BLK, BLK) Sᵀ (key, query), then Pᵀ */
+    float *m, *l;      /* (BLK) running max and sum per query */
+    float *mx, *alpha; /* (BLK) block max; rescale factor of old O and l */
+} fwd_ws;
+
+static size_t fwd_ws_floats(const attn_dims *a) {
+    return (size_t)(2 * BLK * a->hdp + BLK * BLK + 4 * BLK);
+}
+
+static void fwd_ws_carve(const attn_dims *a, float *base, fwd_ws *w) {
+    size_t tile = (size_t)(BLK * a->hdp);
+    w->qt = base;
+    w->o = w->qt + tile;
+    w->pt = w->o + tile;
+    w->m = w->pt + BLK * BLK;
+    w->l = w->m + BLK;
+    w->mx = w->l + BLK;
+    w->alpha = w->mx + BLK;
+}
+
+/* Online-softmax update with the key block's scores w->pt [nk, nqp]: turns them
+ * into Pᵀ (0 where masked) and rescales m, l and O. */
+static void fwd_softmax(const attn_dims *a, int64_t i0, int64_t nq, int64_t nqp, int64_t k0,
+                        int64_t nk, const fwd_ws *w) {
+    float *m = w->m, *l = w->l, *mx = w->mx, *alpha = w->alpha;
+    for (int64_t i = 0; i < nqp; i++) mx[i] = -INFINITY;
+    for (int64_t j = 0; j < nk; j++) { /* key k0+j is seen by queries [k0+j, end) */
+        const float *s = w->pt + (size_t)j * BLK;
+        int64_t lo, hi;
+        clamp_range(k0 + j, a->end[k0 + j], i0, nq, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) mx[i] = s[i] > mx[i] ? s[i] : mx[i];
+    }
+    for (int64_t i = 0; i < nqp; i++) {
+        float mn = mx[i] > m[i] ? mx[i] : m[i];
+        alpha[i] = mn == -INFINITY ? 1.0f : exp_poly(m[i] - mn);
+        m[i] = mn;
+        l[i] *= alpha[i];
+    }
+    for (int64_t j = 0; j < nk; j++) {
+        float *s = w->pt + (size_t)j * BLK;
+        int64_t lo, hi;
+        clamp_range(k0 + j, a->end[k0 + j], i0, nq, &lo, &hi);
+        for (int64_t i = 0; i < lo; i++) s[i] = 0.0f;
+        for (int64_t i = lo; i < hi; i++) s[i] = exp_poly(s[i] - m[i]);
+        for (int64_t i = hi; i < nqp; i++) s[i] = 0.0f;
+        for (int64_t i = 0; i < nqp; i++) l[i] += s[i]; /* keys summed in order */
+    }
+    for (int64_t i = 0; i < nq; i++)
+        if (alpha[i] != 1.0f) {
+            float *o = w->o + (size_t)i * (size_t)a->hdp;
+            for (int64_t d = 0; d < a->hdp; d++) o[d] *= alpha[i];
+        }
+}
+
+/* Output rows [i0, i0+nq) of query head h. */
+static void fwd_block(const attn_dims *a, const float *qkv, const float *kv, int64_t h,
+                      int64_t i0, int64_t nq, float *out, float *lse, const fwd_ws *w) {
+    const int64_t hdp = a->hdp, nq4 = round_up(nq, 4), nqp = round_up(nq, 16);
+    const float *kr = kv_at(a, kv, h / a->G, 0), *vr = kv_at(a, kv, h / a->G, 1);
+    pack_cols(a, qkv, q_col(a, h), i0, nq, nqp, a->scale, w->qt);
+    memset(w->o, 0, (size_t)(nq4 * hdp) * sizeof(float));
+    for (int64_t i = 0; i < nqp; i++) w->m[i] = -INFINITY, w->l[i] = 0.0f;
+
+    for (int64_t k0 = a->start[i0]; k0 < i0 + nq; k0 += BLK) {
+        int64_t nk = i0 + nq - k0 < BLK ? i0 + nq - k0 : BLK, nk4 = round_up(nk, 4);
+        /* Sᵀ = K·(scale·Q)ᵀ   (nk×hd)·(hd×nq); rows past nk are ignored */
+        mm_tile(nk4, nqp, a->hd, kr + (size_t)k0 * (size_t)hdp, hdp, 1, w->qt, BLK, w->pt, BLK,
+                false);
+        fwd_softmax(a, i0, nq, nqp, k0, nk, w);
+        /* O += P·V = (Pᵀ)ᵀ·V   (nq×nk)·(nk×hd) */
+        mm_tile(nq4, hdp, nk, w->pt, 1, BLK, vr + (size_t)k0 * (size_t)hdp, hdp, w->o, hdp, true);
+    }
+    const int64_t out_w = a->Hq * a->hd;
+    for (int64_t r = 0; r < nq; r++) {
+        const float *o = w->o + (size_t)r * (size_t)hdp;
+        float *y = out + (size_t)(i0 + r) * (size_t)out_w + (size_t)(h * a->hd);
+        float inv = 1.0f / w->l[r];
+        for (int64_t d = 0; d < a->hd; d++) y[d] = o[d] * inv;
+        lse[(size_t)h * (size_t)a->T + (size_t)(i0 + r)] = w->m[r] + logf(w->l[r]);
+    }
+}
+
+int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+                         ct_tensor *out, ct_tensor *lse, ct_arena *scratch) {
+    attn_dims a;
+    CT_TRY(dims_init(&a, qkv, p));
+    if (a.T == 0) return CT_OK;
+    const int nt = omp_get_max_threads();
+    const bool par = a.Hq * a.T * a.T * a.hd > (1 << 20);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    int64_t *bounds = ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int64_t)); /* start, end */
+    float *kv = ct_arena_alloc(scratch, (size_t)(2 * a.Hkv * kv_rows(&a) * a.hdp) * sizeof(float));
+    float *ws = ct_arena_alloc(scratch, (size_t)nt * fwd_ws_floats(&a) * sizeof(float));
+    if (!bounds || !kv || !ws) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "attention forward: scratch for T=%lld", (long long)a.T);
+    }
+    segment_bounds(seg, a.T, bounds, bounds + a.T);
+    a.start = bounds;
+    a.end = bounds + a.T;
+    pack_kv(&a, qkv->data, kv, par);
+
+    const float *q = qkv->data;
+    float *o = out->data, *l = lse->data;
+    const int64_t nqb = (a.T + BLK - 1) / BLK, items = a.Hq * nqb;
+    /* Late query blocks see the most keys: hand them out first. */
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int64_t it = 0; it < items; it++) {
+        fwd_ws w;
+        fwd_ws_carve(&a, ws + (size_t)omp_get_thread_num() * fwd_ws_floats(&a), &w);
+        int64_t h = it % a.Hq, qb = nqb - 1 - it / a.Hq;
+        int64_t i0 = qb * BLK, nq = a.T - i0 < BLK ? a.T - i0 : BLK;
+        fwd_block(&a, q, kv, h, i0, nq, o, l, &w);
+    }
+    ct_arena_rewind(scratch, mark);
+    return CT_OK;
+}
+
+/* ---------------- backward ---------------- */
+
+typedef struct {
+    float *kt;   /* (hd, BLK) Kᵀ of the key block */
+    float *vt;   /* (hd, BLK) Vᵀ */
+    float *dk;   /* (BLK, hdp) dK of the key block, summed over query blocks */
+    float *dv;   /* (BLK, hdp) dV likewise */
+    float *p;    /* (BLK, BLK) S (query, key), then P */
+    float *ds;   /* (BLK, BLK) dP, then dS */
+    float *q;    /* (Tp, hdp) scale·Q of the current head, all tokens */
+    float *dout; /* (Tp, hdp) dO of the current head */
+    float *dq;   /* (Tp, hdp) Σ dS·K of the current head (scaled when written out) */
+} bwd_ws;
+
+static size_t bwd_ws_floats(const attn_dims *a) {
+    return (size_t)(4 * BLK * a->hdp + 2 * BLK * BLK + 3 * kv_rows(a) * a->hdp);
+}
+
+static void bwd_ws_carve(const attn_dims *a, float *base, bwd_ws *w) {
+    size_t tile = (size_t)(BLK * a->hdp), all = (size_t)(kv_rows(a) * a->hdp);
+    w->kt = base;
+    w->vt = w->kt + tile;
+    w->dk = w->vt + tile;
+    w->dv = w->dk + tile;
+    w->p = w->dv + tile;
+    w->ds = w->p + BLK * BLK;
+    w->q = w->ds + BLK * BLK;
+    w->dout = w->q + all;
+    w->dq = w->dout + all;
+}
+
+/* Inputs of the backward. */
+typedef struct {
+    const float *qkv, *kv, *out, *lse, *dout;
+    const float *dd; /* (Hq, T) D = rowsum(dO * O) */
+    float *dqkv;
+} bwd_io;
+
+/* Query block [q0, q0+nq) of head h against key block [k0, k0+nk) whose Kᵀ, Vᵀ
+ * are packed in w: adds into w->dk, w->dv and rows of w->dq. Tile rows past nq
+ * (up to 3, real rows of the head's buffers) get P = dS = 0, so they add 0. */
+static void bwd_block(const attn_dims *a, const bwd_io *io, int64_t h, int64_t q0, int64_t nq,
+                      int64_t k0, int64_t nk, const bwd_ws *w) {
+    const int64_t hdp = a->hdp, nq4 = round_up(nq, 4), nkp = round_up(nk, 16);
+    const float *lse = io->lse + (size_t)h * (size_t)a->T, *dd = io->dd + (size_t)h * (size_t)a->T;
+    const float *q = w->q + (size_t)q0 * (size_t)hdp, *dout = w->dout + (size_t)q0 * (size_t)hdp;
+    const float *kr = kv_at(a, io->kv, h / a->G, 0) + (size_t)k0 * (size_t)hdp;
+
+    /* S = (scale·Q)·Kᵀ   (nq×hd)·(hd×nk);  dP = dO·Vᵀ   (nq×hd)·(hd×nk) */
+    mm_tile(nq4, nkp, a->hd, q, hdp, 1, w->kt, BLK, w->p, BLK, false);
+    mm_tile(nq4, nkp, a->hd, dout, hdp, 1, w->vt, BLK, w->ds, BLK, false);
+    for (int64_t r = 0; r < nq4; r++) {
+        float *p = w->p + (size_t)r * BLK, *ds = w->ds + (size_t)r * BLK;
+        int64_t lo = 0, hi = 0, i = q0 + r;
+        if (r < nq) clamp_range(a->start[i], i + 1, k0, nk, &lo, &hi);
+        float li = r < nq ? lse[i] : 0.0f, di = r < nq ? dd[i] : 0.0f;
+        for (int64_t c = 0; c < lo; c++) p[c] = ds[c] = 0.0f;
+        for (int64_t c = lo; c < hi; c++) {
+            p[c] = exp_poly(p[c] - li);
+            ds[c] = p[c] * (ds[c] - di); /* dS = P * (dP - D) */
+        }
+        for (int64_t c = hi; c < nkp; c++) p[c] = ds[c] = 0.0f;
+    }
+    /* dV += Pᵀ·dO   (nk×nq)·(nq×hd) */
+    mm_tile(nkp, hdp, nq, w->p, 1, BLK, dout, hdp, w->dv, hdp, true);
+    /* dK += dSᵀ·(scale·Q)   (nk×nq)·(nq×hd) */
+    mm_tile(nkp, hdp, nq, w->ds, 1, BLK, q, hdp, w->dk, hdp, true);
+    /* dQ/scale += dS·K   (nq×nk)·(nk×hd) */
+    mm_tile(nq4, hdp, nk, w->ds, BLK, 1, kr, hdp, w->dq + (size_t)q0 * (size_t)hdp, hdp, true);
+}
+
+/* Work item: query heads [h0, h1) of KV head g. Their dK/dV contributions are
+ * added into dkv (row stride ldkv, k at column kc, v at kc + hd), head by head
+ * and key block by key block; dQ goes straight into dqkv. */
+static void bwd_item(const attn_dims *a, const bwd_io *io, int64_t g, int64_t h0, int64_t h1,
+                     float *dkv, int64_t ldkv, size_t kc, const bwd_ws *w) {
+    const int64_t hdp = a->hdp, out_w = a->Hq * a->hd;
+    for (int64_t h = h0; h < h1; h++) {
+        pack_rows(a, io->qkv, a->C, q_col(a, h), 0, a->T, kv_rows(a), a->scale, w->q);
+        pack_rows(a, io->dout, out_w, (size_t)(h * a->hd), 0, a->T, kv_rows(a), 1.0f, w->dout);
+        memset(w->dq, 0, (size_t)(kv_rows(a) * hdp) * sizeof(float));
+        for (int64_t k0 = 0; k0 < a->T; k0 += BLK) {
+            int64_t nk = a->T - k0 < BLK ? a->T - k0 : BLK, nkp = round_up(nk, 16);
+            pack_cols(a, io->qkv, k_col(a, g), k0, nk, nkp, 1.0f, w->kt);
+            pack_cols(a, io->qkv, v_col(a, g), k0, nk, nkp, 1.0f, w->vt);
+            memset(w->dk, 0, (size_t)(nkp * hdp) * sizeof(float));
+            memset(w->dv, 0, (size_t)(nkp * hdp) * sizeof(float));
+            /* Queries that see a key of this block: [k0, end of the last key's sample). */
+            int64_t q_end = a->end[k0 + nk - 1];
+            for (int64_t q0 = k0; q0 < q_end; q0 += BLK)
+                bwd_block(a, io, h, q0, q_end - q0 < BLK ? q_end - q0 : BLK, k0, nk, w);
+            for (int64_t r = 0; r < nk; r++) {
+                float *dk = dkv + (size_t)(k0 + r) * (size_t)ldkv + kc, *dv = dk + a->hd;
+                const float *sk = w->dk + (size_t)r * (size_t)hdp;
+                const float *sv = w->dv + (size_t)r * (size_t)hdp;
+                for (int64_t d = 0; d < a->hd; d++) dk[d] += sk[d], dv[d] += sv[d];
+            }
+        }
+        for (int64_t i = 0; i < a->T; i++) {
+            float *dq = io->dqkv + (size_t)i * (size_t)a->C + q_col(a, h);
+            const float *t = w->dq + (size_t)i * (size_t)hdp;
+            for (int64_t d = 0; d < a->hd; d++) dq[d] += a->scale * t[d];
+        }
+    }
+}
+
+int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+                         const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
+                         ct_tensor *dqkv, ct_arena *scratch) {
+    attn_dims a;
+    CT_TRY(dims_init(&a, qkv, p));
+    if (a.T == 0 || !dqkv) return CT_OK;
+    const int nt = omp_get_max_threads();
+    /* Work items are KV heads. When they cannot keep the threads evenly busy,
+     * each group's query heads are split too; the splits write their dK/dV
+     * into private partials [Hkv, nsplit, T, 2·hd], summed afterwards in split
+     * order (so the result depends on the thread count, not the schedule). */
+    int64_t nsplit = 1;
+    if (a.Hkv % nt != 0 && a.Hkv < 4 * (int64_t)nt) {
+        nsplit = (4 * (int64_t)nt + a.Hkv - 1) / a.Hkv;
+        if (nsplit > a.G) nsplit = a.G;
+    }
+    const int64_t items = a.Hkv * nsplit, part_w = 2 * a.hd;
+    const bool par = a.Hq * a.T * a.T * a.hd > (1 << 20);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    int64_t *bounds = ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int64_t)); /* start, end */
+    float *dd = ct_arena_alloc(scratch, (size_t)(a.Hq * a.T) * sizeof(float));      /* (Hq, T) */
+    float *kv = ct_arena_alloc(scratch, (size_t)(2 * a.Hkv * kv_rows(&a) * a.hdp) * sizeof(float));
+    float *ws = ct_arena_alloc(scratch, (size_t)nt * bwd_ws_floats(&a) * sizeof(float));
+    float *part = NULL; /* (Hkv*nsplit, T, 2*hd) */
+    if (nsplit > 1) part = ct_arena_alloc(scratch, (size_t)(items * a.T * part_w) * sizeof(float));
+    if (!bounds || !dd || !kv || !ws || (nsplit > 1 && !part)) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "attention backward: scratch for T=%lld", (long long)a.T);
+    }
+    segment_bounds(seg, a.T, bounds, bounds + a.T);
+    a.start = bounds;
+    a.end = bounds + a.T;
+    pack_kv(&a, qkv->data, kv, par);
+    bwd_io io = {qkv->data, kv, out->data, lse->data, dout->data, dd, dqkv->data};
+    const int64_t out_w = a.Hq * a.hd;
+
+    /* D[h, i] = Σ_d dO[i, h, d] · O[i, h, d] */
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t i = 0; i < a.T; i++)
+        for (int64_t h = 0; h < a.Hq; h++) {
+            const float *o = io.out + (size_t)i * (size_t)out_w + (size_t)(h * a.hd);
+            const float *go = io.dout + (size_t)i * (size_t)out_w + (size_t)(h * a.hd);
+            float s = 0.0f;
+            for (int64_t d = 0; d < a.hd; d++) s += o[d] * go[d];
+            dd[(size_t)h * (size_t)a.T + (size_t)i] = s;
+        }
+
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int64_t it = 0; it < items; it++) {
+        bwd_ws w;
+        bwd_ws_carve(&a, ws + (size_t)omp_get_thread_num() * bwd_ws_floats(&a), &w);
+        int64_t g = it / nsplit, s = it % nsplit;
+        int64_t h0 = g * a.G + s * a.G / nsplit, h1 = g * a.G + (s + 1) * a.G / nsplit;
+        if (nsplit == 1) {
+            bwd_item(&a, &io, g, h0, h1, io.dqkv, a.C, k_col(&a, g), &w);
+        } else {
+            float *pp = part + (size_t)it * (size_t)(a.T * part_w);
+            memset(pp, 0, (size_t)(a.T * part_w) * sizeof *pp);
+            bwd_item(&a, &io, g, h0, h1, pp, part_w, 0, &w);
+        }
+    }
+
+    if (nsplit > 1) {
+        /* dK, dV of KV head g += Σ_s partial[g, s], in split order. */
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t i = 0; i < a.T; i++)
+            for (int64_t g = 0; g < a.Hkv; g++) {
+                float *dst = io.dqkv + (size_t)i * (size_t)a.C + k_col(&a, g);
+                for (int64_t s = 0; s < nsplit; s++) {
+                    const float *src = part + ((size_t)(g * nsplit + s) * (size_t)a.T + (size_t)i) *
+                                                  (size_t)part_w;
+                    for (int64_t d = 0; d < part_w; d++) dst[d] += src[d];
+                }
+            }
+    }
+    ct_arena_rewind(scratch, mark);
+    return CT_OK;
+}

@@ -1,0 +1,229 @@
+/* lora_linear on the CPU: y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ and its backward.
+ *
+ * W [out, in] is frozen and never gets a grad. f32 W goes straight to sgemm;
+ * 16-bit (and later quantized) W is converted to f32 one row tile at a time into
+ * a scratch buffer of bounded size (weight_tile_bytes), so a 14336×4096 bf16
+ * layer never exists whole in f32. The frozen-weight GEMMs and the dropout
+ * helper here are shared with linear_xent.c (declared in cpu_kernels.h).
+ *
+ * Dropout acts on the LoRA input only; element (t, i) is dropped when
+ * ct_uniform(seed, t*in + i) < p. The mask is regenerated from the seed in
+ * backward (never stored); its temporaries are processed in token chunks so
+ * the scratch need stays bounded (drop_chunk_bytes) for any T.
+ *
+ * Backward (dY [T, out], u = drop(x)·Aᵀ [T, r] saved by the forward):
+ *   dB += s·dYᵀ·u     g = s·dY·B [T, r]     dA += gᵀ·drop(x)
+ *   dx += dY·W + (g·A) ⊙ mask/(1-p)
+ * All GEMMs are cblas_sgemm calls made outside OpenMP regions; every output
+ * element is summed in a fixed order, so results repeat bit for bit. */
+#include <cblas.h>
+#include <string.h>
+
+#include "../ct_error.h"
+#include "../ct_inline.h"
+#include "cpu_kernels.h"
+
+#define DEFAULT_TILE_BYTES ((size_t)4 << 20)
+#define DROP_CHUNK_BYTES ((size_t)8 << 20)
+
+static size_t weight_tile_bytes = DEFAULT_TILE_BYTES;
+
+size_t ct_cpu_set_weight_tile_bytes(size_t bytes) {
+    size_t prev = weight_tile_bytes;
+    weight_tile_bytes = bytes ? bytes : DEFAULT_TILE_BYTES;
+    return prev;
+}
+
+/* Rows of a [rows, cols] f32 tile within `bytes` (at least 1, at most rows). */
+static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
+    int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
+    if (n < 1) n = 1;
+    return n < rows ? n : rows;
+}
+
+int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
+                    float beta, float *c, int64_t ldc, ct_arena *scratch) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    if (M == 0 || N == 0) return CT_OK;
+    if (w->dtype == CT_F32) {
+        /* C = alpha·X·Wᵀ + beta·C   (M×K)·(K×N) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, alpha, x,
+                    (int)ldx, (const float *)w->data, (int)K, beta, c, (int)ldc);
+        return CT_OK;
+    }
+    int64_t tile = rows_within(weight_tile_bytes, K, N);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
+    int rc = wt ? CT_OK : CT_ERUNTIME;
+    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
+        int64_t nt = N - n0 < tile ? N - n0 : tile;
+        rc = ct_cpu_weight_rows_f32(w, n0, nt, wt);
+        if (rc) break;
+        /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nt, (int)K, alpha, x,
+                    (int)ldx, wt, (int)K, beta, c + n0, (int)ldc);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
+int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, float alpha,
+                   float *c, int64_t ldc, ct_arena *scratch) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    if (M == 0 || N == 0) return CT_OK;
+    if (w->dtype == CT_F32) {
+        /* C += alpha·G·W   (M×N)·(N×K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, alpha, g,
+                    (int)ldg, (const float *)w->data, (int)K, 1.0f, c, (int)ldc);
+        return CT_OK;
+    }
+    int64_t tile = rows_within(weight_tile_bytes, K, N);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
+    int rc = wt ? CT_OK : CT_ERUNTIME;
+    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
+        int64_t nt = N - n0 < tile ? N - n0 : tile;
+        rc = ct_cpu_weight_rows_f32(w, n0, nt, wt);
+        if (rc) break;
+        /* C += alpha·G[:, n0:n0+nt]·Wt   (M×nt)·(nt×K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)nt, alpha,
+                    g + n0, (int)ldg, wt, (int)K, 1.0f, c, (int)ldc);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
+void ct_cpu_dropout_rows(const float *src, float *dst, int64_t m, int64_t cols,
+                         const int64_t *rows, int64_t row0, uint64_t seed, float p) {
+    float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (m * cols > 16384)
+    for (int64_t j = 0; j < m; j++) {
+        uint64_t base = (uint64_t)(rows ? rows[j] : row0 + j) * (uint64_t)cols;
+        const float *s = src + (size_t)j * (size_t)cols;
+        float *d = dst + (size_t)j * (size_t)cols;
+        for (int64_t i = 0; i < cols; i++)
+            d[i] = ct_uniform(seed, base + (uint64_t)i) < p ? 0.0f : s[i] * keep_scale;
+    }
+}
+
+/* u [T, r] = drop(x)·Aᵀ, with the dropped copy of x made chunk by chunk. */
+static int lora_down(const float *xs, int64_t T, int64_t in, const ct_linear *lin, uint64_t seed,
+                     float *us, ct_arena *scratch) {
+    int64_t r = lin->a->shape[0];
+    const float *as = lin->a->data; /* [r, in] */
+    float p = lin->dropout;
+    if (p <= 0.0f) {
+        /* u = x·Aᵀ   (T×in)·(in×r) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)r, (int)in, 1.0f, xs,
+                    (int)in, as, (int)in, 0.0f, us, (int)r);
+        return CT_OK;
+    }
+    int64_t tc = rows_within(DROP_CHUNK_BYTES, in, T);
+    float *xd = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
+    if (!xd) return CT_ERUNTIME;
+    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+        int64_t n = T - t0 < tc ? T - t0 : tc;
+        ct_cpu_dropout_rows(xs + (size_t)t0 * (size_t)in, xd, n, in, NULL, t0, seed, p);
+        /* u[t0:t0+n] = drop(x[t0:t0+n])·Aᵀ   (n×in)·(in×r) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)r, (int)in, 1.0f, xd,
+                    (int)in, as, (int)in, 0.0f, us + (size_t)t0 * (size_t)r, (int)r);
+    }
+    return CT_OK;
+}
+
+int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
+                           ct_tensor *u, ct_arena *scratch) {
+    int64_t T = ct_rows(x), in = ct_dim_from_end(x, 1), out = lin->w->shape[0];
+    const float *xs = x->data; /* [T, in] */
+    float *ys = y->data;       /* [T, out] */
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    /* y = x·Wᵀ   (T×in)·(in×out) */
+    int rc = ct_cpu_gemm_xwt(T, xs, in, lin->w, 1.0f, 0.0f, ys, out, scratch);
+    if (!rc && lin->a && T > 0) {
+        int64_t r = lin->a->shape[0];
+        float *us = u ? u->data : ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float));
+        rc = us ? lora_down(xs, T, in, lin, seed, us, scratch) : CT_ERUNTIME;
+        if (!rc) /* y += s·u·Bᵀ   (T×r)·(r×out) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)out, (int)r,
+                        lin->scale, us, (int)r, (const float *)lin->b->data, (int)r, 1.0f, ys,
+                        (int)out);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
+/* The LoRA part of backward: dB, dA and the LoRA term of dx. */
+static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const ct_linear *lin,
+                    uint64_t seed, const float *us, const float *dys, float *dxs, float *das,
+                    float *dbs, ct_arena *scratch) {
+    int64_t r = lin->a->shape[0];
+    const float *as = lin->a->data, *bs = lin->b->data; /* A [r, in], B [out, r] */
+    float s = lin->scale, p = lin->dropout;
+    if (dbs) /* dB += s·dYᵀ·u   (out×T)·(T×r) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)r, (int)T, s, dys,
+                    (int)out, us, (int)r, 1.0f, dbs, (int)r);
+    if (!das && !dxs) return CT_OK;
+    float *g = ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float)); /* [T, r] */
+    if (!g) return CT_ERUNTIME;
+    /* g = s·dY·B   (T×out)·(out×r) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)r, (int)out, s, dys,
+                (int)out, bs, (int)r, 0.0f, g, (int)r);
+    if (p <= 0.0f) {
+        if (das) /* dA += gᵀ·x   (r×T)·(T×in) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)in, (int)T, 1.0f, g,
+                        (int)r, xs, (int)in, 1.0f, das, (int)in);
+        if (dxs) /* dx += g·A   (T×r)·(r×in) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)in, (int)r, 1.0f,
+                        g, (int)r, as, (int)in, 1.0f, dxs, (int)in);
+        return CT_OK;
+    }
+    /* With dropout the mask is regenerated per token chunk into buf. */
+    int64_t tc = rows_within(DROP_CHUNK_BYTES, in, T);
+    float *buf = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
+    if (!buf) return CT_ERUNTIME;
+    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+        int64_t n = T - t0 < tc ? T - t0 : tc;
+        const float *gc = g + (size_t)t0 * (size_t)r; /* [n, r] */
+        if (das) {
+            ct_cpu_dropout_rows(xs + (size_t)t0 * (size_t)in, buf, n, in, NULL, t0, seed, p);
+            /* dA += g[t0:t0+n]ᵀ·drop(x[t0:t0+n])   (r×n)·(n×in) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)in, (int)n, 1.0f,
+                        gc, (int)r, buf, (int)in, 1.0f, das, (int)in);
+        }
+        if (dxs) {
+            /* buf = g[t0:t0+n]·A   (n×r)·(r×in), then ⊙ mask/(1-p) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)r, 1.0f,
+                        gc, (int)r, as, (int)in, 0.0f, buf, (int)in);
+            ct_cpu_dropout_rows(buf, buf, n, in, NULL, t0, seed, p);
+            float *dxc = dxs + (size_t)t0 * (size_t)in;
+            size_t cnt = (size_t)n * (size_t)in;
+#pragma omp parallel for simd schedule(static) if (cnt > 32768)
+            for (size_t i = 0; i < cnt; i++) dxc[i] += buf[i];
+        }
+    }
+    return CT_OK;
+}
+
+int ct_cpu_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed,
+                           const ct_tensor *u, const ct_tensor *dy, ct_tensor *dx, ct_tensor *da,
+                           ct_tensor *db, ct_arena *scratch) {
+    int64_t T = ct_rows(x), in = ct_dim_from_end(x, 1), out = lin->w->shape[0];
+    const float *dys = dy->data; /* [T, out] */
+    float *dxs = dx ? dx->data : NULL;
+    if (!lin->a) da = db = NULL;
+    if (T == 0 || (!dxs && !da && !db)) return CT_OK;
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    int rc = CT_OK;
+    if (dxs) /* dx += dY·W   (T×out)·(out×in) */
+        rc = ct_cpu_gemm_gw(T, dys, out, lin->w, 1.0f, dxs, in, scratch);
+    if (!rc && lin->a && (dxs || da || db)) {
+        if (!u)
+            rc = ct_errorf(CT_ERUNTIME, "lora_linear %s backward: the forward saved no u = drop(x)·Aᵀ",
+                           lin->w->name ? lin->w->name : "?");
+        else
+            rc = lora_bwd(x->data, T, in, out, lin, seed, u->data, dys, dxs,
+                          da ? da->data : NULL, db ? db->data : NULL, scratch);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}

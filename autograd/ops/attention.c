@@ -1,0 +1,130 @@
+/* attention: checks the packed qkv layout and the segment ids, runs the
+ * blockwise kernel, and saves {lse, out, params} so the backward can recompute
+ * the probabilities block by block (no T×T matrix is ever kept). */
+#include <math.h>
+
+#include "../ct_error.h"
+#include "../ops.h"
+
+typedef struct {
+    ct_tensor *lse;   /* [Hq, T] f32 log-sum-exp of each query row's scores */
+    ct_tensor *out;   /* [T, Hq*hd] the op's output (its grad is dO) */
+    ct_tensor *seg;   /* i32 [T] or NULL */
+    ct_attn_params p; /* copy: the caller's struct may not outlive the step */
+} attention_saved;
+
+static int attention_backward(ct_tape *t, const ct_tape_entry *e) {
+    const attention_saved *s = e->saved;
+    ct_tensor *qkv = e->in[0];
+    if (!qkv->requires_grad) return CT_OK;
+    ct_tensor *dqkv = ct_grad(t, qkv);
+    if (!dqkv) return CT_ERUNTIME;
+    return t->be->attention_bwd(qkv, s->seg, &s->p, s->out, s->lse, e->out->grad, dqkv,
+                                &t->scratch);
+}
+
+static const ct_op_def k_attention = {"attention", attention_backward};
+
+/* In-place heapsort (no allocation; n is at most T). */
+static void sift_down(int32_t *v, int64_t i, int64_t n) {
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && v[c + 1] > v[c]) c++;
+        if (v[i] >= v[c]) return;
+        int32_t tmp = v[i];
+        v[i] = v[c];
+        v[c] = tmp;
+        i = c;
+    }
+}
+
+static void heapsort_i32(int32_t *v, int64_t n) {
+    for (int64_t i = n / 2 - 1; i >= 0; i--) sift_down(v, i, n);
+    for (int64_t end = n - 1; end > 0; end--) {
+        int32_t tmp = v[0];
+        v[0] = v[end];
+        v[end] = tmp;
+        sift_down(v, 0, end);
+    }
+}
+
+/* The kernels treat each run of equal seg values as one sample; that matches
+ * "same id = same sample" only when no id comes back after another one. Checks
+ * it on a host copy (temporary, in the meta arena). */
+static int check_segments(ct_tape *t, const ct_tensor *seg, int64_t T) {
+    ct_arena_mark mark = ct_arena_get_mark(&t->meta);
+    int32_t *ids = ct_tape_meta(t, (size_t)T * sizeof *ids);  /* (T) seg on the host */
+    int32_t *runs = ct_tape_meta(t, (size_t)T * sizeof *ids); /* (n_runs) id of each run */
+    int rc = CT_OK;
+    if (!ids || !runs) {
+        rc = ct_error_wrap(CT_ERUNTIME, "attention: checking %lld segment ids", (long long)T);
+    } else if (!(rc = t->be->download(ids, seg->data, (size_t)T * sizeof *ids))) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < T; i++)
+            if (i == 0 || ids[i] != ids[i - 1]) runs[n++] = ids[i];
+        heapsort_i32(runs, n);
+        for (int64_t i = 1; i < n; i++)
+            if (runs[i] == runs[i - 1]) {
+                int64_t first = 0, again = 0;
+                while (ids[first] != runs[i]) first++;
+                again = first;
+                while (ids[again] == runs[i]) again++;
+                while (ids[again] != runs[i]) again++;
+                rc = ct_errorf(CT_EINPUT,
+                               "attention: segment id %d at token %lld reappears at token %lld after "
+                               "other ids; packed samples must be contiguous runs (give each sample "
+                               "its own id)",
+                               runs[i], (long long)first, (long long)again);
+                break;
+            }
+    }
+    ct_arena_rewind(&t->meta, mark);
+    return rc;
+}
+
+ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_attn_params *p) {
+    char sq[64], ss[64];
+    if (qkv->dtype != CT_F32 || qkv->ndim != 2) {
+        ct_errorf(CT_EINPUT, "attention: qkv must be f32 [T, kv_heads*(group+2)*head_dim], got %s %s",
+                  ct_dtype_name(qkv->dtype), ct_shape_str(qkv, sq, sizeof sq));
+        return NULL;
+    }
+    if (p->n_kv_heads < 1 || p->group < 1 || p->head_dim < 1 || !isfinite(p->scale)) {
+        ct_errorf(CT_EINPUT, "attention: bad parameters (kv heads %d, group %d, head_dim %d, scale %g)",
+                  p->n_kv_heads, p->group, p->head_dim, (double)p->scale);
+        return NULL;
+    }
+    int64_t T = qkv->shape[0], hd = p->head_dim, Hq = (int64_t)p->n_kv_heads * p->group;
+    int64_t want = (int64_t)p->n_kv_heads * (p->group + 2) * hd;
+    if (qkv->shape[1] != want) {
+        ct_errorf(CT_EINPUT, "attention: qkv %s has %lld columns, expected %d kv heads × (%d query + k + v) × head_dim %d = %lld",
+                  ct_shape_str(qkv, sq, sizeof sq), (long long)qkv->shape[1], p->n_kv_heads,
+                  p->group, p->head_dim, (long long)want);
+        return NULL;
+    }
+    if (seg && (seg->dtype != CT_I32 || ct_numel(seg) != T)) {
+        ct_errorf(CT_EINPUT, "attention: seg %s %s must be i32 with one id per token (%lld)",
+                  ct_dtype_name(seg->dtype), ct_shape_str(seg, ss, sizeof ss), (long long)T);
+        return NULL;
+    }
+    if (seg && T > 0 && check_segments(t, seg, T)) return NULL;
+
+    ct_tensor *in[2] = {qkv, seg};
+    int n_in = seg ? 2 : 1;
+    int64_t oshape[2] = {T, Hq * hd}, lshape[2] = {Hq, T};
+    ct_tensor *out = ct_tape_new(t, CT_F32, 2, oshape);
+    ct_tensor *lse = ct_tape_new(t, CT_F32, 2, lshape);
+    if (!out || !lse) return NULL;
+    if (t->be->attention_fwd(qkv, seg, p, out, lse, &t->scratch)) return NULL;
+    attention_saved *s = NULL;
+    if (ct_tape_wants_grad(t, in, n_in)) {
+        if (!(s = ct_tape_meta(t, sizeof *s))) return NULL;
+        s->lse = lse;
+        s->out = out;
+        s->seg = seg;
+        s->p = *p;
+    }
+    if (ct_tape_record(t, &k_attention, out, in, n_in, s)) return NULL;
+    return out;
+}

@@ -1,0 +1,377 @@
+/* attention: the blockwise CPU kernels and the op against a naive double
+ * reference (full score matrix, causal + segment mask, softmax). Forward and
+ * lse vs the reference; dqkv (accumulated onto existing values) vs central
+ * differences of the reference loss Σ r ⊙ out; GQA G=1/2/3, odd T, a single
+ * token, packed samples, batch rows, T spanning several 64-blocks; the tape
+ * path, also inside a checkpointed segment; bit-identical repeats; errors for
+ * bad shapes and non-contiguous ids. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/cpu/cpu_kernels.h"
+#include "autograd/ops.h"
+#include "testutil.h"
+
+/* ---- naive reference (double) ---- */
+
+typedef struct {
+    int64_t T;
+    int Hkv, G, hd;
+    double scale;
+    const int32_t *seg; /* NULL = one sequence */
+} ref_dims;
+
+static int64_t ref_cols(const ref_dims *d) { return (int64_t)d->Hkv * (d->G + 2) * d->hd; }
+
+/* Rows [i_lo, i_hi) of out [T, Hq*hd] (and lse [Hq, T] when non-NULL);
+ * s is a (T) score buffer. Key j is visible to i iff j <= i, same seg id. */
+static void ref_attn_rows(const ref_dims *d, const double *qkv, int64_t i_lo, int64_t i_hi,
+                          double *out, double *lse, double *s) {
+    const int64_t C = ref_cols(d), Hq = (int64_t)d->Hkv * d->G, hd = d->hd;
+    for (int64_t h = 0; h < Hq; h++) {
+        int64_t g = h / d->G;
+        int64_t qc = (g * (d->G + 2) + h % d->G) * hd, kc = (g * (d->G + 2) + d->G) * hd, vc = kc + hd;
+        for (int64_t i = i_lo; i < i_hi; i++) {
+            double mx = -INFINITY;
+            for (int64_t j = 0; j <= i; j++) {
+                s[j] = -INFINITY;
+                if (d->seg && d->seg[j] != d->seg[i]) continue;
+                double dot = 0.0;
+                for (int64_t e = 0; e < hd; e++) dot += qkv[i * C + qc + e] * qkv[j * C + kc + e];
+                s[j] = d->scale * dot;
+                if (s[j] > mx) mx = s[j];
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j <= i; j++) sum += (s[j] = exp(s[j] - mx));
+            double *o = out + i * Hq * hd + h * hd;
+            for (int64_t e = 0; e < hd; e++) o[e] = 0.0;
+            for (int64_t j = 0; j <= i; j++)
+                for (int64_t e = 0; e < hd; e++) o[e] += s[j] / sum * qkv[j * C + vc + e];
+            if (lse) lse[h * d->T + i] = mx + log(sum);
+        }
+    }
+}
+
+typedef struct {
+    const ref_dims *d;
+    double *qkv, *out, *s;
+    const double *r; /* (T, Hq*hd) */
+} fd_ctx;
+
+/* Σ r ⊙ out over rows [i_lo, T): a change at token t reaches only rows >= t. */
+static double ref_loss_from(fd_ctx *c, int64_t i_lo, int64_t i_hi) {
+    int64_t w = (int64_t)c->d->Hkv * c->d->G * c->d->hd;
+    ref_attn_rows(c->d, c->qkv, i_lo, i_hi, c->out, NULL, c->s);
+    double l = 0.0;
+    for (int64_t i = i_lo * w; i < i_hi * w; i++) l += c->r[i] * c->out[i];
+    return l;
+}
+
+/* dL/dqkv[idx] by central differences, recomputing only the rows it reaches
+ * (a query column: its own row; a key or value column: rows t..T-1). */
+static double fd_at(fd_ctx *c, int64_t idx, double h) {
+    const ref_dims *d = c->d;
+    int64_t C = ref_cols(d), t = idx / C, col = idx % C;
+    bool is_q = (col / d->hd) % (d->G + 2) < d->G;
+    int64_t hi = is_q ? t + 1 : d->T;
+    double keep = c->qkv[idx];
+    c->qkv[idx] = keep + h;
+    double fp = ref_loss_from(c, t, hi);
+    c->qkv[idx] = keep - h;
+    double fm = ref_loss_from(c, t, hi);
+    c->qkv[idx] = keep;
+    return (fp - fm) / (2.0 * h);
+}
+
+/* ---- a test-only loss op: Σ r ⊙ y, to drive ct_backward through ct_attention ---- */
+
+static int dot_backward(ct_tape *t, const ct_tape_entry *e) {
+    const float *r = e->saved;
+    ct_tensor *g = ct_grad(t, e->in[0]);
+    if (!g) return CT_ERUNTIME;
+    float seed = ((const float *)e->out->grad->data)[0], *gd = g->data;
+    for (int64_t i = 0; i < ct_numel(g); i++) gd[i] += seed * r[i];
+    return CT_OK;
+}
+static const ct_op_def k_dot = {"test_dot", dot_backward};
+
+static ct_tensor *dot_loss(ct_tape *t, ct_tensor *y, const float *r) {
+    int64_t one = 1;
+    ct_tensor *l = ct_tape_new(t, CT_F32, 1, &one);
+    if (!l) return NULL;
+    double s = 0.0;
+    for (int64_t i = 0; i < ct_numel(y); i++) s += (double)r[i] * ((const float *)y->data)[i];
+    ((float *)l->data)[0] = (float)s;
+    return ct_tape_record(t, &k_dot, l, &y, 1, (void *)r) ? NULL : l;
+}
+
+/* ---- one configuration through the kernels ---- */
+
+typedef struct {
+    const char *name;
+    int64_t T;
+    int Hkv, G, hd;
+    float scale;       /* 0: 1/sqrt(hd) */
+    const int *seg_len; /* sample lengths summing to T, 0-terminated; NULL = one sequence */
+    int n_fd;          /* 0: every coordinate; else this many sampled ones */
+} attn_case;
+
+static void run_case(const attn_case *ac, ct_test_rng *rng) {
+    const ct_backend *be = ct_cpu_backend();
+    ct_arena scratch;
+    ct_arena_init(&scratch, be->mem, 1 << 20);
+    ct_attn_params p = {ac->Hkv, ac->G, ac->hd, ac->scale ? ac->scale : 1.0f / sqrtf((float)ac->hd)};
+    const int64_t T = ac->T, C = (int64_t)ac->Hkv * (ac->G + 2) * ac->hd,
+                  Hq = (int64_t)ac->Hkv * ac->G, W = Hq * ac->hd;
+    int64_t sq[2] = {T, C}, so[2] = {T, W}, sl[2] = {Hq, T};
+    ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, false);
+    ct_tensor *dqkv = ct_tensor_new(be, CT_F32, 2, sq, false);
+    ct_tensor *dqkv2 = ct_tensor_new(be, CT_F32, 2, sq, false);
+    ct_tensor *out = ct_tensor_new(be, CT_F32, 2, so, false);
+    ct_tensor *out2 = ct_tensor_new(be, CT_F32, 2, so, false);
+    ct_tensor *dout = ct_tensor_new(be, CT_F32, 2, so, false);
+    ct_tensor *lse = ct_tensor_new(be, CT_F32, 2, sl, false);
+    ct_tensor *lse2 = ct_tensor_new(be, CT_F32, 2, sl, false);
+    ct_tensor *seg = NULL;
+    int32_t *ids = NULL;
+    if (ac->seg_len) {
+        seg = ct_tensor_new(be, CT_I32, 1, &T, false);
+        ids = seg->data;
+        int64_t t = 0;
+        for (int k = 0; ac->seg_len[k]; k++)
+            for (int n = 0; n < ac->seg_len[k]; n++) ids[t++] = 1000 - 7 * k; /* decreasing ids */
+        CHECK(t == T, "%s: sample lengths sum to %lld, not T", ac->name, (long long)t);
+    }
+    ref_dims d = {T, ac->Hkv, ac->G, ac->hd, p.scale, ids};
+    double *xd = malloc((size_t)(T * C) * sizeof *xd), *od = malloc((size_t)(T * W) * sizeof *od);
+    double *ld = malloc((size_t)(Hq * T) * sizeof *ld), *s = malloc((size_t)T * sizeof *s);
+    double *rd = malloc((size_t)(T * W) * sizeof *rd), *want = malloc((size_t)(T * C) * sizeof *want);
+    float *pre = malloc((size_t)(T * C) * sizeof *pre);
+    ct_test_fill(rng, qkv->data, T * C, 1.0);
+    ct_test_fill(rng, dout->data, T * W, 1.0);
+    ct_test_fill(rng, pre, T * C, 1.0);
+    for (int64_t i = 0; i < T * C; i++) xd[i] = ((float *)qkv->data)[i];
+    for (int64_t i = 0; i < T * W; i++) rd[i] = ((float *)dout->data)[i];
+
+    char what[160];
+    CHECK_OK(ct_cpu_attention_fwd(qkv, seg, &p, out, lse, &scratch));
+    ref_attn_rows(&d, xd, 0, T, od, ld, s);
+    snprintf(what, sizeof what, "%s: out", ac->name);
+    ct_check_close(what, out->data, od, T * W, 2e-6, 1e-5);
+    snprintf(what, sizeof what, "%s: lse", ac->name);
+    ct_check_close(what, lse->data, ld, Hq * T, 2e-6, 1e-6);
+
+    /* backward with dO = r, accumulated onto `pre` */
+    memcpy(dqkv->data, pre, (size_t)(T * C) * sizeof(float));
+    CHECK_OK(ct_cpu_attention_bwd(qkv, seg, &p, out, lse, dout, dqkv, &scratch));
+    CHECK(scratch.used == 0, "%s: the kernels left %zu bytes of scratch in use", ac->name, scratch.used);
+    fd_ctx c = {&d, xd, od, s, rd};
+    const float *g = dqkv->data;
+    if (ac->n_fd == 0) {
+        for (int64_t i = 0; i < T * C; i++) want[i] = pre[i] + fd_at(&c, i, 1e-4);
+        snprintf(what, sizeof what, "%s: dqkv vs finite differences", ac->name);
+        ct_check_close(what, g, want, T * C, 1e-5, 1e-4);
+    } else {
+        float got[1024];
+        int n = ac->n_fd < 1024 ? ac->n_fd : 1024;
+        for (int k = 0; k < n; k++) {
+            int64_t i = (int64_t)(ct_test_uniform(rng) * (double)(T * C));
+            want[k] = pre[i] + fd_at(&c, i, 1e-4);
+            got[k] = g[i];
+        }
+        snprintf(what, sizeof what, "%s: dqkv vs finite differences (%d sampled)", ac->name, n);
+        ct_check_close(what, got, want, n, 1e-5, 1e-4);
+    }
+
+    /* the same bits on a second run */
+    CHECK_OK(ct_cpu_attention_fwd(qkv, seg, &p, out2, lse2, &scratch));
+    CHECK(memcmp(out->data, out2->data, ct_nbytes(out)) == 0 &&
+              memcmp(lse->data, lse2->data, ct_nbytes(lse)) == 0,
+          "%s: forward not repeatable", ac->name);
+    memcpy(dqkv2->data, pre, (size_t)(T * C) * sizeof(float));
+    CHECK_OK(ct_cpu_attention_bwd(qkv, seg, &p, out, lse, dout, dqkv2, &scratch));
+    CHECK(memcmp(dqkv->data, dqkv2->data, ct_nbytes(dqkv)) == 0, "%s: backward not repeatable", ac->name);
+
+    ct_tensor *ts[] = {qkv, dqkv, dqkv2, out, out2, dout, lse, lse2, seg};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) ct_tensor_free(be, ts[i]);
+    free(xd), free(od), free(ld), free(s), free(rd), free(want), free(pre);
+    ct_arena_free(&scratch);
+}
+
+static void test_cases(void) {
+    ct_test_rng rng = {1234};
+    static const int packed[] = {5, 8, 7, 0}, rows[] = {5, 5, 5, 0}, across[] = {70, 50, 30, 0},
+                     shortruns[] = {1, 2, 61, 3, 64, 1, 68, 0};
+    attn_case cases[] = {
+        {"GQA G=2 T=7 hd8", 7, 2, 2, 8, 0, NULL, 0},
+        {"one KV head G=3 T=13 hd16", 13, 1, 3, 16, 0, NULL, 0},
+        {"G=1 T=9 hd12 scale 0.3", 9, 3, 1, 12, 0.3f, NULL, 0},
+        {"single token", 1, 2, 2, 8, 0, NULL, 0},
+        {"packed samples 5+8+7", 20, 2, 2, 8, 0, packed, 0},
+        {"batch of 3 rows of 5", 15, 1, 2, 16, 0, rows, 0},
+        {"T=150 blocks, one sequence", 150, 2, 2, 16, 0, NULL, 150},
+        {"T=150 samples across blocks", 150, 2, 2, 16, 0, across, 200},
+        {"T=200 G=3 short and long samples", 200, 1, 3, 8, 0, shortruns, 200},
+        {"T=130 hd128 G=2", 130, 1, 2, 128, 0, NULL, 60},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(&cases[i], &rng);
+}
+
+/* Through the op and the tape: the recorded backward gives exactly what the
+ * kernels give, and matches the reference. */
+static void test_tape(void) {
+    const ct_backend *be = ct_cpu_backend();
+    ct_test_rng rng = {99};
+    ct_attn_params p = {2, 2, 16, 0.25f};
+    const int64_t T = 90, C = 2 * 4 * 16, W = 4 * 16;
+    int64_t sq[2] = {T, C};
+    ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, true);
+    ct_tensor *seg = ct_tensor_new(be, CT_I32, 1, &T, false);
+    int32_t *ids = seg->data;
+    for (int64_t t = 0; t < T; t++) ids[t] = t < 40 ? 0 : t < 75 ? 1 : 2;
+    float *r = malloc((size_t)(T * W) * sizeof *r);
+    ct_test_fill(&rng, qkv->data, T * C, 1.0);
+    ct_test_fill(&rng, r, T * W, 1.0);
+
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
+    ct_tensor *out = ct_attention(&tape, qkv, seg, &p);
+    CHECK_PTR(out);
+    ct_tensor *loss = out ? dot_loss(&tape, out, r) : NULL;
+    CHECK_PTR(loss);
+    if (loss) {
+        CHECK(out->ndim == 2 && out->shape[0] == T && out->shape[1] == W, "out shape");
+        CHECK_OK(ct_backward(&tape, loss, 1.0f));
+        CHECK(tape.scratch.used == 0, "scratch left in use: %zu bytes", tape.scratch.used);
+        ref_dims d = {T, 2, 2, 16, 0.25, ids};
+        double *xd = malloc((size_t)(T * C) * sizeof *xd), *od = malloc((size_t)(T * W) * sizeof *od);
+        double *s = malloc((size_t)T * sizeof *s), *rd = malloc((size_t)(T * W) * sizeof *rd);
+        for (int64_t i = 0; i < T * C; i++) xd[i] = ((float *)qkv->data)[i];
+        for (int64_t i = 0; i < T * W; i++) rd[i] = r[i];
+        ref_attn_rows(&d, xd, 0, T, od, NULL, s);
+        ct_check_close("tape: out", out->data, od, T * W, 2e-6, 1e-5);
+        fd_ctx c = {&d, xd, od, s, rd};
+        double want[200];
+        float got[200];
+        for (int k = 0; k < 200; k++) {
+            int64_t i = (int64_t)(ct_test_uniform(&rng) * (double)(T * C));
+            want[k] = fd_at(&c, i, 1e-4);
+            got[k] = ((float *)qkv->grad->data)[i];
+        }
+        ct_check_close("tape: qkv grad vs finite differences (200 sampled)", got, want, 200, 1e-5, 1e-4);
+        free(xd), free(od), free(s), free(rd);
+    }
+    ct_tape_free(&tape);
+    ct_tensor_free(be, qkv);
+    ct_tensor_free(be, seg);
+    free(r);
+}
+
+/* rope then attention inside a checkpointed segment: the recompute puts the
+ * activations in the tape's scratch arena, which the kernels also use for
+ * their temporaries. Grads must equal the plain run's bit for bit. */
+typedef struct {
+    ct_tensor *pos, *seg;
+    ct_rope_params rp;
+    ct_attn_params ap;
+} seg_ctx;
+
+static int rope_attention(ct_tape *t, void *vc, ct_tensor *in, ct_tensor **out) {
+    seg_ctx *c = vc;
+    ct_tensor *r = ct_rope(t, in, c->pos, &c->rp);
+    *out = r ? ct_attention(t, r, c->seg, &c->ap) : NULL;
+    return *out ? CT_OK : CT_ERUNTIME;
+}
+
+static void test_checkpoint(void) {
+    const ct_backend *be = ct_cpu_backend();
+    ct_test_rng rng = {5};
+    const int64_t T = 70, C = 2 * 5 * 16, W = 2 * 3 * 16;
+    int64_t sq[2] = {T, C};
+    ct_tensor *x = ct_tensor_new(be, CT_F32, 2, sq, true);
+    ct_tensor *pos = ct_tensor_new(be, CT_I32, 1, &T, false);
+    ct_tensor *seg = ct_tensor_new(be, CT_I32, 1, &T, false);
+    for (int64_t i = 0; i < T; i++) {
+        ((int32_t *)seg->data)[i] = i < 33 ? 0 : 1;
+        ((int32_t *)pos->data)[i] = (int32_t)(i < 33 ? i : i - 33);
+    }
+    float *r = malloc((size_t)(T * W) * sizeof *r), *g0 = malloc((size_t)(T * C) * sizeof *g0);
+    ct_test_fill(&rng, x->data, T * C, 1.0);
+    ct_test_fill(&rng, r, T * W, 1.0);
+    seg_ctx c = {pos, seg, {.head_dim = 16, .group = 5, .rotate_per_group = 4, .theta = 1e6},
+                 {2, 3, 16, 0.25f}};
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
+    for (int pass = 0; pass < 2; pass++) {
+        ct_tape_reset(&tape);
+        memset(x->grad->data, 0, ct_nbytes(x->grad));
+        ct_tensor *y = NULL;
+        int rc = pass == 0 ? rope_attention(&tape, &c, x, &y)
+                           : ct_checkpoint(&tape, rope_attention, &c, x, &y);
+        CHECK_OK(rc);
+        ct_tensor *loss = rc ? NULL : dot_loss(&tape, y, r);
+        CHECK_PTR(loss);
+        if (!loss) break;
+        CHECK_OK(ct_backward(&tape, loss, 1.0f));
+        if (pass == 0) {
+            memcpy(g0, x->grad->data, ct_nbytes(x->grad));
+            double nrm = 0.0;
+            for (int64_t i = 0; i < T * C; i++) nrm += fabs(g0[i]);
+            CHECK(nrm > 1.0, "checkpoint test: no gradient reached x (|g|_1 = %g)", nrm);
+        } else {
+            CHECK(memcmp(g0, x->grad->data, ct_nbytes(x->grad)) == 0,
+                  "checkpointed rope+attention grads differ from the plain run");
+        }
+    }
+    ct_tape_free(&tape);
+    ct_tensor_free(be, x);
+    ct_tensor_free(be, pos);
+    ct_tensor_free(be, seg);
+    free(r), free(g0);
+}
+
+static void expect_error(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, ct_attn_params p,
+                         const char *needle) {
+    ct_error_clear();
+    ct_tensor *y = ct_attention(t, qkv, seg, &p);
+    CHECK(y == NULL && strstr(ct_last_error(), needle) != NULL,
+          "expected an error mentioning '%s', got '%s'", needle, ct_last_error());
+}
+
+static void test_errors(void) {
+    const ct_backend *be = ct_cpu_backend();
+    int64_t sq[2] = {5, 32}, T = 5, four = 4;
+    ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, false); /* 1 kv head × (2+2) × 8 */
+    ct_tensor *seg = ct_tensor_new(be, CT_I32, 1, &T, false);
+    ct_tensor *seg4 = ct_tensor_new(be, CT_I32, 1, &four, false);
+    memset(qkv->data, 0, ct_nbytes(qkv));
+    memset(seg4->data, 0, ct_nbytes(seg4));
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, be, 1 << 16));
+    ct_attn_params ok = {1, 2, 8, 0.35f};
+    expect_error(&tape, qkv, NULL, (ct_attn_params){2, 2, 8, 0.35f}, "expected 2 kv heads");
+    expect_error(&tape, qkv, NULL, (ct_attn_params){1, 3, 8, 0.35f}, "columns");
+    expect_error(&tape, qkv, NULL, (ct_attn_params){0, 2, 8, 0.35f}, "bad parameters");
+    expect_error(&tape, qkv, seg4, ok, "one id per token");
+    int32_t *ids = seg->data;
+    int32_t bad[5] = {4, 4, 9, 9, 4};
+    memcpy(ids, bad, sizeof bad);
+    expect_error(&tape, qkv, seg, ok, "segment id 4 at token 0 reappears at token 4");
+    int32_t good[5] = {4, 4, 9, 9, 2};
+    memcpy(ids, good, sizeof good);
+    ct_error_clear();
+    CHECK_PTR(ct_attention(&tape, qkv, seg, &ok));
+    ct_tape_free(&tape);
+    ct_tensor_free(be, qkv);
+    ct_tensor_free(be, seg);
+    ct_tensor_free(be, seg4);
+}
+
+int main(void) {
+    test_cases();
+    test_tape();
+    test_checkpoint();
+    test_errors();
+    return ct_test_finish();
+}
