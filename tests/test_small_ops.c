@@ -1,0 +1,760 @@
+/* The small ops (embedding, rmsnorm, swiglu, add) against naive double
+ * references and central finite differences; the tape's bookkeeping (which
+ * tensors get grads, no_grad, memory reuse across steps, checkpoints); the
+ * arena; and the f32/bf16/f16 conversions against an independent decoder and
+ * a brute-force round-to-nearest-even encoder.
+ *
+ * Every gradient check uses loss = sum(r ⊙ y) with a fixed random r (the probe
+ * loss of ref_internlm2.h), so dL/dy = r reaches every element. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+#include "ref_internlm2.h"
+#include "testutil.h"
+
+static const ct_backend *be;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void *need(void *p) {
+    if (!p) {
+        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
+        exit(1);
+    }
+    return p;
+}
+
+/* A heap tensor (f32/bf16/f16 filled with N(0, scale²) rounded to the dtype,
+ * i32 left zero); trainable ones carry a zeroed f32 grad. */
+static ct_tensor *leaf(ct_dtype dt, int ndim, const int64_t *shape, bool trainable,
+                       ct_test_rng *rng, double scale) {
+    ct_tensor *t = need(ct_tensor_new(be, dt, ndim, shape, trainable));
+    int64_t n = ct_numel(t);
+    if (dt == CT_I32) {
+        memset(t->data, 0, ct_nbytes(t));
+        return t;
+    }
+    float *tmp = need(malloc((size_t)n * sizeof(float)));
+    ct_test_fill(rng, tmp, n, scale);
+    if (ct_convert(t->data, dt, tmp, CT_F32, n)) need(NULL);
+    free(tmp);
+    return t;
+}
+
+static double *to_double(const float *x, int64_t n) {
+    double *d = need(malloc((size_t)n * sizeof(double)));
+    for (int64_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+static float *random_floats(ct_test_rng *rng, int64_t n, double scale) {
+    float *r = need(malloc((size_t)n * sizeof(float)));
+    ct_test_fill(rng, r, n, scale);
+    return r;
+}
+
+/* ct_check_close plus a line with the measured worst error (for the report). */
+static void check_grad(const char *what, const float *got, const double *want, int64_t n,
+                       double atol, double rtol) {
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs(got[i] - want[i]);
+        if (d > worst) worst = d;
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    printf("  %-34s max |err| %.3g (max |want| %.3g)\n", what, worst, scale);
+    ct_check_close(what, got, want, n, atol, rtol);
+}
+
+/* Value of a code of a binary float format with eb exponent and mb mantissa
+ * bits, decoded from the definition (independent of the library). */
+static double ref_decode(uint32_t code, int eb, int mb) {
+    uint32_t sign = (code >> (eb + mb)) & 1u;
+    uint32_t ex = (code >> mb) & ((1u << eb) - 1u), man = code & ((1u << mb) - 1u);
+    int bias = (1 << (eb - 1)) - 1;
+    double v;
+    if (ex == (1u << eb) - 1u) v = man ? NAN : INFINITY;
+    else if (ex == 0) v = ldexp((double)man, 1 - bias - mb);
+    else v = ldexp((double)(man + (1u << mb)), (int)ex - bias - mb);
+    return sign ? -v : v;
+}
+
+/* The format's code nearest to v, ties to the even code, by binary search over
+ * the ordered non-negative codes; the infinity code stands for the value one
+ * ulp past the largest finite (2^(emax+1)), so overflow rounds as IEEE says.
+ * NaN gives UINT32_MAX (the caller checks "is a NaN"). */
+static uint32_t ref_encode(double v, int eb, int mb) {
+    if (isnan(v)) return UINT32_MAX;
+    uint32_t inf_code = ((1u << eb) - 1u) << mb;
+    uint32_t s = signbit(v) ? 1u << (eb + mb) : 0u;
+    int bias = (1 << (eb - 1)) - 1;
+    double a = fabs(v), top = ldexp(1.0, bias + 1);
+    if (a >= top) return s | inf_code;
+    uint32_t lo = 0, hi = inf_code; /* value(lo) <= a < value(hi) */
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (ref_decode(mid, eb, mb) <= a) lo = mid;
+        else hi = mid;
+    }
+    double vl = ref_decode(lo, eb, mb), vh = hi == inf_code ? top : ref_decode(hi, eb, mb);
+    double dl = a - vl, dh = vh - a; /* exact: both ends and a are short binary fractions */
+    uint32_t c = dl < dh ? lo : dh < dl ? hi : ((lo & 1u) ? hi : lo);
+    return s | c;
+}
+
+/* ------------------------------------------------------------ conversions */
+
+/* Every code of a 16-bit format decodes to its exact value; every code
+ * round-trips; every code converts to the other 16-bit format correctly. */
+static void test_convert_exhaustive(ct_dtype dt, int eb, int mb, ct_dtype other, int oeb, int omb) {
+    const int64_t n = 65536;
+    uint16_t *codes = need(malloc(n * sizeof(uint16_t))), *back = need(malloc(n * sizeof(uint16_t)));
+    uint16_t *oth = need(malloc(n * sizeof(uint16_t)));
+    float *f = need(malloc(n * sizeof(float)));
+    for (int64_t i = 0; i < n; i++) codes[i] = (uint16_t)i;
+    CHECK_OK(ct_convert(f, CT_F32, codes, dt, n));
+    CHECK_OK(ct_convert(back, dt, f, CT_F32, n));
+    CHECK_OK(ct_convert(oth, other, codes, dt, n));
+    int64_t bad_dec = 0, bad_rt = 0, bad_oth = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double want = ref_decode((uint32_t)i, eb, mb);
+        bool isn = isnan(want);
+        if (isn ? !isnan(f[i]) : ((double)f[i] != want || !signbit(f[i]) != !signbit(want))) bad_dec++;
+        if (isn ? !isnan(ref_decode(back[i], eb, mb)) : back[i] != codes[i]) bad_rt++;
+        uint32_t wo = ref_encode(want, oeb, omb);
+        if (wo == UINT32_MAX ? !isnan(ref_decode(oth[i], oeb, omb)) : oth[i] != wo) bad_oth++;
+    }
+    CHECK(bad_dec == 0, "%s -> f32: %lld of 65536 codes decode wrong", ct_dtype_name(dt), (long long)bad_dec);
+    CHECK(bad_rt == 0, "%s -> f32 -> %s: %lld codes do not round-trip", ct_dtype_name(dt),
+          ct_dtype_name(dt), (long long)bad_rt);
+    CHECK(bad_oth == 0, "%s -> %s: %lld codes round wrong", ct_dtype_name(dt), ct_dtype_name(other),
+          (long long)bad_oth);
+    free(codes), free(back), free(oth), free(f);
+}
+
+/* f32 -> 16-bit: exact codes, exact midpoints (ties), one f32 ulp either side of
+ * every midpoint, and random f32 bit patterns (NaN, inf, subnormals included). */
+static void test_convert_rounding(ct_dtype dt, int eb, int mb, ct_test_rng *rng) {
+    uint32_t inf_code = ((1u << eb) - 1u) << mb;
+    int bias = (1 << (eb - 1)) - 1;
+    int64_t cap = (int64_t)inf_code * 8 + 200000, n = 0;
+    float *v = need(malloc((size_t)cap * sizeof(float)));
+    for (uint32_t c = 0; c < inf_code; c++) {
+        double lo = ref_decode(c, eb, mb);
+        double hi = c + 1 == inf_code ? ldexp(1.0, bias + 1) : ref_decode(c + 1, eb, mb);
+        double mid = 0.5 * (lo + hi);
+        if ((double)(float)mid != mid) continue; /* not an f32: cannot be an input */
+        float m = (float)mid;
+        float cand[4] = {(float)lo, m, nextafterf(m, 0.0f), nextafterf(m, INFINITY)};
+        for (int k = 0; k < 4; k++) {
+            v[n++] = cand[k];
+            v[n++] = -cand[k];
+        }
+    }
+    for (int i = 0; i < 200000; i++) {
+        uint32_t u = (uint32_t)(ct_test_uniform(rng) * 4294967296.0);
+        memcpy(&v[n++], &u, 4);
+    }
+    uint16_t *got = need(malloc((size_t)n * sizeof(uint16_t)));
+    CHECK_OK(ct_convert(got, dt, v, CT_F32, n));
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t want = ref_encode((double)v[i], eb, mb);
+        bool ok = want == UINT32_MAX ? isnan(ref_decode(got[i], eb, mb)) : got[i] == want;
+        if (!ok && bad++ == 0) first = i;
+    }
+    CHECK(bad == 0, "f32 -> %s: %lld of %lld values round wrong; first %.9g -> 0x%04x, want 0x%04x",
+          ct_dtype_name(dt), (long long)bad, (long long)n, first >= 0 ? v[first] : 0.0,
+          first >= 0 ? got[first] : 0, first >= 0 ? ref_encode(v[first], eb, mb) : 0);
+    printf("  f32 -> %s: %lld values (ties, neighbours, random bits) checked\n", ct_dtype_name(dt),
+           (long long)n);
+    free(v), free(got);
+}
+
+/* A few named IEEE facts, as readable spot checks. */
+static void test_convert_named(void) {
+    struct {
+        float x;
+        ct_dtype dt;
+        uint16_t want;
+        const char *why;
+    } k[] = {
+        {1.0f + 0x1p-11f, CT_F16, 0x3c00, "f16 tie 1+2^-11 -> even 1.0"},
+        {1.0f + 3 * 0x1p-11f, CT_F16, 0x3c02, "f16 tie 1+3·2^-11 -> even 1+2^-9"},
+        {65504.0f, CT_F16, 0x7bff, "f16 max"},
+        {65519.0f, CT_F16, 0x7bff, "f16 below the overflow tie"},
+        {65520.0f, CT_F16, 0x7c00, "f16 overflow tie -> inf"},
+        {0x1p-24f, CT_F16, 0x0001, "f16 smallest subnormal"},
+        {0x1p-25f, CT_F16, 0x0000, "f16 half the smallest subnormal: tie -> 0"},
+        {0x1.8p-25f, CT_F16, 0x0001, "f16 above that tie -> smallest subnormal"},
+        {-0.0f, CT_F16, 0x8000, "f16 -0"},
+        {-INFINITY, CT_F16, 0xfc00, "f16 -inf"},
+        {1.0f + 0x1p-8f, CT_BF16, 0x3f80, "bf16 tie 1+2^-8 -> even 1.0"},
+        {1.0f + 3 * 0x1p-8f, CT_BF16, 0x3f82, "bf16 tie 1+3·2^-8 -> even"},
+        {0x1p-149f, CT_BF16, 0x0000, "bf16 f32 min subnormal -> 0"},
+        {0x1p-133f, CT_BF16, 0x0001, "bf16 smallest subnormal"},
+        {INFINITY, CT_BF16, 0x7f80, "bf16 inf"},
+        {3.4028235e38f, CT_BF16, 0x7f80, "bf16 f32 max rounds to inf"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        uint16_t got = 0;
+        CHECK_OK(ct_convert(&got, k[i].dt, &k[i].x, CT_F32, 1));
+        CHECK(got == k[i].want, "%s: got 0x%04x want 0x%04x", k[i].why, got, k[i].want);
+    }
+    float nan = NAN;
+    uint16_t h = 0, b = 0;
+    CHECK_OK(ct_convert(&h, CT_F16, &nan, CT_F32, 1));
+    CHECK_OK(ct_convert(&b, CT_BF16, &nan, CT_F32, 1));
+    CHECK((h & 0x7c00) == 0x7c00 && (h & 0x3ff), "NaN -> f16 0x%04x is not a NaN", h);
+    CHECK((b & 0x7f80) == 0x7f80 && (b & 0x7f), "NaN -> bf16 0x%04x is not a NaN", b);
+    /* A signalling NaN whose payload sits in the dropped bits must stay NaN. */
+    uint32_t snan = 0x7f800001u;
+    float fs;
+    memcpy(&fs, &snan, 4);
+    CHECK_OK(ct_convert(&b, CT_BF16, &fs, CT_F32, 1));
+    CHECK((b & 0x7f80) == 0x7f80 && (b & 0x7f), "sNaN 0x7f800001 -> bf16 0x%04x is not a NaN", b);
+    /* Unsupported pairs are input errors. */
+    int32_t i32 = 0;
+    CHECK(ct_convert(&i32, CT_I32, &nan, CT_F32, 1) == CT_EINPUT, "f32 -> i32 should be refused");
+}
+
+/* -------------------------------------------------------------- embedding */
+
+typedef struct {
+    int V, D, T;
+    const int32_t *ids;
+    double *table; /* [V, D] */
+    const float *r; /* [T, D] */
+} emb_ctx;
+
+static double emb_loss(void *p) {
+    const emb_ctx *c = p;
+    double s = 0;
+    for (int t = 0; t < c->T; t++)
+        for (int i = 0; i < c->D; i++)
+            s += c->r[(size_t)t * c->D + i] * c->table[(size_t)c->ids[t] * c->D + i];
+    return s;
+}
+
+static void test_embedding(ct_tape *tp, ct_test_rng *rng) {
+    printf("embedding\n");
+    const int V = 13, D = 7, T = 9;
+    const int32_t idv[9] = {3, 0, 12, 3, 7, 3, 1, 12, 5}; /* repeats, both ends of the vocab */
+    int64_t tshape[2] = {V, D}, ishape[1] = {T};
+    ct_tensor *ids = leaf(CT_I32, 1, ishape, false, rng, 0);
+    memcpy(ids->data, idv, sizeof idv);
+
+    /* Frozen tables of each dtype: rows copied exactly (as their f32 value). */
+    ct_dtype dts[3] = {CT_F32, CT_BF16, CT_F16};
+    for (int k = 0; k < 3; k++) {
+        ct_tape_reset(tp);
+        ct_tensor *table = leaf(dts[k], 2, tshape, false, rng, 1.0);
+        ct_tensor *y = ct_embedding(tp, table, ids);
+        CHECK_PTR(y);
+        if (!y) continue;
+        int64_t bad = 0;
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < D; i++) {
+                size_t src = (size_t)idv[t] * D + i;
+                double want = dts[k] == CT_F32 ? ((float *)table->data)[src]
+                            : dts[k] == CT_BF16 ? ref_decode(((uint16_t *)table->data)[src], 8, 7)
+                                                : ref_decode(((uint16_t *)table->data)[src], 5, 10);
+                if (((float *)y->data)[(size_t)t * D + i] != want) bad++;
+            }
+        CHECK(bad == 0, "embedding %s: %lld values differ from the table rows", ct_dtype_name(dts[k]),
+              (long long)bad);
+        CHECK(!y->requires_grad && tp->n_entries == 0, "frozen %s table: recorded %d entries",
+              ct_dtype_name(dts[k]), tp->n_entries);
+        ct_tensor_free(be, table);
+    }
+
+    /* Trainable f32 table: grad vs finite differences; rows no id hits stay 0. */
+    ct_tape_reset(tp);
+    ct_tensor *table = leaf(CT_F32, 2, tshape, true, rng, 1.0);
+    float *r = random_floats(rng, (int64_t)T * D, 1.0);
+    ct_tensor *y = ct_embedding(tp, table, ids);
+    CHECK_PTR(y);
+    ct_tensor *loss = y ? ct_test_dot_loss(tp, y, r) : NULL;
+    CHECK_PTR(loss);
+    if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+    emb_ctx c = {V, D, T, idv, to_double(table->data, (int64_t)V * D), r};
+    double *g = need(malloc((size_t)V * D * sizeof(double)));
+    ct_fd_grad(emb_loss, &c, c.table, (int64_t)V * D, 1e-3, g);
+    check_grad("embedding dtable vs FD", table->grad->data, g, (int64_t)V * D, 1e-6, 1e-6);
+    float zero_row_sum = 0;
+    for (int i = 0; i < D; i++) zero_row_sum += fabsf(((float *)table->grad->data)[(size_t)2 * D + i]);
+    CHECK(zero_row_sum == 0.0f, "row 2 (no token) got a grad");
+
+    /* Out-of-range and negative ids: input errors naming the position. */
+    int32_t badv[2] = {13, -1};
+    for (int k = 0; k < 2; k++) {
+        ct_tape_reset(tp);
+        ((int32_t *)ids->data)[4] = badv[k];
+        ct_error_clear();
+        CHECK(ct_embedding(tp, table, ids) == NULL, "id %d accepted", badv[k]);
+        CHECK(strstr(ct_last_error(), "position 4") != NULL, "message does not name the position: %s",
+              ct_last_error());
+        ct_tensor *out = ct_tape_new(tp, CT_F32, 2, (int64_t[]){T, D});
+        CHECK(be->embedding_fwd(table, ids, out) == CT_EINPUT, "kernel: id %d is not CT_EINPUT", badv[k]);
+    }
+    /* A trainable table must be f32. */
+    ct_tensor *tb = leaf(CT_BF16, 2, tshape, false, rng, 1.0);
+    tb->requires_grad = true;
+    memcpy(ids->data, idv, sizeof idv);
+    CHECK(ct_embedding(tp, tb, ids) == NULL, "trainable bf16 table accepted");
+    ct_tensor_free(be, tb);
+    ct_tensor_free(be, table);
+    ct_tensor_free(be, ids);
+    free(r), free(g), free(c.table);
+}
+
+/* ---------------------------------------------------------------- rmsnorm */
+
+typedef struct {
+    int64_t R, D;
+    double *x, *w; /* [R, D], [D] */
+    double eps;
+    const float *r;
+} rms_ctx;
+
+static void rms_ref(const rms_ctx *c, double *y) {
+    for (int64_t row = 0; row < c->R; row++) {
+        const double *xr = c->x + row * c->D;
+        double ss = 0;
+        for (int64_t i = 0; i < c->D; i++) ss += xr[i] * xr[i];
+        double inv = 1.0 / sqrt(ss / (double)c->D + c->eps);
+        for (int64_t i = 0; i < c->D; i++) y[row * c->D + i] = xr[i] * inv * c->w[i];
+    }
+}
+
+static double rms_loss(void *p) {
+    const rms_ctx *c = p;
+    double *y = need(malloc((size_t)(c->R * c->D) * sizeof(double)));
+    rms_ref(c, y);
+    double s = 0;
+    for (int64_t i = 0; i < c->R * c->D; i++) s += c->r[i] * y[i];
+    free(y);
+    return s;
+}
+
+/* x of the given shape (trainable), weight of dtype wdt (trainable iff f32).
+ * x_scale_rows: rows of very different magnitudes (eps matters for the small). */
+static void rmsnorm_case(ct_tape *tp, ct_test_rng *rng, int ndim, const int64_t *shape, ct_dtype wdt,
+                         const char *name) {
+    printf("rmsnorm %s\n", name);
+    ct_tape_reset(tp);
+    int64_t D = shape[ndim - 1];
+    ct_tensor *x = leaf(CT_F32, ndim, shape, true, rng, 1.0);
+    int64_t R = ct_rows(x), n = R * D;
+    float *xd = x->data;
+    for (int64_t i = 0; i < D; i++) xd[i] *= 1e-3f;                /* row 0: eps matters */
+    if (R > 1) for (int64_t i = D; i < 2 * D; i++) xd[i] *= 40.0f; /* row 1: large */
+    bool wtrain = wdt == CT_F32;
+    ct_tensor *w = leaf(wdt, 1, &D, wtrain, rng, 1.0);
+    float *r = random_floats(rng, n, 1.0);
+    const float eps = 1e-5f;
+
+    ct_tensor *y = ct_rmsnorm(tp, x, w, eps);
+    CHECK_PTR(y);
+    if (!y) return;
+    rms_ctx c = {R, D, to_double(xd, n), need(malloc((size_t)D * sizeof(double))), eps, r};
+    float *wf = need(malloc((size_t)D * sizeof(float)));
+    CHECK_OK(ct_convert(wf, CT_F32, w->data, wdt, D));
+    for (int64_t i = 0; i < D; i++) c.w[i] = wf[i];
+    double *want = need(malloc((size_t)n * sizeof(double)));
+    rms_ref(&c, want);
+    check_grad("forward vs double", y->data, want, n, 1e-6, 2e-6);
+
+    ct_tensor *loss = ct_test_dot_loss(tp, y, r);
+    CHECK_PTR(loss);
+    if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+    double *g = need(malloc((size_t)n * sizeof(double)));
+    ct_fd_grad(rms_loss, &c, c.x, n, 1e-6, g);
+    /* Row 0 is tiny, so its dx is large (~1/sqrt(eps)); rtol covers it. */
+    check_grad("dx vs FD", x->grad->data, g, n, 1e-5, 1e-4);
+    if (wtrain) {
+        ct_fd_grad(rms_loss, &c, c.w, D, 1e-6, g);
+        check_grad("dw vs FD", w->grad->data, g, D, 1e-5, 1e-4);
+    } else {
+        CHECK(w->grad == NULL, "frozen %s weight got a grad", ct_dtype_name(wdt));
+    }
+    ct_tensor_free(be, x), ct_tensor_free(be, w);
+    free(r), free(c.x), free(c.w), free(wf), free(want), free(g);
+}
+
+/* ----------------------------------------------------------------- swiglu */
+
+typedef struct {
+    int64_t n;
+    double *g, *u;
+    const float *r;
+} swi_ctx;
+
+static double swi_loss(void *p) {
+    const swi_ctx *c = p;
+    double s = 0;
+    for (int64_t i = 0; i < c->n; i++) s += c->r[i] * c->g[i] / (1.0 + exp(-c->g[i])) * c->u[i];
+    return s;
+}
+
+static void test_swiglu(ct_tape *tp, ct_test_rng *rng) {
+    printf("swiglu\n");
+    for (int gate_trainable = 1; gate_trainable >= 0; gate_trainable--) {
+        ct_tape_reset(tp);
+        int64_t shape[2] = {5, 11}, n = 55;
+        ct_tensor *gate = leaf(CT_F32, 2, shape, gate_trainable, rng, 3.0);
+        ct_tensor *up = leaf(CT_F32, 2, shape, true, rng, 1.0);
+        ((float *)gate->data)[0] = -90.0f; /* exp overflow side: silu -> -0 */
+        ((float *)gate->data)[1] = 90.0f;  /* silu -> identity */
+        ((float *)gate->data)[2] = 0.0f;
+        float *r = random_floats(rng, n, 1.0);
+        ct_tensor *y = ct_swiglu(tp, gate, up);
+        CHECK_PTR(y);
+        if (!y) return;
+        swi_ctx c = {n, to_double(gate->data, n), to_double(up->data, n), r};
+        double *want = need(malloc((size_t)n * sizeof(double)));
+        for (int64_t i = 0; i < n; i++) want[i] = c.g[i] / (1.0 + exp(-c.g[i])) * c.u[i];
+        check_grad("forward vs double", y->data, want, n, 1e-6, 1e-6);
+        ct_tensor *loss = ct_test_dot_loss(tp, y, r);
+        CHECK_PTR(loss);
+        if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+        double *g = need(malloc((size_t)n * sizeof(double)));
+        if (gate_trainable) {
+            ct_fd_grad(swi_loss, &c, c.g, n, 1e-6, g);
+            check_grad("dgate vs FD", gate->grad->data, g, n, 1e-6, 1e-5);
+        } else {
+            CHECK(gate->grad == NULL, "frozen gate got a grad");
+        }
+        ct_fd_grad(swi_loss, &c, c.u, n, 1e-6, g);
+        check_grad("dup vs FD", up->grad->data, g, n, 1e-6, 1e-5);
+        ct_tensor_free(be, gate), ct_tensor_free(be, up);
+        free(r), free(c.g), free(c.u), free(want), free(g);
+    }
+    /* Shapes must match. */
+    ct_tape_reset(tp);
+    ct_tensor *a = leaf(CT_F32, 2, (int64_t[]){3, 4}, false, rng, 1.0);
+    ct_tensor *b = leaf(CT_F32, 2, (int64_t[]){4, 3}, false, rng, 1.0);
+    CHECK(ct_swiglu(tp, a, b) == NULL, "swiglu of [3,4] and [4,3] accepted");
+    CHECK(ct_add(tp, a, b) == NULL, "add of [3,4] and [4,3] accepted");
+    ct_tensor_free(be, a), ct_tensor_free(be, b);
+}
+
+/* -------------------------------------------------------------------- add */
+
+typedef struct {
+    int64_t n;
+    double *a, *b;
+    const float *r;
+} add_ctx;
+
+static double add_loss(void *p) {
+    const add_ctx *c = p;
+    double s = 0;
+    for (int64_t i = 0; i < c->n; i++) s += c->r[i] * (c->a[i] + c->b[i]);
+    return s;
+}
+
+static void test_add(ct_tape *tp, ct_test_rng *rng) {
+    printf("add\n");
+    ct_tape_reset(tp);
+    int64_t shape[3] = {2, 3, 7}, n = 42;
+    ct_tensor *a = leaf(CT_F32, 3, shape, true, rng, 1.0), *b = leaf(CT_F32, 3, shape, true, rng, 1.0);
+    float *r = random_floats(rng, n, 1.0);
+    ct_tensor *y = ct_add(tp, a, b);
+    CHECK_PTR(y);
+    if (!y) return;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (((float *)y->data)[i] != ((float *)a->data)[i] + ((float *)b->data)[i]) bad++;
+    CHECK(bad == 0, "add: %lld sums differ", (long long)bad);
+    ct_tensor *loss = ct_test_dot_loss(tp, y, r);
+    CHECK_PTR(loss);
+    if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+    add_ctx c = {n, to_double(a->data, n), to_double(b->data, n), r};
+    double *g = need(malloc((size_t)n * sizeof(double)));
+    ct_fd_grad(add_loss, &c, c.a, n, 1e-3, g);
+    check_grad("da vs FD", a->grad->data, g, n, 1e-6, 1e-6);
+    ct_fd_grad(add_loss, &c, c.b, n, 1e-3, g);
+    check_grad("db vs FD", b->grad->data, g, n, 1e-6, 1e-6);
+
+    /* a + a: both inputs are one tensor, its grad is 2r. */
+    ct_tape_reset(tp);
+    memset(a->grad->data, 0, (size_t)n * sizeof(float));
+    y = ct_add(tp, a, a);
+    loss = y ? ct_test_dot_loss(tp, y, r) : NULL;
+    CHECK_PTR(loss);
+    if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+    for (int64_t i = 0; i < n; i++) g[i] = 2.0 * r[i];
+    check_grad("d(a+a)/da = 2r", a->grad->data, g, n, 0, 0);
+    ct_tensor_free(be, a), ct_tensor_free(be, b);
+    free(r), free(c.a), free(c.b), free(g);
+}
+
+/* ---------------------------------------------------------------- the tape */
+
+static bool all_zero(const ct_tensor *g) {
+    const float *d = g->data;
+    for (int64_t i = 0; i < ct_numel(g); i++)
+        if (d[i] != 0.0f) return false;
+    return true;
+}
+
+/* Grads flow only to tensors on a path to a trainable leaf. */
+static void test_tape_reachability(ct_tape *tp, ct_test_rng *rng) {
+    printf("tape: grads only where a trainable leaf is reachable\n");
+    ct_tape_reset(tp);
+    const int64_t T = 5, D = 6, V = 9;
+    ct_tensor *table = leaf(CT_F32, 2, (int64_t[]){V, D}, false, rng, 1.0);
+    ct_tensor *ids = leaf(CT_I32, 1, &T, false, rng, 0);
+    for (int t = 0; t < T; t++) ((int32_t *)ids->data)[t] = (t * 4) % (int)V;
+    ct_tensor *w_frozen = leaf(CT_F32, 1, &D, false, rng, 1.0);
+    ct_tensor *w_train = leaf(CT_F32, 1, &D, true, rng, 1.0);
+    ct_tensor *xt = leaf(CT_F32, 2, (int64_t[]){T, D}, true, rng, 1.0);
+    float *r = random_floats(rng, T * D, 1.0);
+
+    ct_tensor *e = need(ct_embedding(tp, table, ids));       /* frozen table: no grad path */
+    ct_tensor *n1 = need(ct_rmsnorm(tp, e, w_frozen, 1e-6f)); /* still none */
+    CHECK(!e->requires_grad && !n1->requires_grad && tp->n_entries == 0,
+          "frozen-only chain recorded %d entries", tp->n_entries);
+    ct_tensor *n2 = need(ct_rmsnorm(tp, n1, w_train, 1e-6f)); /* trainable weight */
+    ct_tensor *n3 = need(ct_rmsnorm(tp, xt, w_frozen, 1e-6f)); /* trainable input, frozen weight */
+    ct_tensor *s = need(ct_add(tp, n2, n3));
+    ct_tensor *loss = need(ct_test_dot_loss(tp, s, r));
+    CHECK(tp->n_entries == 4, "expected 4 recorded ops (2 rmsnorm, add, loss), got %d", tp->n_entries);
+    CHECK_OK(ct_backward(tp, loss, 1.0f));
+    CHECK(w_train->grad && !all_zero(w_train->grad), "trainable weight got no grad");
+    CHECK(xt->grad && !all_zero(xt->grad), "trainable input got no grad");
+    CHECK(w_frozen->grad == NULL, "frozen weight got a grad");
+    CHECK(table->grad == NULL, "frozen table got a grad");
+    CHECK(e->grad == NULL && n1->grad == NULL, "activations upstream of frozen ops only got grads");
+    CHECK(n2->grad && n3->grad && s->grad, "activations on the path got no grad");
+
+    /* A loss nothing trainable reaches: backward is a no-op, not an error. */
+    ct_tape_reset(tp);
+    ct_tensor *e2 = need(ct_embedding(tp, table, ids));
+    ct_tensor *l2 = need(ct_test_dot_loss(tp, e2, r));
+    CHECK_OK(ct_backward(tp, l2, 1.0f));
+    CHECK(e2->grad == NULL && table->grad == NULL, "grads appeared without a trainable leaf");
+    CHECK(ct_backward(tp, e2, 1.0f) != 0, "backward from a [T, D] tensor accepted");
+
+    ct_tensor_free(be, table), ct_tensor_free(be, ids), ct_tensor_free(be, w_frozen);
+    ct_tensor_free(be, w_train), ct_tensor_free(be, xt);
+    free(r);
+}
+
+/* A small block exercising every op; used by the no_grad, memory and checkpoint
+ * tests: y = h + swiglu(rmsnorm(h, w1), rmsnorm(h, w2)), h [T, D]. */
+typedef struct {
+    ct_tensor *w1, *w2;
+    bool nest; /* try a nested checkpoint inside (must fail) */
+} block_ctx;
+
+static int block_fn(ct_tape *tp, void *ctx, ct_tensor *h, ct_tensor **out) {
+    block_ctx *c = ctx;
+    if (c->nest) {
+        ct_tensor *dummy;
+        block_ctx inner = {c->w1, c->w2, false};
+        return ct_checkpoint(tp, block_fn, &inner, h, &dummy);
+    }
+    ct_tensor *a = ct_rmsnorm(tp, h, c->w1, 1e-5f);
+    ct_tensor *b = a ? ct_rmsnorm(tp, h, c->w2, 1e-5f) : NULL;
+    ct_tensor *s = b ? ct_swiglu(tp, a, b) : NULL;
+    *out = s ? ct_add(tp, h, s) : NULL;
+    return *out ? CT_OK : CT_ERUNTIME;
+}
+
+/* One step: h = embedding (frozen) + x (trainable), two blocks (the second
+ * checkpointed when ckpt), probe loss, backward. Returns the loss value. */
+typedef struct {
+    ct_tensor *table, *ids, *x, *w1, *w2, *w3, *w4;
+    float *r;
+} step_state;
+
+static float run_step(ct_tape *tp, step_state *s, bool ckpt, bool x_trainable) {
+    ct_tape_reset(tp);
+    bool keep = s->x->requires_grad;
+    s->x->requires_grad = x_trainable;
+    ct_tensor *e = need(ct_embedding(tp, s->table, s->ids));
+    ct_tensor *h = need(ct_add(tp, e, s->x));
+    block_ctx c1 = {s->w1, s->w2, false}, c2 = {s->w3, s->w4, false};
+    ct_tensor *h1 = NULL, *h2 = NULL;
+    CHECK_OK(ckpt ? ct_checkpoint(tp, block_fn, &c1, h, &h1) : block_fn(tp, &c1, h, &h1));
+    need(h1);
+    CHECK_OK(ckpt ? ct_checkpoint(tp, block_fn, &c2, h1, &h2) : block_fn(tp, &c2, h1, &h2));
+    ct_tensor *loss = need(ct_test_dot_loss(tp, need(h2), s->r));
+    CHECK_OK(ct_backward(tp, loss, 1.0f));
+    s->x->requires_grad = keep;
+    return *(float *)loss->data;
+}
+
+static void zero_grads(step_state *s) {
+    ct_tensor *p[5] = {s->x, s->w1, s->w2, s->w3, s->w4};
+    for (int i = 0; i < 5; i++) memset(p[i]->grad->data, 0, ct_nbytes(p[i]->grad));
+}
+
+static bool same_grads(step_state *s, float *const *saved) {
+    ct_tensor *p[5] = {s->x, s->w1, s->w2, s->w3, s->w4};
+    for (int i = 0; i < 5; i++)
+        if (memcmp(p[i]->grad->data, saved[i], ct_nbytes(p[i]->grad)) != 0) return false;
+    return true;
+}
+
+static void save_grads(step_state *s, float **saved) {
+    ct_tensor *p[5] = {s->x, s->w1, s->w2, s->w3, s->w4};
+    for (int i = 0; i < 5; i++) {
+        saved[i] = need(malloc(ct_nbytes(p[i]->grad)));
+        memcpy(saved[i], p[i]->grad->data, ct_nbytes(p[i]->grad));
+    }
+}
+
+static void test_tape_steps(ct_test_rng *rng) {
+    printf("tape: no_grad, memory reuse, checkpoints, grad accumulation\n");
+    /* Small blocks, so a step spans several and some tensors exceed one. */
+    ct_tape tp;
+    CHECK_OK(ct_tape_init(&tp, be, (size_t)64 << 10));
+    const int64_t T = 40, D = 500, V = 17;
+    step_state s;
+    s.table = leaf(CT_F32, 2, (int64_t[]){V, D}, false, rng, 1.0);
+    s.ids = leaf(CT_I32, 1, &T, false, rng, 0);
+    for (int t = 0; t < T; t++) ((int32_t *)s.ids->data)[t] = (t * 7) % (int)V;
+    s.x = leaf(CT_F32, 2, (int64_t[]){T, D}, true, rng, 0.5);
+    s.w1 = leaf(CT_F32, 1, &D, true, rng, 1.0), s.w2 = leaf(CT_F32, 1, &D, true, rng, 1.0);
+    s.w3 = leaf(CT_F32, 1, &D, true, rng, 1.0), s.w4 = leaf(CT_F32, 1, &D, true, rng, 1.0);
+    s.r = random_floats(rng, T * D, 1.0);
+
+    /* Plain step, then checkpointed: same loss and grads, bit for bit. */
+    float l_plain = run_step(&tp, &s, false, true);
+    float *plain[5];
+    save_grads(&s, plain);
+    zero_grads(&s);
+    float l_ckpt = run_step(&tp, &s, true, true);
+    CHECK(l_plain == l_ckpt, "checkpointed loss %.9g != plain %.9g", l_ckpt, l_plain);
+    CHECK(same_grads(&s, plain), "checkpointed grads differ from plain");
+    /* Without zeroing, a second step accumulates: exactly twice (x + x = 2x). */
+    run_step(&tp, &s, true, true);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < D; i++)
+        if (((float *)s.w1->grad->data)[i] != 2.0f * plain[1][i]) bad++;
+    CHECK(bad == 0, "grads did not accumulate across steps (%lld differ)", (long long)bad);
+
+    /* Memory: after a warm-up step, further identical steps reserve nothing new. */
+    size_t r_meta = ct_arena_reserved(&tp.meta), r_main = ct_arena_reserved(&tp.main);
+    size_t r_scr = ct_arena_reserved(&tp.scratch);
+    int cap = tp.cap_entries;
+    CHECK(tp.main.n_blocks > 2 && r_scr > 0, "the step should span several blocks (%d)", tp.main.n_blocks);
+    for (int k = 0; k < 4; k++) {
+        zero_grads(&s);
+        float l = run_step(&tp, &s, k % 2 == 0, true);
+        CHECK(l == l_plain, "step %d: loss %.9g != %.9g", k, l, l_plain);
+        CHECK(same_grads(&s, plain), "step %d: grads differ", k);
+    }
+    CHECK(ct_arena_reserved(&tp.meta) == r_meta && ct_arena_reserved(&tp.main) == r_main &&
+              ct_arena_reserved(&tp.scratch) == r_scr && tp.cap_entries == cap,
+          "arenas grew after warm-up: meta %zu->%zu main %zu->%zu scratch %zu->%zu",
+          r_meta, ct_arena_reserved(&tp.meta), r_main, ct_arena_reserved(&tp.main), r_scr,
+          ct_arena_reserved(&tp.scratch));
+    printf("  reserved after warm-up: meta %zu, main %zu, scratch %zu bytes; stable over 4 steps\n",
+           r_meta, r_main, r_scr);
+
+    /* Checkpointed segment whose input needs no grad: params still get grads. */
+    zero_grads(&s);
+    run_step(&tp, &s, false, false);
+    float *plain_nox[5];
+    save_grads(&s, plain_nox);
+    zero_grads(&s);
+    run_step(&tp, &s, true, false);
+    CHECK(same_grads(&s, plain_nox), "checkpoint with a frozen input: grads differ");
+    CHECK(!all_zero(s.w1->grad) && all_zero(s.x->grad), "frozen-input checkpoint: wrong grads");
+
+    /* no_grad: nothing recorded, same values, no grads. */
+    zero_grads(&s);
+    ct_tape_reset(&tp);
+    bool prev = ct_tape_set_recording(&tp, false);
+    CHECK(prev, "recording should be on by default");
+    ct_tensor *e = need(ct_embedding(&tp, s.table, s.ids));
+    ct_tensor *h = need(ct_add(&tp, e, s.x));
+    block_ctx c1 = {s.w1, s.w2, false}, c2 = {s.w3, s.w4, false};
+    ct_tensor *h1 = NULL, *h2 = NULL;
+    CHECK_OK(ct_checkpoint(&tp, block_fn, &c1, h, &h1));
+    CHECK_OK(block_fn(&tp, &c2, h1, &h2));
+    ct_tensor *loss = need(ct_test_dot_loss(&tp, h2, s.r));
+    CHECK(tp.n_entries == 0, "no_grad recorded %d entries", tp.n_entries);
+    CHECK(!h2->requires_grad && !loss->requires_grad, "no_grad outputs require grad");
+    CHECK(*(float *)loss->data == l_plain, "no_grad loss %.9g != %.9g", *(float *)loss->data, l_plain);
+    CHECK_OK(ct_backward(&tp, loss, 1.0f));
+    CHECK(all_zero(s.w1->grad) && all_zero(s.x->grad), "no_grad backward produced grads");
+    ct_tape_set_recording(&tp, true);
+
+    /* Segments do not nest. */
+    ct_tape_reset(&tp);
+    block_ctx nest = {s.w1, s.w2, true};
+    ct_tensor *o = NULL;
+    CHECK(ct_checkpoint(&tp, block_fn, &nest, s.x, &o) != 0, "nested checkpoint accepted");
+    CHECK(!tp.in_checkpoint && tp.data == &tp.main, "failed checkpoint left the tape in a segment");
+
+    for (int i = 0; i < 5; i++) free(plain[i]), free(plain_nox[i]);
+    ct_tensor *all[7] = {s.table, s.ids, s.x, s.w1, s.w2, s.w3, s.w4};
+    for (int i = 0; i < 7; i++) ct_tensor_free(be, all[i]);
+    free(s.r);
+    ct_tape_free(&tp);
+}
+
+/* --------------------------------------------------------------- the arena */
+
+static void test_arena(void) {
+    printf("arena\n");
+    ct_arena a;
+    ct_arena_init(&a, ct_host_allocator(), 4096);
+    void *p1 = ct_arena_alloc(&a, 1), *p2 = ct_arena_alloc(&a, 300);
+    CHECK(p1 && p2 && (uintptr_t)p1 % CT_ARENA_ALIGN == 0 && (uintptr_t)p2 % CT_ARENA_ALIGN == 0,
+          "misaligned");
+    CHECK((char *)p2 - (char *)p1 == CT_ARENA_ALIGN, "1 byte should take one alignment unit");
+    ct_arena_mark m = ct_arena_get_mark(&a);
+    void *p3 = ct_arena_alloc(&a, 10000); /* larger than a block: its own block */
+    CHECK(p3 && (uintptr_t)p3 % CT_ARENA_ALIGN == 0, "big alloc failed");
+    memset(p3, 1, 10000);
+    void *p4 = ct_arena_alloc(&a, 100);
+    ct_arena_rewind(&a, m);
+    void *p5 = ct_arena_alloc(&a, 10000);
+    CHECK(p5 == p3, "rewind did not reuse the big block");
+    CHECK(p4 != NULL, "alloc after a big block failed");
+    size_t reserved = ct_arena_reserved(&a), peak = a.peak;
+    CHECK(peak >= 10000 + 2 * CT_ARENA_ALIGN, "peak %zu too small", peak);
+    for (int k = 0; k < 3; k++) {
+        ct_arena_reset(&a);
+        CHECK(a.used == 0, "reset left %zu used", a.used);
+        CHECK(ct_arena_alloc(&a, 1) == p1 && ct_arena_alloc(&a, 300) == p2, "reset did not reuse");
+        CHECK(ct_arena_alloc(&a, 10000) == p3 && ct_arena_alloc(&a, 100) == p4, "same sequence, other memory");
+    }
+    CHECK(ct_arena_reserved(&a) == reserved && a.peak == peak, "arena grew on identical steps");
+    ct_arena_free(&a);
+}
+
+int main(void) {
+    be = ct_cpu_backend();
+    ct_test_rng rng = {20240611};
+    ct_tape tp;
+    CHECK_OK(ct_tape_init(&tp, be, (size_t)1 << 20));
+
+    printf("conversions\n");
+    test_convert_exhaustive(CT_F16, 5, 10, CT_BF16, 8, 7);
+    test_convert_exhaustive(CT_BF16, 8, 7, CT_F16, 5, 10);
+    test_convert_rounding(CT_F16, 5, 10, &rng);
+    test_convert_rounding(CT_BF16, 8, 7, &rng);
+    test_convert_named();
+
+    test_embedding(&tp, &rng);
+    rmsnorm_case(&tp, &rng, 3, (int64_t[]){3, 5, 13}, CT_F32, "[3,5,13] f32 weight");
+    rmsnorm_case(&tp, &rng, 2, (int64_t[]){6, 37}, CT_BF16, "[6,37] bf16 weight (frozen)");
+    rmsnorm_case(&tp, &rng, 1, (int64_t[]){9}, CT_F16, "[9] f16 weight (frozen)");
+    test_swiglu(&tp, &rng);
+    test_add(&tp, &rng);
+    test_tape_reachability(&tp, &rng);
+    test_tape_steps(&rng);
+    test_arena();
+
+    ct_tape_free(&tp);
+    return ct_test_finish();
+}

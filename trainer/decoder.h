@@ -1,0 +1,110 @@
+/* The InternLM2 decoder built from the autograd ops (ARCHITECTURE.md §5):
+ *
+ *   layer:  h += wo(attention(rope(wqkv(rmsnorm(h, attention_norm)))))
+ *           h += w2(swiglu(w1 x, w3 x)),  x = rmsnorm(h, ffn_norm)
+ *   model:  h = tok_embeddings[ids]; N layers; rmsnorm(h, norm);
+ *           loss = cross-entropy(output(h), labels)
+ *
+ * Every linear is a ct_linear (frozen base weight of any dtype, optional LoRA).
+ * The weights belong to the caller (the model loader); these functions only read
+ * them and record ops on the tape. A layer can run inside a checkpointed segment
+ * (ct_checkpoint): only its input is kept and backward recomputes it.
+ *
+ * Lifetimes: the dims, weights and the tensors of a ct_decoder_input must stay
+ * valid until ct_backward of the step has returned (backward and checkpoint
+ * recomputation read them); everything these functions create lives in the
+ * tape's arenas until ct_tape_reset. */
+#ifndef CT_DECODER_H
+#define CT_DECODER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "autograd/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Shape and hyper-parameters of a decoder layer (from config.json). */
+typedef struct {
+    int hidden;        /* D = hidden_size */
+    int n_heads;       /* Hq = num_attention_heads */
+    int n_kv_heads;    /* Hkv = num_key_value_heads; Hq % Hkv == 0, G = Hq / Hkv */
+    int head_dim;      /* hd (= D / Hq in InternLM2), even */
+    int intermediate;  /* F = intermediate_size */
+    float eps;         /* rms_norm_eps */
+    /* RoPE base values: theta, scaling, factor, max_pos. head_dim, group,
+     * rotate_per_group and seq_len are filled per step by the layer. */
+    ct_rope_params rope;
+} ct_decoder_dims;
+
+/* One layer's weights ([out, in] like the HF tensors). */
+typedef struct {
+    ct_tensor *attention_norm; /* [D] */
+    ct_tensor *ffn_norm;       /* [D] */
+    ct_linear wqkv;            /* [Hkv*(G+2)*hd, D], rows grouped per KV head */
+    ct_linear wo;              /* [D, Hq*hd] */
+    ct_linear w1;              /* gate [F, D] */
+    ct_linear w3;              /* up   [F, D] */
+    ct_linear w2;              /* down [D, F] */
+} ct_decoder_layer_weights;
+
+/* Per-step inputs shared by every layer. */
+typedef struct {
+    ct_tensor *pos;  /* i32 [T]: position of each token, restarting per packed sample */
+    ct_tensor *seg;  /* i32 [T]: sample id of each token (contiguous runs), or NULL */
+    int64_t seq_len; /* max(pos) + 1: the length the dynamic-NTK rope rule looks at */
+} ct_decoder_input;
+
+/* Fills *in from pos/seg; computes seq_len = max(pos) + 1 (reads pos back from
+ * the device in small pieces, no allocation). CT_EINPUT for a negative
+ * position or a pos/seg that is not i32 [T]. */
+int ct_decoder_input_init(ct_decoder_input *in, const ct_backend *be, ct_tensor *pos,
+                          ct_tensor *seg);
+
+/* Checks the weights' shapes against dims (CT_EINPUT naming the tensor). The
+ * layer functions call it; a model loader can call it once up front. */
+int ct_decoder_layer_check(const ct_decoder_dims *d, const ct_decoder_layer_weights *w);
+
+/* One decoder layer: *out [T, D] from h [T, D] (f32). h is not modified. */
+int ct_decoder_layer(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_layer_weights *w,
+                     const ct_decoder_input *in, ct_tensor *h, ct_tensor **out);
+
+/* The same layer inside a checkpointed segment: the forward keeps only the
+ * layer's output (the next layer's input); backward re-runs the layer (same
+ * dropout masks) and backpropagates through it. Outside recording it is the
+ * plain layer. */
+int ct_decoder_layer_checkpointed(ct_tape *t, const ct_decoder_dims *d,
+                                  const ct_decoder_layer_weights *w, const ct_decoder_input *in,
+                                  ct_tensor *h, ct_tensor **out);
+
+/* A whole model. */
+typedef struct {
+    ct_decoder_dims dims;
+    int n_layers;
+    ct_tensor *tok_embeddings;         /* [V, D] */
+    ct_decoder_layer_weights *layers;  /* [n_layers] */
+    ct_tensor *norm;                   /* [D] final norm */
+    ct_linear output;                  /* [V, D] head (not tied) */
+} ct_decoder_model;
+
+/* Embedding -> n_layers layers (each checkpointed when `checkpoint`) -> final
+ * rmsnorm: *hidden [T, D], the input of the output head. */
+int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,
+                            const ct_decoder_input *in, bool checkpoint, ct_tensor **hidden);
+
+/* ct_decoder_model_hidden followed by the fused head + cross-entropy:
+ * *loss (1 element) = sum of NLL over tokens whose label is not -100, divided by
+ * `norm` (norm <= 0: by their count, i.e. the mean). labels i32 [T] are already
+ * aligned with the inputs (label t is the token that should follow token t: the
+ * caller shifts, as HF does before its loss). *n_trained (may be NULL) gets the
+ * number of trained tokens. */
+int ct_decoder_model_loss(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,
+                          const ct_decoder_input *in, ct_tensor *labels, bool checkpoint,
+                          float norm, ct_tensor **loss, int64_t *n_trained);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
