@@ -15,5 +15,7 @@ typedef struct {
 extern const ct_command ct_commands[];
 
 int ct_cmd_info(int argc, char **argv);
+int ct_cmd_make_model(int argc, char **argv);
+int ct_cmd_tokenize(int argc, char **argv);
 
 #endif
