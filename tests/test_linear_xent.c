@@ -224,6 +224,7 @@ static void test_bad_labels(void) {
         ct_tensor *loss = ct_linear_cross_entropy(&tp, S.x, &S.head, S.lab, 0.0f, NULL);
         CHECK(loss == NULL && strstr(ct_last_error(), pos[k]) != NULL,
               "bad label not reported with its position: %s", ct_last_error());
+        CHECK(ct_last_status() == CT_EINPUT, "bad label: status %d, want CT_EINPUT", ct_last_status());
         /* The kernel checks too (backends are callable directly): CT_EINPUT. */
         double nll;
         int64_t n;

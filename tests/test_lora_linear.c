@@ -376,10 +376,12 @@ static void test_errors(void) {
     CHECK(ct_lora_linear(&tp, x, &l1) == NULL && strstr(ct_last_error(), "wo.weight") &&
               strstr(ct_last_error(), "[4, 8]"),
           "in mismatch not reported: %s", ct_last_error());
+    CHECK(ct_last_status() == CT_EINPUT, "in mismatch: status %d, want CT_EINPUT", ct_last_status());
     ct_linear l2 = {w2, a, b, 1.0f, 0.0f, 1};
     CHECK(ct_lora_linear(&tp, x, &l2) == NULL && strstr(ct_last_error(), "w1.weight") &&
               strstr(ct_last_error(), "[5, 2]"),
           "B shape mismatch not reported: %s", ct_last_error());
+    CHECK(ct_last_status() == CT_EINPUT, "B mismatch: status %d, want CT_EINPUT", ct_last_status());
     ct_linear l3 = {w2, a, NULL, 1.0f, 0.0f, 1};
     CHECK(ct_lora_linear(&tp, x, &l3) == NULL, "A without B accepted");
     int64_t b6[2] = {6, 2};
