@@ -29,30 +29,28 @@ CT_HD uint16_t ct_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* IEEE half <-> f32, exact for every half value; f32 -> half rounds to nearest even. */
+/* IEEE half <-> f32, exact for every half value; f32 -> half rounds to nearest even.
+ * half -> f32 is branch-free (selects only, so loops over it vectorize): the
+ * exponent is rebiased; inf/NaN get the rest of the f32 exponent range; a
+ * subnormal is renormalised exactly by one f32 subtraction of 2^-14. */
 CT_HD float ct_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    uint32_t u;
-    if (exp == 0) {
-        if (man == 0) {
-            u = sign;
-        } else { /* subnormal: renormalise */
-            int e = -1;
-            do {
-                e++;
-                man <<= 1;
-            } while ((man & 0x400u) == 0);
-            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        u = sign | 0x7f800000u | (man << 13);
-    } else {
-        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
+    const uint32_t shifted_exp = 0x7c00u << 13;
+    uint32_t o = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t exp = shifted_exp & o;
+    o += (uint32_t)(127 - 15) << 23;
+    uint32_t inf_nan = o + ((uint32_t)(128 - 16) << 23);
+    uint32_t sub_bits = o + (1u << 23);
+    float sub, magic;
+    uint32_t magic_bits = 113u << 23; /* 2^-14 */
+    memcpy(&sub, &sub_bits, 4);
+    memcpy(&magic, &magic_bits, 4);
+    sub -= magic;
+    uint32_t sub_u;
+    memcpy(&sub_u, &sub, 4);
+    o = exp == shifted_exp ? inf_nan : (exp == 0 ? sub_u : o);
+    o |= (uint32_t)(h & 0x8000u) << 16;
     float f;
-    memcpy(&f, &u, 4);
+    memcpy(&f, &o, 4);
     return f;
 }
 

@@ -89,13 +89,14 @@ const char *ct_shape_str(const ct_tensor *t, char *buf, size_t cap) {
     return buf;
 }
 
-static float load_f(const void *p, ct_dtype dt, int64_t i) {
-    switch (dt) {
-    case CT_BF16: return ct_bf16_to_f32(((const uint16_t *)p)[i]);
-    case CT_F16: return ct_f16_to_f32(((const uint16_t *)p)[i]);
-    default: return ((const float *)p)[i];
-    }
-}
+/* One loop per (src, dst) pair so each vectorizes; the dtype switch is outside. */
+#define CT_CONVERT_LOOP(DST_T, SRC_T, EXPR)                                     \
+    do {                                                                        \
+        DST_T *d_ = (DST_T *)dst;                                               \
+        const SRC_T *s_ = (const SRC_T *)src;                                   \
+        _Pragma("omp parallel for simd schedule(static) if (n > 65536)")        \
+        for (int64_t i = 0; i < n; i++) d_[i] = EXPR(s_[i]);                    \
+    } while (0)
 
 int ct_convert(void *dst, ct_dtype dst_dt, const void *src, ct_dtype src_dt, int64_t n) {
     bool ok_src = src_dt == CT_F32 || src_dt == CT_BF16 || src_dt == CT_F16;
@@ -107,14 +108,18 @@ int ct_convert(void *dst, ct_dtype dst_dt, const void *src, ct_dtype src_dt, int
         memmove(dst, src, ct_dtype_bytes(src_dt, n));
         return CT_OK;
     }
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) {
-        float v = load_f(src, src_dt, i);
-        switch (dst_dt) {
-        case CT_BF16: ((uint16_t *)dst)[i] = ct_f32_to_bf16(v); break;
-        case CT_F16: ((uint16_t *)dst)[i] = ct_f32_to_f16(v); break;
-        default: ((float *)dst)[i] = v; break;
-        }
+    if (dst_dt == CT_F32) {
+        if (src_dt == CT_BF16) CT_CONVERT_LOOP(float, uint16_t, ct_bf16_to_f32);
+        else CT_CONVERT_LOOP(float, uint16_t, ct_f16_to_f32);
+    } else if (src_dt == CT_F32) {
+        if (dst_dt == CT_BF16) CT_CONVERT_LOOP(uint16_t, float, ct_f32_to_bf16);
+        else CT_CONVERT_LOOP(uint16_t, float, ct_f32_to_f16);
+    } else if (dst_dt == CT_BF16) { /* f16 -> bf16 through f32 (exact, then rounded once) */
+#define CT_F16_TO_BF16(x) ct_f32_to_bf16(ct_f16_to_f32(x))
+        CT_CONVERT_LOOP(uint16_t, uint16_t, CT_F16_TO_BF16);
+    } else {
+#define CT_BF16_TO_F16(x) ct_f32_to_f16(ct_bf16_to_f32(x))
+        CT_CONVERT_LOOP(uint16_t, uint16_t, CT_BF16_TO_F16);
     }
     return CT_OK;
 }
