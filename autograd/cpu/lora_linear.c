@@ -17,6 +17,7 @@
  * All GEMMs are cblas_sgemm calls made outside OpenMP regions; every output
  * element is summed in a fixed order, so results repeat bit for bit. */
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
 #include "../ct_error.h"
@@ -41,10 +42,58 @@ static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
     return n < rows ? n : rows;
 }
 
+/* Few input rows (token-by-token decoding): a GEMM would re-pack the whole
+ * weight for one row. Instead each thread takes a range of weight rows, brings
+ * each row to f32 once (in place for f32 weights) and dots it with the M input
+ * rows. Every output is one thread's fixed-order sum: deterministic. */
+#define CT_GEMV_MAX_ROWS 4
+
+static int gemv_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
+                    float beta, float *c, int64_t ldc, ct_arena *scratch) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    int nthreads = omp_get_max_threads();
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    float *rows = NULL; /* [nthreads, K]: one converted weight row per thread */
+    if (w->dtype != CT_F32) {
+        rows = ct_arena_alloc(scratch, (size_t)nthreads * (size_t)K * sizeof(float));
+        if (!rows) return CT_ERUNTIME;
+        /* Converting row 0 here validates the weight (dtype, quant state) with
+         * a proper message; the per-row conversions below then cannot fail. */
+        int rc = ct_cpu_weight_rows_f32(w, 0, 1, rows);
+        if (rc) {
+            ct_arena_rewind(scratch, mark);
+            return rc;
+        }
+    }
+#pragma omp parallel num_threads(nthreads) if (N * K > 65536)
+    {
+        float *buf = rows ? rows + (size_t)omp_get_thread_num() * (size_t)K : NULL;
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *wr = (const float *)w->data + (size_t)n * (size_t)K;
+            if (buf) {
+                (void)ct_cpu_weight_rows_f32(w, n, 1, buf);
+                wr = buf;
+            }
+            for (int64_t m = 0; m < M; m++) {
+                const float *xr = x + (size_t)m * (size_t)ldx;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t k = 0; k < K; k++) acc += xr[k] * wr[k];
+                float *cm = c + (size_t)m * (size_t)ldc + (size_t)n;
+                *cm = alpha * acc + (beta == 0.0f ? 0.0f : beta * *cm);
+            }
+        }
+    }
+    ct_arena_rewind(scratch, mark);
+    return CT_OK;
+}
+
 int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
                     float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
     if (M == 0 || N == 0) return CT_OK;
+    if (M <= CT_GEMV_MAX_ROWS) return gemv_xwt(M, x, ldx, w, alpha, beta, c, ldc, scratch);
     if (w->dtype == CT_F32) {
         /* C = alpha·X·Wᵀ + beta·C   (M×K)·(K×N) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, alpha, x,
