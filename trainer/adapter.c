@@ -245,6 +245,7 @@ static int load_weights(const char *dir, ct_lora *lora, const ct_backend *be) {
         if (seen[idx])
             rc = ct_errorf(CT_EINPUT, "%s: key '%s' appears twice (with and without the adapter name)", file, key);
         else rc = read_param(file, t, p, be);
+        ct_st_release(st, t); /* copied out: the mapped pages need not stay resident (a 7B r=64 adapter is 0.6 GB) */
         seen[idx] = true;
     }
     for (size_t i = 0; rc == CT_OK && i < n; i++)
