@@ -97,6 +97,15 @@ typedef struct ct_backend {
                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                          ct_tensor *dqkv, ct_arena *scratch);
 
+    /* Cached attention for generation (KV cache [max_len, Hkv, hd] f32 per layer):
+     * copies the k/v of qkv [T, Hkv*(G+2)*hd] (tokens at positions p0..p0+T-1,
+     * already rotated) into cache rows p0.., then, when out != NULL, out
+     * [T, Hq*hd] = causal attention of each token's queries against cache rows
+     * [0, p0+t]. No grad, nothing saved. */
+    int (*attention_decode)(const ct_tensor *qkv, int64_t p0, const ct_attn_params *p,
+                            ct_tensor *k_cache, ct_tensor *v_cache, ct_tensor *out,
+                            ct_arena *scratch);
+
     /* y = silu(gate) * up. */
     int (*swiglu_fwd)(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y);
     int (*swiglu_bwd)(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,
@@ -104,6 +113,9 @@ typedef struct ct_backend {
 
     /* y += alpha * x (n elements, f32): residual add and its backward. */
     int (*axpy)(float alpha, const ct_tensor *x, ct_tensor *y);
+    /* y = a + b (n elements, f32; y may be a or b): the residual add in one
+     * pass. Optional: NULL means the op does copy(y, a) + axpy(1, b, y). */
+    int (*add_fwd)(const ct_tensor *a, const ct_tensor *b, ct_tensor *y);
 
     /* y [T,out] = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ; u [T,r] = drop(x)·Aᵀ saved (NULL when
      * lin->a is NULL, or when nothing is saved: then a scratch temporary). `seed`

@@ -6,10 +6,13 @@
  *
  * Every gradient check uses loss = sum(r ⊙ y) with a fixed random r (the probe
  * loss of ref_internlm2.h), so dL/dy = r reaches every element. */
+#include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/ct_inline.h"
 #include "autograd/ops.h"
 #include "ref_internlm2.h"
 #include "testutil.h"
@@ -492,6 +495,310 @@ static void test_add(ct_tape *tp, ct_test_rng *rng) {
     free(r), free(c.a), free(c.b), free(g);
 }
 
+/* ------------------------------------ exp, sigmoid, silu: the whole range */
+
+/* |ct_expf(x) - e^x| for one x: relative to e^x for normal results, in units
+ * of the smallest subnormal (2^-149) below FLT_MIN. Returns false (and counts
+ * nothing) where e^x lies between FLT_MAX and the overflow threshold, where
+ * either FLT_MAX or inf is acceptable. */
+static bool exp_err(float x, double *rel, double *sub_ulps, bool *bad_inf) {
+    float got = ct_expf(x);
+    double want = exp((double)x);
+    *rel = 0, *sub_ulps = 0, *bad_inf = false;
+    if (isinf((float)want)) {
+        *bad_inf = !(isinf(got) && got > 0);
+        return true;
+    }
+    if (want > FLT_MAX) return false;
+    if (isinf(got) || isnan(got)) {
+        *bad_inf = true;
+        return true;
+    }
+    if (want >= FLT_MIN) *rel = fabs((double)got - want) / want;
+    else *sub_ulps = fabs((double)got - want) / 0x1p-149;
+    return true;
+}
+
+static void test_expf(ct_test_rng *rng) {
+    printf("ct_expf (shared CPU/GPU exp)\n");
+    double worst_rel = 0, worst_sub = 0;
+    float at_rel = 0, at_sub = 0;
+    int64_t n = 0, bad_inf = 0;
+    /* Every 257th float of [-88, 88] (by bit pattern, both signs), 4M uniform
+     * values of [-88, 88], and every float of the overflow border [88.7, 88.75],
+     * the normal/subnormal border [-87.4, -87.3] and the underflow border
+     * [-104, -103.9] (also past it, where e^x rounds to 0). */
+    uint32_t lim;
+    float f88 = 88.0f;
+    memcpy(&lim, &f88, 4);
+    /* the grid, the uniform values, the four borders (< 50000 floats each) */
+    size_t cap = 2 * ((size_t)lim / 257 + 1) + 4000000 + 4 * 50000;
+    float *xs = need(malloc(cap * sizeof(float)));
+    for (uint32_t u = 0; u <= lim; u += 257) {
+        float v;
+        memcpy(&v, &u, 4);
+        xs[n++] = v;
+        xs[n++] = -v;
+    }
+    for (int i = 0; i < 4000000; i++) xs[n++] = (float)(176.0 * ct_test_uniform(rng) - 88.0);
+    const float borders[4][2] = {{88.7f, 88.75f}, {-87.4f, -87.3f}, {-104.0f, -103.9f}, {-110.0f, -109.99f}};
+    for (int b = 0; b < 4; b++)
+        for (float v = borders[b][0]; v <= borders[b][1] && (size_t)n < cap; v = nextafterf(v, INFINITY))
+            xs[n++] = v;
+    for (int64_t i = 0; i < n; i++) {
+        double rel, sub;
+        bool binf;
+        if (!exp_err(xs[i], &rel, &sub, &binf)) continue;
+        bad_inf += binf;
+        if (rel > worst_rel) worst_rel = rel, at_rel = xs[i];
+        if (sub > worst_sub) worst_sub = sub, at_sub = xs[i];
+    }
+    printf("  %lld values: max rel err %.3g (at %.9g), subnormal results max %.3g x 2^-149 (at %.9g)\n",
+           (long long)n, worst_rel, at_rel, worst_sub, at_sub);
+    CHECK(worst_rel < 1e-6, "ct_expf relative error %.3g at %.9g (want < 1e-6)", worst_rel, at_rel);
+    CHECK(worst_sub <= 1.0, "ct_expf subnormal result off by %.3g x 2^-149 at %.9g", worst_sub, at_sub);
+    CHECK(bad_inf == 0, "ct_expf: %lld values overflow differently from exp", (long long)bad_inf);
+    free(xs);
+
+    /* Special values, as expf gives them. */
+    CHECK(ct_expf(-INFINITY) == 0.0f && !signbit(ct_expf(-INFINITY)), "exp(-inf) = %g", ct_expf(-INFINITY));
+    CHECK(isinf(ct_expf(INFINITY)) && ct_expf(INFINITY) > 0, "exp(inf) = %g", ct_expf(INFINITY));
+    CHECK(isnan(ct_expf(NAN)) && isnan(ct_expf(-NAN)), "exp(NaN) is not NaN");
+    CHECK(ct_expf(0.0f) == 1.0f && ct_expf(-0.0f) == 1.0f, "exp(±0) = %.9g", ct_expf(0.0f));
+    CHECK(isinf(ct_expf(FLT_MAX)) && ct_expf(-FLT_MAX) == 0.0f, "exp(±FLT_MAX) = %g, %g", ct_expf(FLT_MAX),
+          ct_expf(-FLT_MAX));
+    CHECK(ct_expf(88.72283f) < INFINITY && isinf(ct_expf(88.72284f)), "overflow threshold moved");
+    CHECK(ct_expf(-103.9f) > 0.0f && ct_expf(-104.0f) == 0.0f, "underflow threshold moved");
+    float tiny = 1e-30f;
+    CHECK(ct_expf(tiny) == 1.0f && ct_expf(-tiny) == 1.0f, "exp(±1e-30) != 1");
+
+    /* sigmoid and the silu pieces at the ends of the range. */
+    CHECK(ct_sigmoidf(-INFINITY) == 0.0f && ct_sigmoidf(INFINITY) == 1.0f && isnan(ct_sigmoidf(NAN)),
+          "sigmoid(-inf, inf, NaN) = %g %g %g", ct_sigmoidf(-INFINITY), ct_sigmoidf(INFINITY), ct_sigmoidf(NAN));
+    CHECK(ct_sigmoidf(-1000.0f) == 0.0f && ct_sigmoidf(1000.0f) == 1.0f, "sigmoid(±1000)");
+}
+
+/* Equal bit for bit, or both NaN (a NaN's sign and payload depend on operand order). */
+static bool same_floats(const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(isnan(a[i]) && isnan(b[i])) && memcmp(&a[i], &b[i], sizeof(float)) != 0) return false;
+    return true;
+}
+
+/* The swiglu kernels on values at and past the ends of the float range: no
+ * NaN from a finite or infinite gate (silu(-inf) = ±0, silu(+inf) = inf, the
+ * derivative 0 and 1), NaN in -> NaN out; finite gates match double. */
+static void test_swiglu_extremes(ct_test_rng *rng) {
+    printf("swiglu: extreme gates\n");
+    const float gv[] = {-INFINITY, INFINITY, NAN, -FLT_MAX, FLT_MAX / 4, -1000.0f, 1000.0f, -120.5f,
+                        -104.0f,   -88.8f,   88.8f, -87.5f,   20.0f,       -20.0f,   17.0f,   -0.0f,
+                        0.0f,      1e-30f,   -1e-30f, 3.0f, -3.0f,        0.5f,     -0.5f,   1e-3f};
+    const int64_t n = (int64_t)(sizeof gv / sizeof gv[0]);
+    ct_tensor *g = leaf(CT_F32, 1, &n, false, rng, 1.0), *u = leaf(CT_F32, 1, &n, false, rng, 1.0);
+    ct_tensor *d = leaf(CT_F32, 1, &n, false, rng, 1.0), *y = leaf(CT_F32, 1, &n, false, rng, 1.0);
+    ct_tensor *dg = leaf(CT_F32, 1, &n, false, rng, 1.0), *du = leaf(CT_F32, 1, &n, false, rng, 1.0);
+    ct_tensor *dg1 = leaf(CT_F32, 1, &n, false, rng, 1.0), *du1 = leaf(CT_F32, 1, &n, false, rng, 1.0);
+    float *gs = g->data, *us = u->data, *ds = d->data;
+    memcpy(gs, gv, sizeof gv);
+    for (int64_t i = 0; i < n; i++) {
+        us[i] = i % 2 ? -1.5f : 0.75f;
+        ds[i] = i % 3 ? 1.25f : -0.5f;
+    }
+    memset(dg->data, 0, ct_nbytes(dg)), memset(du->data, 0, ct_nbytes(du));
+    memset(dg1->data, 0, ct_nbytes(dg1)), memset(du1->data, 0, ct_nbytes(du1));
+    CHECK_OK(be->swiglu_fwd(g, u, y));
+    CHECK_OK(be->swiglu_bwd(g, u, d, dg, du));
+    CHECK_OK(be->swiglu_bwd(g, u, d, dg1, NULL)); /* the one-grad loops */
+    CHECK_OK(be->swiglu_bwd(g, u, d, NULL, du1));
+    const float *ys = y->data, *dgs = dg->data, *dus = du->data;
+    for (int64_t i = 0; i < n; i++) {
+        double gi = gs[i], ui = us[i], di = ds[i];
+        if (isnan(gi)) {
+            CHECK(isnan(ys[i]) && isnan(dgs[i]) && isnan(dus[i]), "NaN gate: y %g dg %g du %g", ys[i],
+                  dgs[i], dus[i]);
+        } else if (isinf(gi)) {
+            /* silu(-inf) = 0 (either sign), silu'(-inf) = 0; silu(inf) = inf, silu'(inf) = 1 */
+            double silu = gi > 0 ? INFINITY : 0.0, dsilu = gi > 0 ? 1.0 : 0.0;
+            CHECK(ys[i] == silu * ui, "swiglu(%g, %g) = %g, want %g", gi, ui, ys[i], silu * ui);
+            CHECK(dus[i] == silu * di, "d up at gate %g: %g, want %g", gi, dus[i], silu * di);
+            CHECK(dgs[i] == (float)(di * ui * dsilu), "d gate at gate %g: %g, want %g", gi, dgs[i],
+                  di * ui * dsilu);
+        } else {
+            double s = 1.0 / (1.0 + exp(-gi)), silu = gi * s, dsilu = s * (1.0 + gi * (1.0 - s));
+            double wy = silu * ui, wdu = di * silu, wdg = di * ui * dsilu;
+            CHECK(fabs(ys[i] - wy) <= 1e-37 + 2e-6 * fabs(wy), "swiglu(%.9g, %g) = %.9g, want %.9g", gi, ui,
+                  ys[i], wy);
+            CHECK(fabs(dus[i] - wdu) <= 1e-37 + 2e-6 * fabs(wdu), "d up at gate %.9g: %.9g, want %.9g", gi,
+                  dus[i], wdu);
+            CHECK(fabs(dgs[i] - wdg) <= 1e-37 + 2e-6 * fabs(wdg), "d gate at gate %.9g: %.9g, want %.9g",
+                  gi, dgs[i], wdg);
+        }
+    }
+    CHECK(same_floats(dg1->data, dg->data, n), "dgate alone differs from dgate with dup");
+    CHECK(same_floats(du1->data, du->data, n), "dup alone differs from dup with dgate");
+    ct_tensor *all[8] = {g, u, d, y, dg, du, dg1, du1};
+    for (int i = 0; i < 8; i++) ct_tensor_free(be, all[i]);
+}
+
+/* --------------------------- the parallel paths: large shapes, 1 vs 3 threads */
+
+/* Runs fn with nt OpenMP threads, restoring the setting after. */
+static int saved_threads;
+static void use_threads(int nt) {
+    if (!saved_threads) saved_threads = omp_get_max_threads();
+    omp_set_num_threads(nt > 0 ? nt : saved_threads);
+}
+
+/* swiglu on 120000 elements (parallel, vectorized loops) against double. */
+static void test_swiglu_large(ct_test_rng *rng) {
+    printf("swiglu [300, 400]: parallel path vs double\n");
+    int64_t shape[2] = {300, 400}, n = 120000;
+    ct_tensor *g = leaf(CT_F32, 2, shape, false, rng, 4.0), *u = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *d = leaf(CT_F32, 2, shape, false, rng, 1.0), *y = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *dg = leaf(CT_F32, 2, shape, false, rng, 1.0), *du = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    const float *gs = g->data, *us = u->data, *ds = d->data;
+    double *wy = need(malloc((size_t)n * sizeof(double))), *wdg = need(malloc((size_t)n * sizeof(double)));
+    double *wdu = need(malloc((size_t)n * sizeof(double)));
+    /* dg, du start random: the kernel accumulates */
+    const float *dg0 = dg->data, *du0 = du->data;
+    for (int64_t i = 0; i < n; i++) {
+        double gi = gs[i], s = 1.0 / (1.0 + exp(-gi)), silu = gi * s;
+        wy[i] = silu * us[i];
+        wdu[i] = du0[i] + ds[i] * silu;
+        wdg[i] = dg0[i] + ds[i] * us[i] * s * (1.0 + gi * (1.0 - s));
+    }
+    use_threads(3);
+    CHECK_OK(be->swiglu_fwd(g, u, y));
+    CHECK_OK(be->swiglu_bwd(g, u, d, dg, du));
+    use_threads(0);
+    check_grad("forward vs double", y->data, wy, n, 1e-6, 2e-6);
+    /* dgate = dy·u·s·(1 + g(1 - s)) cancels near g = -1.28: the error is
+     * relative to the terms' size (~10 here), not to the result. */
+    check_grad("dgate vs double", dg->data, wdg, n, 1e-5, 2e-6);
+    check_grad("dup vs double", du->data, wdu, n, 1e-6, 2e-6);
+    ct_tensor *all[6] = {g, u, d, y, dg, du};
+    for (int i = 0; i < 6; i++) ct_tensor_free(be, all[i]);
+    free(wy), free(wdg), free(wdu);
+}
+
+/* rmsnorm kernels on a large [R, D] (parallel; D > 8192 takes the column-chunk
+ * path) against double: y, dx and dw (w f32: dw summed over per-thread
+ * partials). The same call twice with 3 threads is bit-identical; 1 thread
+ * agrees to rounding. */
+static void rmsnorm_large(ct_test_rng *rng, int64_t R, int64_t D, ct_dtype wdt) {
+    printf("rmsnorm [%lld, %lld] %s weight: parallel path vs double, determinism\n", (long long)R,
+           (long long)D, ct_dtype_name(wdt));
+    int64_t shape[2] = {R, D}, n = R * D;
+    const float eps = 1e-5f;
+    ct_tensor *x = leaf(CT_F32, 2, shape, false, rng, 1.0), *dy = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *w = leaf(wdt, 1, &D, false, rng, 1.0), *y = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *rstd = leaf(CT_F32, 1, &R, false, rng, 1.0);
+    ct_tensor *dx = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *dw = wdt == CT_F32 ? leaf(CT_F32, 1, &D, false, rng, 1.0) : NULL;
+    float *xs = x->data, *gs = dy->data;
+    for (int64_t i = 0; i < D; i++) xs[i] *= 1e-3f; /* row 0: eps matters */
+    float *wf = need(malloc((size_t)D * sizeof(float)));
+    CHECK_OK(ct_convert(wf, CT_F32, w->data, wdt, D));
+    /* Double reference; dx and dw accumulate onto their random start values. */
+    double *wy = need(malloc((size_t)n * sizeof(double))), *wdx = need(malloc((size_t)n * sizeof(double)));
+    double *wdw = need(calloc((size_t)D, sizeof(double)));
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = xs + r * D, *gr = gs + r * D;
+        double ss = 0, dot = 0;
+        for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i], dot += (double)gr[i] * wf[i] * xr[i];
+        double inv = 1.0 / sqrt(ss / (double)D + eps), c = inv * inv * inv * dot / (double)D;
+        for (int64_t i = 0; i < D; i++) {
+            wy[r * D + i] = xr[i] * inv * wf[i];
+            wdx[r * D + i] = ((float *)dx->data)[r * D + i] + inv * gr[i] * wf[i] - c * xr[i];
+            wdw[i] += (double)gr[i] * xr[i] * inv;
+        }
+    }
+    if (dw)
+        for (int64_t i = 0; i < D; i++) wdw[i] += ((float *)dw->data)[i];
+    float *dx0 = need(malloc(ct_nbytes(dx))), *dw0 = dw ? need(malloc(ct_nbytes(dw))) : NULL;
+    memcpy(dx0, dx->data, ct_nbytes(dx));
+    if (dw) memcpy(dw0, dw->data, ct_nbytes(dw));
+
+    /* 3 threads, twice from the same start: bit-identical; then 1 thread. */
+    float *keep[3] = {NULL, NULL, NULL}; /* y, dx, dw of the first run */
+    for (int run = 0; run < 3; run++) {
+        use_threads(run < 2 ? 3 : 1);
+        memcpy(dx->data, dx0, ct_nbytes(dx));
+        if (dw) memcpy(dw->data, dw0, ct_nbytes(dw));
+        CHECK_OK(be->rmsnorm_fwd(x, w, eps, y, rstd));
+        CHECK_OK(be->rmsnorm_bwd(x, w, rstd, dy, dx, dw));
+        use_threads(0);
+        if (run == 0) {
+            check_grad("forward vs double", y->data, wy, n, 1e-6, 2e-6);
+            check_grad("dx vs double", dx->data, wdx, n, 1e-5, 1e-5);
+            if (dw) check_grad("dw vs double", dw->data, wdw, D, 1e-5, 1e-5);
+            keep[0] = need(malloc(ct_nbytes(y))), keep[1] = need(malloc(ct_nbytes(dx)));
+            memcpy(keep[0], y->data, ct_nbytes(y));
+            memcpy(keep[1], dx->data, ct_nbytes(dx));
+            if (dw) keep[2] = need(malloc(ct_nbytes(dw))), memcpy(keep[2], dw->data, ct_nbytes(dw));
+        } else if (run == 1) {
+            CHECK(memcmp(keep[0], y->data, ct_nbytes(y)) == 0 && memcmp(keep[1], dx->data, ct_nbytes(dx)) == 0 &&
+                      (!dw || memcmp(keep[2], dw->data, ct_nbytes(dw)) == 0),
+                  "rmsnorm: two runs with 3 threads differ");
+        } else {
+            /* Row results do not depend on the thread count at all; dw only by rounding. */
+            CHECK(memcmp(keep[0], y->data, ct_nbytes(y)) == 0 && memcmp(keep[1], dx->data, ct_nbytes(dx)) == 0,
+                  "rmsnorm: y or dx depend on the thread count");
+            if (dw) check_grad("dw, 1 thread, vs double", dw->data, wdw, D, 1e-5, 1e-5);
+        }
+    }
+    /* dx only and dw only (the unfused paths) give the same as both together. */
+    if (dw) {
+        memcpy(dx->data, dx0, ct_nbytes(dx));
+        memcpy(dw->data, dw0, ct_nbytes(dw));
+        use_threads(3);
+        CHECK_OK(be->rmsnorm_bwd(x, w, rstd, dy, dx, NULL));
+        CHECK_OK(be->rmsnorm_bwd(x, w, rstd, dy, NULL, dw));
+        use_threads(0);
+        CHECK(memcmp(keep[1], dx->data, ct_nbytes(dx)) == 0, "rmsnorm: dx alone differs");
+        CHECK(memcmp(keep[2], dw->data, ct_nbytes(dw)) == 0, "rmsnorm: dw alone differs");
+    }
+    ct_tensor *all[7] = {x, dy, w, y, rstd, dx, dw};
+    for (int i = 0; i < 7; i++)
+        if (all[i]) ct_tensor_free(be, all[i]);
+    for (int i = 0; i < 3; i++) free(keep[i]);
+    free(wf), free(wy), free(wdx), free(wdw), free(dx0), free(dw0);
+}
+
+/* Weights/tables of a dtype the kernels cannot read: input errors, not garbage. */
+static void test_dtype_errors(ct_tape *tp, ct_test_rng *rng) {
+    printf("rmsnorm / embedding: unreadable dtypes refused\n");
+    ct_tape_reset(tp);
+    int64_t shape[2] = {4, 8}, D = 8;
+    ct_tensor *x = leaf(CT_F32, 2, shape, false, rng, 1.0), *w = leaf(CT_I32, 1, &D, false, rng, 0);
+    ct_tensor *y = leaf(CT_F32, 2, shape, false, rng, 1.0), *ids = leaf(CT_I32, 1, shape, false, rng, 0);
+    ct_error_clear();
+    CHECK(ct_rmsnorm(tp, x, w, 1e-5f) == NULL && strstr(ct_last_error(), "i32"), "i32 rmsnorm weight: %s",
+          ct_last_error());
+    CHECK(be->rmsnorm_fwd(x, w, 1e-5f, y, NULL) == CT_EINPUT, "kernel: i32 rmsnorm weight accepted");
+    ct_tensor *tab = leaf(CT_I32, 2, shape, false, rng, 0);
+    CHECK(be->embedding_fwd(tab, ids, y) == CT_EINPUT, "kernel: i32 embedding table accepted");
+    ct_tensor *all[5] = {x, w, y, ids, tab};
+    for (int i = 0; i < 5; i++) ct_tensor_free(be, all[i]);
+}
+
+/* add on 1M elements (parallel, fused kernel): exact sums. */
+static void test_add_large(ct_tape *tp, ct_test_rng *rng) {
+    printf("add [1000, 1001]: fused parallel kernel\n");
+    ct_tape_reset(tp);
+    int64_t shape[2] = {1000, 1001}, n = 1001000;
+    ct_tensor *a = leaf(CT_F32, 2, shape, false, rng, 1.0), *b = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    use_threads(3);
+    ct_tensor *y = ct_add(tp, a, b);
+    use_threads(0);
+    CHECK_PTR(y);
+    int64_t bad = 0;
+    for (int64_t i = 0; y && i < n; i++)
+        if (((float *)y->data)[i] != ((float *)a->data)[i] + ((float *)b->data)[i]) bad++;
+    CHECK(bad == 0, "add: %lld sums differ", (long long)bad);
+    ct_tensor_free(be, a), ct_tensor_free(be, b);
+}
+
 /* ---------------------------------------------------------------- the tape */
 
 static bool all_zero(const ct_tensor *g) {
@@ -751,6 +1058,14 @@ int main(void) {
     rmsnorm_case(&tp, &rng, 1, (int64_t[]){9}, CT_F16, "[9] f16 weight (frozen)");
     test_swiglu(&tp, &rng);
     test_add(&tp, &rng);
+    test_expf(&rng);
+    test_swiglu_extremes(&rng);
+    test_swiglu_large(&rng);
+    rmsnorm_large(&rng, 97, 1003, CT_F32);
+    rmsnorm_large(&rng, 9, 8200, CT_F32);  /* two column chunks */
+    rmsnorm_large(&rng, 9, 8200, CT_BF16); /* converted per chunk */
+    test_add_large(&tp, &rng);
+    test_dtype_errors(&tp, &rng);
     test_tape_reachability(&tp, &rng);
     test_tape_steps(&rng);
     test_arena();

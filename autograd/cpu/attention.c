@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "../ct_error.h"
+#include "../ct_inline.h" /* ct_expf: branch-free, so the softmax loops vectorize */
 #include "cpu_kernels.h"
 
 enum { BLK = 64 }; /* queries and keys per block */
@@ -105,29 +106,6 @@ static void mm_tile(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai
             memcpy(c3 + VL, &c31, vb);
         }
     }
-}
-
-/* e^x in fp32 (Cephes expf: range reduction by ln 2, degree-6 polynomial,
- * ~1-2 ulp), x clamped to [-87, 88] (so e^-inf gives ~1e-38, not 0: callers
- * write masked entries themselves). Branch-free arithmetic, so the loops that
- * call it vectorize; libm's expf would be called once per element. */
-static inline float exp_poly(float x) {
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln2) */
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n; n in [-126, 127] */
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
 }
 
 /* The problem, resolved once per call. */
@@ -263,7 +241,7 @@ static void fwd_softmax(const attn_dims *a, int64_t i0, int64_t nq, int64_t nqp,
     }
     for (int64_t i = 0; i < nqp; i++) {
         float mn = mx[i] > m[i] ? mx[i] : m[i];
-        alpha[i] = mn == -INFINITY ? 1.0f : exp_poly(m[i] - mn);
+        alpha[i] = mn == -INFINITY ? 1.0f : ct_expf(m[i] - mn);
         m[i] = mn;
         l[i] *= alpha[i];
     }
@@ -272,7 +250,7 @@ static void fwd_softmax(const attn_dims *a, int64_t i0, int64_t nq, int64_t nqp,
         int64_t lo, hi;
         clamp_range(k0 + j, a->end[k0 + j], i0, nq, &lo, &hi);
         for (int64_t i = 0; i < lo; i++) s[i] = 0.0f;
-        for (int64_t i = lo; i < hi; i++) s[i] = exp_poly(s[i] - m[i]);
+        for (int64_t i = lo; i < hi; i++) s[i] = ct_expf(s[i] - m[i]);
         for (int64_t i = hi; i < nqp; i++) s[i] = 0.0f;
         for (int64_t i = 0; i < nqp; i++) l[i] += s[i]; /* keys summed in order */
     }
@@ -405,7 +383,7 @@ static void bwd_block(const attn_dims *a, const bwd_io *io, int64_t h, int64_t q
         float li = r < nq ? lse[i] : 0.0f, di = r < nq ? dd[i] : 0.0f;
         for (int64_t c = 0; c < lo; c++) p[c] = ds[c] = 0.0f;
         for (int64_t c = lo; c < hi; c++) {
-            p[c] = exp_poly(p[c] - li);
+            p[c] = ct_expf(p[c] - li);
             ds[c] = p[c] * (ds[c] - di); /* dS = P * (dP - D) */
         }
         for (int64_t c = hi; c < nkp; c++) p[c] = ds[c] = 0.0f;

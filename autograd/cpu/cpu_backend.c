@@ -33,6 +33,7 @@ static const ct_backend *make_cpu(void) {
     be.swiglu_fwd = ct_cpu_swiglu_fwd;
     be.swiglu_bwd = ct_cpu_swiglu_bwd;
     be.axpy = ct_cpu_axpy;
+    be.add_fwd = ct_cpu_add_fwd;
     be.lora_linear_fwd = ct_cpu_lora_linear_fwd;
     be.lora_linear_bwd = ct_cpu_lora_linear_bwd;
     be.linear_xent_fwd = ct_cpu_linear_xent_fwd;
@@ -40,6 +41,7 @@ static const ct_backend *make_cpu(void) {
     be.rope_bwd = ct_cpu_rope_bwd;
     be.attention_fwd = ct_cpu_attention_fwd;
     be.attention_bwd = ct_cpu_attention_bwd;
+    be.attention_decode = ct_cpu_attention_decode;
     be.name = "cpu";
     return &be;
 }

@@ -12,6 +12,7 @@ float ct_cpu_load(const ct_tensor *t, int64_t i);
 int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst);
 
 int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
+int ct_cpu_add_fwd(const ct_tensor *a, const ct_tensor *b, ct_tensor *y); /* cpu/add.c */
 /* Frozen-weight GEMMs (cpu/lora_linear.c), shared by lora_linear and
  * linear_xent. W [N, K] is frozen in any weight dtype: f32 goes straight to
  * sgemm, others are converted per row tile into `scratch` (released on return).
@@ -29,9 +30,11 @@ size_t ct_cpu_set_weight_tile_bytes(size_t bytes);
  * and kept ones are scaled by 1/(1-p). */
 void ct_cpu_dropout_rows(const float *src, float *dst, int64_t m, int64_t cols,
                          const int64_t *rows, int64_t row0, uint64_t seed, float p);
-/* Bound on the [chunk, V] logits buffer of linear_xent (default 32 MiB; 0 restores
- * it). Returns the previous bound. Not thread-safe: for tests and benchmarks. */
+/* linear_xent's bounds (0 restores the default; each returns the previous one;
+ * not thread-safe: for tests and benchmarks): the [rows, Vt] logits block
+ * (default 32 MiB) and one f32 vocab tile [Vt, D] of the head (default 4 MiB). */
 size_t ct_cpu_set_xent_chunk_bytes(size_t bytes);
+size_t ct_cpu_set_xent_tile_bytes(size_t bytes);
 
 
 int ct_cpu_embedding_fwd(const ct_tensor *table, const ct_tensor *ids, ct_tensor *y);
@@ -49,6 +52,10 @@ int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_at
 int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                          ct_tensor *dqkv, ct_arena *scratch);
+/* Cached attention for generation (attention_decode.c); contract in backend.h. */
+int ct_cpu_attention_decode(const ct_tensor *qkv, int64_t p0, const ct_attn_params *p,
+                            ct_tensor *k_cache, ct_tensor *v_cache, ct_tensor *out,
+                            ct_arena *scratch);
 int ct_cpu_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y);
 int ct_cpu_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,
                       ct_tensor *dgate, ct_tensor *dup);
