@@ -1,5 +1,7 @@
 /* Element-wise kernels: axpy (residual add), swiglu. One thread per element,
- * fp32 math; the scalar formulas match cpu/swiglu.c. */
+ * fp32 math; the scalar formulas are the shared ones of ct_inline.h, exactly
+ * what cpu/swiglu.c runs. */
+#include "autograd/ct_inline.h"
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 
@@ -14,19 +16,16 @@ __global__ void axpy_kernel(float alpha, const float *x, float *y, int64_t n) {
 
 __global__ void swiglu_fwd_kernel(const float *g, const float *u, float *y, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        y[i] = g[i] * s * u[i];
-    }
+    if (i < n) y[i] = ct_silu_s(g[i], ct_sigmoidf(g[i])) * u[i];
 }
 
 __global__ void swiglu_bwd_kernel(const float *g, const float *u, const float *dy, float *dg,
                                   float *du, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        if (du) du[i] += dy[i] * g[i] * s;
-        if (dg) dg[i] += dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+        float s = ct_sigmoidf(g[i]);
+        if (du) du[i] += dy[i] * ct_silu_s(g[i], s);
+        if (dg) dg[i] += dy[i] * u[i] * ct_dsilu_s(g[i], s);
     }
 }
 
