@@ -137,7 +137,7 @@ static void test_shipped_configs(void) {
     snprintf(path, sizeof path, "%s/tiny_demo.yaml", dir);
     if (ct_config_load(path, NULL, 0, &c) == 0) {
         CHECK(c.max_iters == 300 && c.device == CT_DEVICE_CPU && c.data_format == CT_DS_CONVERSATION &&
-                  strcmp(c.pretrained_model_name_or_path, "examples/tiny/model") == 0 &&
+                  strcmp(c.pretrained_model_name_or_path, "work_dirs/tiny_demo/base") == 0 &&
                   strcmp(c.data_path, "examples/tiny/self_cognition.json") == 0, "tiny_demo");
         ct_config_free(&c);
     }

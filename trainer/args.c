@@ -80,3 +80,25 @@ int ct_args_parse(ct_args *a, int argc, char **argv) {
         return ct_errorf(CT_EINPUT, "%s: missing argument (usage: %s)", argv[0], a->usage);
     return CT_OK;
 }
+
+int ct_args_collect(const ct_args *a, int argc, char **argv, const char *name, const char ***values, int *n) {
+    *n = 0;
+    *values = calloc((size_t)argc + 1, sizeof **values);
+    if (!*values) return ct_errorf(CT_ERUNTIME, "out of memory");
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--") == 0) break;
+        if (arg[0] != '-' || arg[1] == '\0') continue;
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+        for (int k = 0; k < a->n_specs; k++) {
+            const ct_argspec *s = &a->specs[k];
+            if (strlen(s->name) != len || strncmp(s->name, arg, len) != 0) continue;
+            if (s->kind == CT_ARG_FLAG) break;
+            const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+            if (v && strcmp(s->name, name) == 0) (*values)[(*n)++] = v;
+            break;
+        }
+    }
+    return CT_OK;
+}

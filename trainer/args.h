@@ -34,4 +34,10 @@ typedef struct {
 int ct_args_parse(ct_args *a, int argc, char **argv);
 void ct_args_print_help(const ct_args *a);
 
+/* Every value given to the repeatable string option `name` (e.g. "--set"),
+ * in command-line order, walking argv with ct_args_parse's rules (call it
+ * after a successful parse). *values is malloc'ed (free() it; the strings
+ * point into argv), *n its length. */
+int ct_args_collect(const ct_args *a, int argc, char **argv, const char *name, const char ***values, int *n);
+
 #endif

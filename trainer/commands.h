@@ -14,8 +14,15 @@ typedef struct {
 /* The table, terminated by a {NULL} entry. */
 extern const ct_command ct_commands[];
 
+int ct_cmd_chat(int argc, char **argv);
+int ct_cmd_copy_cfg(int argc, char **argv);
+int ct_cmd_eval(int argc, char **argv);
 int ct_cmd_info(int argc, char **argv);
+int ct_cmd_list_cfg(int argc, char **argv);
+int ct_cmd_log_dataset(int argc, char **argv);
 int ct_cmd_make_model(int argc, char **argv);
+int ct_cmd_merge(int argc, char **argv);
 int ct_cmd_tokenize(int argc, char **argv);
+int ct_cmd_train(int argc, char **argv);
 
 #endif

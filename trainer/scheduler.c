@@ -36,7 +36,7 @@ static int64_t to_iters(int64_t steps, int64_t period) {
 }
 
 /* The phase's value at its step k (0 <= k < end - begin) from `enter`. */
-static double phase_value(const ct_sched_phase *p, int64_t k) {
+static double phase_value(const ct_sched_span *p, int64_t k) {
     int64_t last = p->end == INT64_MAX ? INT64_MAX : p->end - p->begin - 1; /* K */
     switch (p->kind) {
     case CT_SCHED_LINEAR: {
@@ -62,7 +62,7 @@ static int check_range01(double v, const char *what, const char *where, int i, c
 
 /* Spec -> phase in steps; checks values as mmengine's constructors do. */
 static int resolve(const ct_sched_spec *sp, int i, int64_t ipe, const char *where,
-                   ct_sched_phase *ph) {
+                   ct_sched_span *ph) {
     ct_sched_kind k = sp->kind;
     if (k != CT_SCHED_LINEAR && k != CT_SCHED_COSINE && k != CT_SCHED_CONSTANT)
         return ct_errorf(CT_EINPUT, "%s[%d]: unknown scheduler kind %d", where, i, (int)k);
@@ -127,7 +127,7 @@ static int resolve(const ct_sched_spec *sp, int i, int64_t ipe, const char *wher
 }
 
 static int cmp_phase(const void *a, const void *b) {
-    const ct_sched_phase *x = a, *y = b;
+    const ct_sched_span *x = a, *y = b;
     int64_t bx = to_iters(x->begin, x->period), by = to_iters(y->begin, y->period);
     return (bx > by) - (bx < by);
 }
@@ -144,7 +144,7 @@ int ct_sched_init(ct_scheduler *s, double base_lr, const ct_sched_spec *specs, i
     for (int i = 0; i < n; i++) CT_TRY(resolve(&specs[i], i, iters_per_epoch, where, &s->phase[i]));
     qsort(s->phase, (size_t)n, sizeof s->phase[0], cmp_phase);
     for (int i = 1; i < n; i++) {
-        const ct_sched_phase *a = &s->phase[i - 1], *b = &s->phase[i];
+        const ct_sched_span *a = &s->phase[i - 1], *b = &s->phase[i];
         int64_t a_end = to_iters(a->end, a->period), b_begin = to_iters(b->begin, b->period);
         if (b_begin < a_end) {
             char end_s[32];
@@ -160,7 +160,7 @@ int ct_sched_init(ct_scheduler *s, double base_lr, const ct_sched_spec *specs, i
     /* Chain: each phase starts from what the previous one left. */
     double lr = base_lr;
     for (int i = 0; i < n; i++) {
-        ct_sched_phase *p = &s->phase[i];
+        ct_sched_span *p = &s->phase[i];
         p->enter = lr;
         p->held = p->end == INT64_MAX ? lr : phase_value(p, p->end - p->begin - 1);
         lr = p->held;
@@ -194,7 +194,7 @@ int ct_sched_init_xtuner(ct_scheduler *s, double base_lr, double warmup_ratio, d
 double ct_sched_lr_at(const ct_scheduler *s, int64_t iter) {
     if (iter < 0) iter = 0;
     /* The last phase starting at or before iter decides. */
-    const ct_sched_phase *p = NULL;
+    const ct_sched_span *p = NULL;
     for (int i = 0; i < s->n; i++) {
         if (to_iters(s->phase[i].begin, s->phase[i].period) <= iter) p = &s->phase[i];
         else break;

@@ -74,13 +74,13 @@ typedef struct {
     double start_factor, end_factor, eta_min, t_max, factor;
     double enter;         /* lr entering the phase */
     double held;          /* lr after the phase (its value at step end-1) */
-} ct_sched_phase;
+} ct_sched_span;
 
 /* A resolved schedule (plain value; no resources). */
 typedef struct {
     double base_lr;
     int n;                /* 0: constant base_lr */
-    ct_sched_phase phase[CT_SCHED_MAX_PHASES]; /* sorted by begin */
+    ct_sched_span phase[CT_SCHED_MAX_PHASES]; /* sorted by begin */
 } ct_scheduler;
 
 /* int(epochs * iters_per_epoch), as mmengine converts begin/end. */

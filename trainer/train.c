@@ -1,0 +1,261 @@
+/* The training loop: iterations of one micro-batch, gradient accumulation
+ * over windows of accumulative_counts iterations, clipping, AdamW at the LR
+ * of the iteration that closes the window, and the hooks (progress,
+ * checkpoints, evaluation) between iterations.
+ *
+ * Loss normalisation: before a window runs, the trained tokens of all its
+ * micro-batches are counted (a second loader reads the same batches ahead);
+ * each iteration's loss is its NLL sum divided by that window total N. The
+ * gradients accumulated over the window are then exactly those of
+ * "sum of NLL over the window / N", the token mean of the whole window, the
+ * same for batch_size 2 x 1 iteration as for batch_size 1 x 2 iterations
+ * (up to the order of fp32 additions). mmengine instead divides each
+ * iteration's mean by accumulative_counts, which weighs a short sample's
+ * tokens more; the token mean is what HF Trainer does since 4.46.
+ *
+ * Randomness: dropout masks come from tape.step_seed = mix(seed, iteration),
+ * so a checkpoint recomputation and a resumed run draw the same masks. */
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "autograd/ct_error.h"
+#include "autograd/ct_inline.h"
+#include "trainer/adapter.h"
+#include "trainer/checkpoint.h"
+#include "trainer/train_internal.h"
+
+static volatile sig_atomic_t g_stop_signal = 0; /* > 0: a signal number; -1: a request without one */
+
+void ct_train_request_stop(int signo) { g_stop_signal = signo > 0 ? signo : -1; }
+void ct_train_clear_stop(void) { g_stop_signal = 0; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The loader numbers the samples of each row from 0 and marks padding -1; the
+ * attention reads each run of equal ids as one sample, so across the rows of
+ * a batch (flattened to one sequence) every run gets an id of its own, and a
+ * new row always starts a new run. */
+static void unique_segments(const int32_t *seg, int64_t rows, int64_t T, int32_t *out) {
+    int32_t id = -1;
+    for (int64_t i = 0; i < rows * T; i++) {
+        if (i % T == 0 || seg[i] != seg[i - 1]) id++;
+        out[i] = id;
+    }
+}
+
+static ct_tensor *input_tensor(ct_tape *tp, const int32_t *host, int64_t n) {
+    ct_tensor *x = ct_tape_new(tp, CT_I32, 1, &n);
+    if (x && tp->be->upload(x->data, host, (size_t)n * sizeof *host)) return NULL;
+    return x;
+}
+
+/* Forward and backward of the next micro-batch; grads accumulate into the
+ * LoRA grad block. *nll: the batch's NLL sum, *targets its trained tokens,
+ * *tokens its real (non-padding) tokens. */
+static int run_iteration(ct_trainer *t, double *nll, int64_t *targets, int64_t *tokens) {
+    ct_batch *b = &t->batch;
+    CT_TRY(ct_loader_next(&t->loader, b));
+    t->epoch = b->cursor.epoch;
+    int64_t n = b->rows * b->T;
+    unique_segments(b->seg, b->rows, b->T, t->seg);
+
+    ct_tape *tp = &t->tape;
+    ct_tape_reset(tp);
+    tp->step_seed = ct_mix64((uint64_t)t->cfg->seed ^ ct_mix64((uint64_t)t->iter));
+    ct_tensor *ids = input_tensor(tp, b->ids, n), *labels = input_tensor(tp, b->labels, n);
+    ct_tensor *pos = input_tensor(tp, b->pos, n), *seg = input_tensor(tp, t->seg, n);
+    if (!ids || !labels || !pos || !seg)
+        return ct_error_wrap(CT_ERUNTIME, "iteration %lld: the batch's inputs", (long long)t->iter + 1);
+    ct_decoder_input in;
+    CT_TRY(ct_decoder_input_init(&in, tp->be, pos, seg));
+    /* A window without any trained token (possible with pre-tokenized data)
+     * contributes nothing: its loss is 0 whatever the divisor. */
+    float norm = (float)(t->window_targets > 0 ? t->window_targets : 1);
+    ct_tensor *loss;
+    int64_t n_trained = 0;
+    CT_TRY(ct_decoder_model_loss(tp, ct_model_decoder(t->model), ids, &in, labels, t->cfg->gradient_checkpointing,
+                                 norm, &loss, &n_trained));
+    float lv;
+    CT_TRY(tp->be->download(&lv, loss->data, sizeof lv));
+    if (n_trained > 0 && isfinite(lv)) CT_TRY(ct_backward(tp, loss, 1.0f));
+    *nll = (double)lv * (double)norm;
+    *targets = n_trained;
+    *tokens = b->n_tokens;
+    return CT_OK;
+}
+
+/* Stops the run on a NaN/Inf: nothing more is saved, so the newest
+ * checkpoint is the last good state. */
+static int nonfinite(ct_trainer *t, const char *what) {
+    char last[CT_PATH_MAX] = "";
+    bool found = false;
+    if (ct_ckpt_find_latest(t->work_dir, last, sizeof last, NULL, &found)) found = false;
+    return ct_errorf(CT_ERUNTIME, "iteration %lld (optimizer step %lld): %s; training stopped without saving. %s%s%s",
+                     (long long)t->iter, (long long)t->step + 1, what,
+                     found ? "The last good checkpoint is " : "No checkpoint was saved yet",
+                     found ? last : "", found ? " (continue from it with --resume after lowering lr or max_norm, or "
+                                                "checking the data)" : " (lower lr or max_norm, or check the data)");
+}
+
+static int optimizer_step(ct_trainer *t) {
+    double lr = ct_sched_lr_at(&t->sched, t->iter - 1); /* the LR of the iteration closing the window */
+    double norm = 0;
+    int rc = t->cfg->max_norm > 0 ? ct_grad_clip_norm(t->params, t->n_params, t->cfg->max_norm, &norm)
+                                  : ct_grad_global_norm(t->params, t->n_params, &norm);
+    if (rc == CT_ENONFINITE) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "the gradient is not finite (%s)", ct_last_error());
+        return nonfinite(t, msg);
+    }
+    CT_TRY(rc);
+    CT_TRY(ct_adamw_step(t->adamw, lr));
+    ct_adamw_zero_grad(t->adamw);
+    t->step++;
+    t->last_lr = lr;
+    t->last_grad_norm = norm;
+    return CT_OK;
+}
+
+/* A checkpoint falls due every save_steps iterations; one due inside the
+ * window [w0, iter) is written when the window closes. */
+static bool save_due(const ct_trainer *t) {
+    int64_t s = t->cfg->save_steps, acc = t->cfg->accumulative_counts;
+    if (s <= 0) return false;
+    int64_t w0 = (t->iter - 1) / acc * acc;
+    return t->iter / s > w0 / s;
+}
+
+static bool stop_requested(const ct_trainer *t) {
+    return g_stop_signal != 0 || (t->opt->stop_after > 0 && t->iter >= t->opt->stop_after);
+}
+
+static int loop(ct_trainer *t) {
+    const ct_run_config *c = t->cfg;
+    int64_t acc = c->accumulative_counts;
+    if (g_stop_signal != 0 && t->iter < t->total_iters) { /* during setup: nothing new to save */
+        t->res->stopped = true;
+        t->res->stop_signal = g_stop_signal > 0 ? g_stop_signal : 0;
+        ct_train_log_note(t, "stopped before the first iteration; nothing new to save\n");
+        return CT_OK;
+    }
+    while (t->iter < t->total_iters) {
+        if (t->iter % acc == 0) { /* a window starts: count its trained tokens first */
+            int64_t left = t->total_iters - t->iter;
+            t->window_cursor = ct_loader_cursor(&t->loader);
+            CT_TRY(ct_trainer_count_window(t, t->window_cursor, left < acc ? left : acc, &t->window_targets));
+        }
+        double t0 = now_s(), nll = 0;
+        int64_t targets = 0, tokens = 0;
+        CT_TRY(run_iteration(t, &nll, &targets, &tokens));
+        t->iter++;
+        double loss = targets > 0 ? nll / (double)targets : 0.0;
+        t->last_loss = loss;
+        if (!isfinite(nll)) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "the loss is %s", isnan(nll) ? "NaN" : "infinite");
+            return nonfinite(t, msg);
+        }
+        if (t->opt->on_iter) t->opt->on_iter(t->opt->cb_ctx, t->iter - 1, loss);
+        bool closes = t->iter % acc == 0 || t->iter == t->total_iters;
+        if (closes) CT_TRY(optimizer_step(t));
+        CT_TRY(ct_train_log_iter(t, nll, targets, tokens, now_s() - t0));
+        if (t->iter == t->total_iters) break; /* the end saves and evaluates */
+        if (closes && save_due(t)) CT_TRY(ct_train_state_save(t, false));
+        if (c->evaluation_freq > 0 && t->iter % c->evaluation_freq == 0) CT_TRY(ct_eval_hook_chat(t, ""));
+        if (stop_requested(t)) {
+            if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, !closes));
+            t->res->stopped = true;
+            t->res->stop_signal = g_stop_signal > 0 ? g_stop_signal : 0;
+            ct_train_log_note(t, "stopped after iteration %lld of %lld; checkpoint %s (continue with --resume auto)\n",
+                              (long long)t->iter, (long long)t->total_iters, t->res->checkpoint);
+            return CT_OK;
+        }
+    }
+    return CT_OK;
+}
+
+static int finish(ct_trainer *t) {
+    if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, false));
+    char dir[CT_PATH_MAX];
+    CT_TRY(ct_path_join(dir, sizeof dir, t->work_dir, "adapter"));
+    CT_TRY(ct_adapter_save(dir, t->lora, ct_model_path(t->model)));
+    ct_train_log_note(t, "final adapter: %s\n", dir);
+    CT_TRY(ct_eval_hook_chat(t, "after"));
+    if (t->opt->eval_data) {
+        CT_TRY(ct_eval_hook_loss(t, t->opt->eval_data, &t->res->eval_loss, &t->res->eval_tokens));
+        CT_TRY(ct_train_log_eval_loss(t, t->res->eval_loss, t->res->eval_tokens));
+        ct_train_log_note(t, "eval loss on %s: %.9g over %lld tokens (ppl %.6g)\n", t->opt->eval_data,
+                          t->res->eval_loss, (long long)t->res->eval_tokens, exp(t->res->eval_loss));
+    }
+    return CT_OK;
+}
+
+/* The resolved YAML, stored in every checkpoint. */
+static int config_text(ct_trainer *t) {
+    if (t->opt->config_text) {
+        t->config_text = strdup(t->opt->config_text);
+        return t->config_text ? CT_OK : ct_errorf(CT_ERUNTIME, "out of memory");
+    }
+    size_t len = 0;
+    FILE *f = open_memstream(&t->config_text, &len);
+    if (!f) return ct_errorf(CT_ERUNTIME, "out of memory");
+    int rc = ct_config_write_yaml(t->cfg, f);
+    if (fclose(f) != 0 && !rc) rc = ct_errorf(CT_ERUNTIME, "writing the config text failed");
+    return rc;
+}
+
+static int resume(ct_trainer *t) {
+    const char *r = t->opt->resume;
+    char path[CT_PATH_MAX];
+    bool found = true;
+    if (r && strcmp(r, "auto") == 0) CT_TRY(ct_ckpt_find_latest(t->work_dir, path, sizeof path, NULL, &found));
+    else if (r) snprintf(path, sizeof path, "%s", r);
+    if (!r || !found) {
+        /* A fresh run must not mix its checkpoints with an older run's
+         * (retention and --resume auto go by iteration number). */
+        char old[CT_PATH_MAX];
+        bool any = false;
+        CT_TRY(ct_ckpt_find_latest(t->work_dir, old, sizeof old, NULL, &any));
+        if (any)
+            return ct_errorf(CT_EINPUT, "work_dir %s already holds checkpoints of a run (%s): continue it with "
+                             "--resume auto, or train into another --work-dir", t->work_dir, old);
+        if (r) ct_train_log_note(t, "resume auto: no checkpoint in %s, starting from the beginning\n", t->work_dir);
+        return CT_OK;
+    }
+    CT_TRY(ct_train_state_load(t, path));
+    ct_train_log_note(t, "resumed from %s: iteration %lld of %lld, optimizer step %lld\n", path, (long long)t->iter,
+                      (long long)t->total_iters, (long long)t->step);
+    return CT_OK;
+}
+
+int ct_train(const ct_train_options *opt, ct_train_result *res) {
+    memset(res, 0, sizeof *res);
+    res->eval_loss = NAN;
+    ct_trainer t;
+    int rc = ct_trainer_open(&t, opt, res);
+    if (!rc) rc = config_text(&t);
+    if (!rc) rc = resume(&t);
+    if (!rc) rc = ct_train_log_open(&t);
+    if (!rc) rc = ct_eval_hook_chat(&t, "before");
+    if (!rc) rc = loop(&t);
+    if (!rc && !res->stopped) rc = finish(&t);
+    if (!rc && t.log.n_hist > 0) rc = ct_train_log_plot(&t);
+    res->iters_done = t.iter;
+    res->total_iters = t.total_iters;
+    res->steps_done = t.step;
+    res->last_loss = t.last_loss;
+    res->tokens_per_s = t.log.secs_all > 0 ? (double)t.log.tokens_all / t.log.secs_all : 0.0;
+    res->peak_rss_mb = ct_train_peak_rss_mb();
+    if (!rc && t.out)
+        fprintf(t.out, "%s %lld iterations, %.0f tokens/s, peak RSS %.0f MiB\n",
+                res->stopped ? "stopped after" : "done:", (long long)t.iter, res->tokens_per_s, res->peak_rss_mb);
+    ct_trainer_close(&t);
+    return rc;
+}

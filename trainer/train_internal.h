@@ -1,0 +1,113 @@
+/* The trainer's state, shared by the files of the training run: train.c (the
+ * loop), train_setup.c (model, LoRA, data, optimizer from the config),
+ * train_state.c (checkpoints), train_log.c (progress, metrics, loss curve)
+ * and eval_hook.c (answers to evaluation_inputs, eval-data loss). Not a public
+ * interface: use trainer/train.h. */
+#ifndef CT_TRAIN_INTERNAL_H
+#define CT_TRAIN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "autograd/tape.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "datasets/template.h"
+#include "datasets/tokenizer.h"
+#include "trainer/adamw.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/scheduler.h"
+#include "trainer/train.h"
+
+/* Progress bookkeeping (train_log.c). */
+typedef struct {
+    FILE *metrics;            /* work_dir/metrics.jsonl, appended per logged iteration */
+    int64_t *hist_iter;       /* (n_hist) logged iterations (1-based: iterations done) ... */
+    double *hist_loss;        /* ... and their losses: the loss curve */
+    size_t n_hist, cap_hist;
+    double t0;                /* monotonic seconds when this process started iterating */
+    int64_t iter0;            /* iterations done at that time (resumed runs: > 0) */
+    /* since the last logged line */
+    double t_mark, nll;
+    int64_t targets, tokens;
+    int64_t tokens_seen;      /* real tokens trained on by the whole run (kept across resumes) */
+    int64_t tokens_all;       /* real tokens of every iteration of this process */
+    double secs_all;          /* seconds spent in those iterations */
+    bool line_open;           /* a live (\r) line is on the terminal */
+} ct_train_log;
+
+typedef struct {
+    const ct_train_options *opt;
+    const ct_run_config *cfg;
+    FILE *out;                /* NULL when quiet */
+    char *config_text;        /* resolved YAML (owned) */
+    char work_dir[CT_PATH_MAX];
+
+    ct_model *model;
+    ct_lora *lora;            /* owned by the model */
+    ct_tokenizer *tok;
+    const ct_template *tmpl;
+    ct_dataset ds;
+    ct_loader loader;         /* the batches trained on */
+    ct_loader peek;           /* the same order, read ahead to count a window's tokens */
+    ct_batch batch, peek_batch;
+    int32_t *seg;             /* (batch_size * max_length) segment ids made unique across rows */
+    ct_tape tape;
+    ct_adamw *adamw;
+    ct_tensor **params;       /* (n_params) LoRA A/B in PEFT order, borrowed from the LoRA */
+    size_t n_params;
+    ct_scheduler sched;
+
+    int64_t iters_per_epoch, total_iters, total_steps;
+    int64_t iter;             /* iterations done */
+    int64_t step;             /* optimizer steps done */
+    ct_ds_cursor window_cursor; /* where the current window's first batch comes from */
+    int64_t window_targets;   /* trained tokens of the whole current window */
+    int64_t epoch;            /* epoch of the last batch */
+    double last_loss, last_lr, last_grad_norm;
+    int64_t last_saved_iter;  /* -1: none yet by this process */
+    ct_train_log log;
+    ct_train_result *res;
+} ct_trainer;
+
+/* ---- train_setup.c ---- */
+/* Model (quantized per the config), LoRA (fresh from seed, or lora.init_from),
+ * dataset (cached under work_dir/dataset_cache, or $CTUNER_DATASET_CACHE),
+ * loaders, tape, optimizer and schedule. */
+int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result *res);
+void ct_trainer_close(ct_trainer *t);
+/* Trained tokens of the window of `n` iterations starting at cursor c. */
+int ct_trainer_count_window(ct_trainer *t, ct_ds_cursor c, int64_t n, int64_t *targets);
+
+/* ---- train_state.c ---- */
+/* Writes work_dir/iter_<iter>.h5 (+ iter_<iter>_adapter/) and applies
+ * save_total_limit; mid_window also stores the partial gradient. */
+int ct_train_state_save(ct_trainer *t, bool mid_window);
+/* Restores a checkpoint written by ct_train_state_save into an opened trainer. */
+int ct_train_state_load(ct_trainer *t, const char *path);
+
+/* ---- train_log.c ---- */
+/* Opens metrics.jsonl; a resumed run keeps only the entries up to t->iter. */
+int ct_train_log_open(ct_trainer *t);
+/* Accounts one finished iteration; prints/writes a line when it is due. */
+int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens, double secs);
+/* A message on its own line (ends a live line first). */
+void ct_train_log_note(ct_trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Writes work_dir/loss_curve.svg from the logged losses. */
+int ct_train_log_plot(ct_trainer *t);
+/* Appends {"iter", "eval_loss", "eval_tokens"} to metrics.jsonl. */
+int ct_train_log_eval_loss(ct_trainer *t, double loss, int64_t tokens);
+void ct_train_log_close(ct_trainer *t);
+/* Peak resident memory of the process in MiB (getrusage). */
+double ct_train_peak_rss_mb(void);
+
+/* ---- eval_hook.c ---- */
+/* Greedy answers to evaluation_inputs (template + SYSTEM), printed and
+ * appended to work_dir/eval_log.jsonl; `when` is "before", "after" or "". */
+int ct_eval_hook_chat(ct_trainer *t, const char *when);
+/* Mean NLL of the current model on a data file (as `ctuner eval`). */
+int ct_eval_hook_loss(ct_trainer *t, const char *path, double *loss, int64_t *tokens);
+
+#endif
