@@ -12,18 +12,8 @@ bin="$1"; fx="${2:-}"
 st="$fx/stories260k-internlm2"
 [ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
 command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
-work="$(mktemp -d /tmp/ct_e2e_eval.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
-fail=0; pass=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
-expect() { # expect CODE CMD... : exit code; stdout in $work/out, stderr in $work/err
-  local want="$1"; shift
-  "$@" >"$work/out" 2>"$work/err"; local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "'$*' exited $got, want $want"; cat "$work/out" "$work/err"; fi
-}
-has_err() { if grep -qF -- "$1" "$work/err"; then ok; else bad "stderr lacks '$1':"; cat "$work/err"; fi; }
-check() { if eval "$1"; then ok; else bad "$1"; fi; }
+. "$(dirname "$0")/lib_e2e.sh"
+e2e_workdir eval
 val() { sed -n "s/^$1 //p" "$work/out"; } # the value of a "name value" line
 
 # --- data: three stories, tokenized by the model's own tokenizer
@@ -144,5 +134,4 @@ has_err "pickle"
 expect 0 "$bin" eval --help
 check "grep -qF -- '--batch-tokens' '$work/out'"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

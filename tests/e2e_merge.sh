@@ -8,35 +8,23 @@
 # the checks that do not need it).
 set -u
 bin="$1"; fx="${2:-}"
-work="$(mktemp -d /tmp/ct_e2e_merge.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
-fail=0; pass=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
-expect() { # expect CODE CMD... : exit code; output kept in $work/out
-  local want="$1"; shift
-  "$@" >"$work/out" 2>&1; local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "'$*' exited $got, want $want"; cat "$work/out"; fi
-}
-has() { if grep -qF -- "$1" "$work/out"; then ok; else bad "output lacks '$1':"; cat "$work/out"; fi; }
-check() { if eval "$1"; then ok; else bad "$1"; fi; }
-no_temp_left() { check "[ -z \"\$(ls -A '$work' | grep '\\.tmp-' || true)\" ]"; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ] || exit 1; exit "${1:-0}"; }
+. "$(dirname "$0")/lib_e2e.sh"
+e2e_workdir merge
 
 # flags checked before any file is read
-expect 2 "$bin" merge --adapter "$work/a" --out "$work/o"
+expect_all 2 "$bin" merge --adapter "$work/a" --out "$work/o"
 has "--base"
-expect 2 "$bin" merge --base "$work/b" --out "$work/o"
+expect_all 2 "$bin" merge --base "$work/b" --out "$work/o"
 has "--adapter"
-expect 2 "$bin" merge --base "$work/b" --adapter "$work/a"
+expect_all 2 "$bin" merge --base "$work/b" --adapter "$work/a"
 has "--out"
-expect 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --dtype int8
+expect_all 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --dtype int8
 has "--dtype 'int8'"
-expect 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --quantize int4
+expect_all 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --quantize int4
 has "--quantize 'int4'"
-expect 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --max-shard-size lots
+expect_all 2 "$bin" merge --base "$work/b" --adapter "$work/a" --out "$work/o" --max-shard-size lots
 has "not a size"
-expect 0 "$bin" merge --help
+expect_all 0 "$bin" merge --help
 has "--max-shard-size"
 
 st="$fx/stories260k-internlm2"
@@ -84,7 +72,7 @@ len=${#header}
   printf '%s' "$header"; cat "$work/data"; } >"$ad/adapter_model.safetensors"
 
 # ---- the merge: default dtype (the fixture's float32), one shard
-expect 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/m"
+expect_all 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/m"
 has "25 weights merged (r=2, scale 2)"
 has "peak RSS"
 for f in config.json model.safetensors tokenizer.model tokenizer_config.json; do check "[ -s '$work/m/$f' ]"; done
@@ -96,21 +84,21 @@ check "[ \$(stat -c %s '$work/m/model.safetensors') -ge \$(stat -c %s '$st/model
 no_temp_left
 
 # bf16: about half the bytes; config says bfloat16
-expect 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/m16" --dtype bf16
+expect_all 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/m16" --dtype bf16
 has "bf16"
 check "grep -q '\"torch_dtype\": \"bfloat16\"' '$work/m16/config.json'"
 s32=$(stat -c %s "$work/m/model.safetensors"); s16=$(stat -c %s "$work/m16/model.safetensors")
 check "[ $((s32 * 100 / s16)) -ge 190 ] && [ $((s32 * 100 / s16)) -le 200 ]"
 
 # shards: 300KB -> several files + an index naming each one
-expect 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/msh" --max-shard-size 300KB
+expect_all 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/msh" --max-shard-size 300KB
 nsh=$(ls "$work/msh" | grep -c '^model-000..-of-000..\.safetensors$')
 check "[ $nsh -ge 3 ]"
 check "[ -s '$work/msh/model.safetensors.index.json' ] && [ ! -e '$work/msh/model.safetensors' ]"
 for f in "$work"/msh/model-*.safetensors; do check "grep -q '$(basename "$f")' '$work/msh/model.safetensors.index.json'"; done
 
 # 4-bit: bitsandbytes keys and quantization_config
-expect 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/mq" --dtype bf16 --quantize nf4
+expect_all 0 "$bin" merge --base "$st" --adapter "$ad" --out "$work/mq" --dtype bf16 --quantize nf4
 has "25 quantized to nf4"
 check "grep -q '\"quant_method\": \"bitsandbytes\"' '$work/mq/config.json'"
 check "grep -q '\"load_in_4bit\": true' '$work/mq/config.json'"
@@ -122,18 +110,18 @@ check "[ \$(stat -c %s '$work/mq/model.safetensors') -lt $s16 ]"
 
 # ---- refusals: exit 2, a message, nothing written
 mkdir -p "$work/full" && echo keep >"$work/full/notes.txt"
-expect 2 "$bin" merge --base "$st" --adapter "$ad" --out "$work/full"
+expect_all 2 "$bin" merge --base "$st" --adapter "$ad" --out "$work/full"
 has "not empty"
 check "[ \"\$(ls '$work/full')\" = notes.txt ]"
-expect 2 "$bin" merge --base "$work/nothing" --adapter "$ad" --out "$work/o1"
+expect_all 2 "$bin" merge --base "$work/nothing" --adapter "$ad" --out "$work/o1"
 has "$work/nothing"
-expect 2 "$bin" merge --base "$st" --adapter "$work/nothing" --out "$work/o2"
+expect_all 2 "$bin" merge --base "$st" --adapter "$work/nothing" --out "$work/o2"
 has "adapter_config.json"
 sed 's/"r": 2/"r": 8/' "$ad/adapter_config.json" >"$work/cfg8" && mkdir -p "$work/ad8" &&
   cp "$work/cfg8" "$work/ad8/adapter_config.json" && cp "$ad/adapter_model.safetensors" "$work/ad8/"
-expect 2 "$bin" merge --base "$st" --adapter "$work/ad8" --out "$work/o3"
+expect_all 2 "$bin" merge --base "$st" --adapter "$work/ad8" --out "$work/o3"
 has "does not match r = 8"
-expect 2 "$bin" merge --base "$work/mq" --adapter "$ad" --out "$work/o4"
+expect_all 2 "$bin" merge --base "$work/mq" --adapter "$ad" --out "$work/o4"
 has "full-precision"
 check "[ ! -e '$work/o1' ] && [ ! -e '$work/o2' ] && [ ! -e '$work/o3' ] && [ ! -e '$work/o4' ]"
 no_temp_left

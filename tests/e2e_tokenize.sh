@@ -5,48 +5,33 @@
 # (tests/data/sp_reference.py); single lines are also compared with spm_encode
 # (SentencePiece's C++ command) at run time when it is installed.
 set -u
-CT="$1"
+bin="$1"
 FX="$2"
 LM="$FX/internlm2-chat-7b"
 ST="$FX/stories260k-internlm2"
 [ -f "$LM/tokenizer.model" ] && [ -f "$ST/tokenizer.model" ] || { echo "fixtures missing: skip"; exit 77; }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0
-fail=0
-check() { # check NAME GOT WANT
-    if [ "$2" == "$3" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); printf 'FAIL %s\n  got:  %s\n  want: %s\n' "$1" "$2" "$3"; fi
-}
-expect_exit() { # expect_exit NAME CODE NEEDLE -- ARGS...: exit code and a message naming NEEDLE
-    local name=$1 code=$2 needle=$3
-    shift 4
-    "$CT" "$@" >"$TMP/out" 2>"$TMP/err"
-    local rc=$?
-    check "$name: exit code" "$rc" "$code"
-    if [ -n "$needle" ] && ! grep -qF -- "$needle" "$TMP/err"; then
-        fail=$((fail + 1)); echo "FAIL $name: message does not mention '$needle': $(cat "$TMP/err")"
-    fi
-}
+. "$(dirname "$0")/lib_e2e.sh"
+e2e_workdir tokenize
 
 chat=$'<|im_start|>user\nHello<|im_end|>\n'
-check "chat ids" "$("$CT" tokenize "$LM" --text "$chat")" "1 92543 1008 364 9843 92542 364"
-check "chat ids --no-bos" "$("$CT" tokenize "$LM" --text "$chat" --no-bos)" "92543 1008 364 9843 92542 364"
-check "chat pieces" "$("$CT" tokenize "$LM" --text "$chat" --pieces)" '<s> <|im_start|> user \n Hello <|im_end|> \n'
-check "model file instead of dir" "$("$CT" tokenize "$LM/tokenizer.model" --text "$chat")" "1 92543 1008 364 9843 92542 364"
-check "pieces with spaces" "$("$CT" tokenize "$LM" --text '  Hello world' --pieces --no-bos)" "▁▁ Hello ▁world"
-check "empty text" "$("$CT" tokenize "$LM" --text '')" "1"
-check "empty text --no-bos" "$("$CT" tokenize "$LM" --text '' --no-bos)" ""
-check "stories dummy prefix" "$("$CT" tokenize "$ST" --text 'Once upon a time')" "1 403 407 261 378"
-check "stories byte fallback" "$("$CT" tokenize "$ST" --text '  Lily  saw 你 ' --no-bos --pieces)" \
+check_eq "chat ids" "$("$bin" tokenize "$LM" --text "$chat")" "1 92543 1008 364 9843 92542 364"
+check_eq "chat ids --no-bos" "$("$bin" tokenize "$LM" --text "$chat" --no-bos)" "92543 1008 364 9843 92542 364"
+check_eq "chat pieces" "$("$bin" tokenize "$LM" --text "$chat" --pieces)" '<s> <|im_start|> user \n Hello <|im_end|> \n'
+check_eq "model file instead of dir" "$("$bin" tokenize "$LM/tokenizer.model" --text "$chat")" "1 92543 1008 364 9843 92542 364"
+check_eq "pieces with spaces" "$("$bin" tokenize "$LM" --text '  Hello world' --pieces --no-bos)" "▁▁ Hello ▁world"
+check_eq "empty text" "$("$bin" tokenize "$LM" --text '')" "1"
+check_eq "empty text --no-bos" "$("$bin" tokenize "$LM" --text '' --no-bos)" ""
+check_eq "stories dummy prefix" "$("$bin" tokenize "$ST" --text 'Once upon a time')" "1 403 407 261 378"
+check_eq "stories byte fallback" "$("$bin" tokenize "$ST" --text '  Lily  saw 你 ' --no-bos --pieces)" \
     "▁Lily ▁saw ▁ <0xE4> <0xBD> <0xA0>"
 
 # --file: the whole content as one text, NUL bytes and invalid UTF-8 included
-printf '\0hi' >"$TMP/nul.txt"
-check "file with NUL" "$("$CT" tokenize "$LM" --file "$TMP/nul.txt" --no-bos)" "354 6176"
-printf 'a\377b' >"$TMP/bad.txt"
-check "file with invalid UTF-8" "$("$CT" tokenize "$LM" --file "$TMP/bad.txt" --no-bos)" "264 65746 260"
-printf '%s' "$chat" >"$TMP/chat.txt"
-check "file = text" "$("$CT" tokenize "$LM" --file "$TMP/chat.txt")" "1 92543 1008 364 9843 92542 364"
+printf '\0hi' >"$work/nul.txt"
+check_eq "file with NUL" "$("$bin" tokenize "$LM" --file "$work/nul.txt" --no-bos)" "354 6176"
+printf 'a\377b' >"$work/bad.txt"
+check_eq "file with invalid UTF-8" "$("$bin" tokenize "$LM" --file "$work/bad.txt" --no-bos)" "264 65746 260"
+printf '%s' "$chat" >"$work/chat.txt"
+check_eq "file = text" "$("$bin" tokenize "$LM" --file "$work/chat.txt")" "1 92543 1008 364 9843 92542 364"
 
 # single lines against spm_encode (no special strings in them: plain SentencePiece)
 if command -v spm_encode >/dev/null; then
@@ -56,7 +41,7 @@ if command -v spm_encode >/dev/null; then
     for model in "$LM" "$ST"; do
         for l in "${lines[@]}"; do
             want=$(printf '%s\n' "$l" | spm_encode --model="$model/tokenizer.model" --output_format=id)
-            check "spm_encode parity: $l" "$("$CT" tokenize "$model" --text "$l" --no-bos)" "$want"
+            check_eq "spm_encode parity: $l" "$("$bin" tokenize "$model" --text "$l" --no-bos)" "$want"
         done
     done
 else
@@ -64,7 +49,7 @@ else
 fi
 
 # 10 MB without spaces: must finish quickly (O(n log n)), one id line
-python3 - "$TMP/long.txt" <<'EOF' || head -c 10000000 /dev/zero | tr '\0' 'a' >"$TMP/long.txt"
+python3 - "$work/long.txt" <<'EOF' || head -c 10000000 /dev/zero | tr '\0' 'a' >"$work/long.txt"
 import sys
 units = ["模型", "abc", "123", "数据", "xyz", "😀", "αβγ", "の", "！"]
 out, n, i = [], 0, 0
@@ -73,28 +58,27 @@ while n < 10_000_000:
 open(sys.argv[1], "w").write("".join(out))
 EOF
 start=$(date +%s%N)
-n_ids=$("$CT" tokenize "$LM" --file "$TMP/long.txt" --no-bos | wc -w)
+n_ids=$("$bin" tokenize "$LM" --file "$work/long.txt" --no-bos | wc -w)
 ms=$((($(date +%s%N) - start) / 1000000))
 echo "10 MB without spaces: $n_ids ids in $ms ms"
-check "10 MB encodes" "$([ "$n_ids" -gt 1000000 ] && echo ok)" "ok"
-check "10 MB in under 60 s" "$([ "$ms" -lt 60000 ] && echo ok)" "ok"
+check_eq "10 MB encodes" "$([ "$n_ids" -gt 1000000 ] && echo ok)" "ok"
+check_eq "10 MB in under 60 s" "$([ "$ms" -lt 60000 ] && echo ok)" "ok"
 
 # errors: exit 2 with a message that names the problem
 expect_exit "missing dir" 2 "/nonexistent/tok" -- tokenize /nonexistent/tok --text hi
-expect_exit "both --text and --file" 2 "exactly one" -- tokenize "$LM" --text hi --file "$TMP/chat.txt"
+expect_exit "both --text and --file" 2 "exactly one" -- tokenize "$LM" --text hi --file "$work/chat.txt"
 expect_exit "neither --text nor --file" 2 "exactly one" -- tokenize "$LM"
 expect_exit "no directory" 2 "missing argument" -- tokenize --text hi
-expect_exit "missing --file" 2 "$TMP/nope.txt" -- tokenize "$LM" --file "$TMP/nope.txt"
+expect_exit "missing --file" 2 "$work/nope.txt" -- tokenize "$LM" --file "$work/nope.txt"
 expect_exit "unknown flag" 2 "--frobnicate" -- tokenize "$LM" --text hi --frobnicate
-mkdir -p "$TMP/corrupt"
-head -c 5000 "$ST/tokenizer.model" >"$TMP/corrupt/tokenizer.model"
-expect_exit "truncated model" 2 "$TMP/corrupt/tokenizer.model" -- tokenize "$TMP/corrupt" --text hi
-mkdir -p "$TMP/empty"
-expect_exit "dir without a model" 2 "no tokenizer.model" -- tokenize "$TMP/empty" --text hi
-cp "$ST/tokenizer.model" "$TMP/corrupt/tokenizer.model"
-echo '{"add_bos_token": "yes"}' >"$TMP/corrupt/tokenizer_config.json"
-expect_exit "bad tokenizer_config.json" 2 "tokenizer_config.json" -- tokenize "$TMP/corrupt" --text hi
+mkdir -p "$work/corrupt"
+head -c 5000 "$ST/tokenizer.model" >"$work/corrupt/tokenizer.model"
+expect_exit "truncated model" 2 "$work/corrupt/tokenizer.model" -- tokenize "$work/corrupt" --text hi
+mkdir -p "$work/empty"
+expect_exit "dir without a model" 2 "no tokenizer.model" -- tokenize "$work/empty" --text hi
+cp "$ST/tokenizer.model" "$work/corrupt/tokenizer.model"
+echo '{"add_bos_token": "yes"}' >"$work/corrupt/tokenizer_config.json"
+expect_exit "bad tokenizer_config.json" 2 "tokenizer_config.json" -- tokenize "$work/corrupt" --text hi
 expect_exit "--help" 0 "" -- tokenize --help
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -21,19 +21,9 @@ st="$fx/stories260k-internlm2"
 [ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
 command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" # the same thread count in every run: bit-identical results
-work="$(mktemp -d /tmp/ct_e2e_train.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
-fail=0; pass=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
-expect() { # expect CODE CMD... : exit code; stdout in $work/out, stderr in $work/err
-  local want="$1"; shift
-  "$@" >"$work/out" 2>"$work/err"; local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "'$*' exited $got, want $want"; tail -20 "$work/out" "$work/err"; fi
-}
-has_err() { if grep -qF -- "$1" "$work/err"; then ok; else bad "stderr lacks '$1':"; cat "$work/err"; fi; }
-has_out() { if grep -qF -- "$1" "$work/out"; then ok; else bad "stdout lacks '$1'"; fi; }
-check() { if eval "$1"; then ok; else bad "$1"; fi; }
+. "$(dirname "$0")/lib_e2e.sh"
+e2e_workdir train
+has_out() { if grep -qF -- "$1" "$work/out"; then ok; else bad "stdout lacks '$1'"; fi; } # (no dump: a training log)
 
 # --- data: short conversations the tiny story model can learn
 python3 - "$work/data.json" <<'EOF'
@@ -166,5 +156,4 @@ has_err "--index 99"
 expect 2 "$bin" log-dataset "$cfg" --show colors
 has_err "--show"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

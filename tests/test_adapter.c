@@ -16,7 +16,6 @@
  *    shape, r mismatch (file and slots), unknown target name, key of an
  *    untargeted module, bad JSON, non-LoRA peft_type, bias, layer-dependent
  *    regex, and adapter_model.bin (a pickle) refused. */
-#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,24 +35,16 @@ static char g_base[CT_PATH_MAX]; /* the base model directory */
 static const int32_t k_ids[9] = {1, 7, 40, 3, 22, 22, 9, 0, 31};
 enum { T = 9, V = 41, R = 4 };
 
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 static void path_in(char *buf, const char *name) { CHECK_OK(ct_path_join(buf, CT_PATH_MAX, g_work, name)); }
 
 static ct_model *load_base(void) {
     ct_model *m = NULL;
     CHECK_OK(ct_model_load(g_base, NULL, &m));
-    return need(m);
+    return ct_test_need(m);
 }
 
 static float *logits(const ct_model *m) {
-    float *lg = need(malloc((size_t)T * V * sizeof(float)));
+    float *lg = ct_test_need(malloc((size_t)T * V * sizeof(float)));
     CHECK_OK(ct_model_logits(m, &g_tape, k_ids, T, 0, lg));
     return lg;
 }
@@ -122,7 +113,7 @@ static void test_slots(void) {
     snprintf(want, sizeof want, "LoRA params: %lld floats", (long long)total);
     CHECK(strstr(plan, want) && bytes == (size_t)total * 8, "plan: %s (%zu bytes)", plan, bytes);
     /* same seed, same values; another model's fresh slots agree */
-    float *first = need(malloc((size_t)total * sizeof(float)));
+    float *first = ct_test_need(malloc((size_t)total * sizeof(float)));
     memcpy(first, ct_lora_values(l), (size_t)total * sizeof(float));
     randomize(l, 1);
     CHECK_OK(ct_lora_reset(l));
@@ -156,10 +147,10 @@ static void write_merged(const char *dir, const ct_lora *l, double scale) {
     ct_st_writer *w = NULL;
     CHECK_OK(ct_st_writer_new(&w));
     size_t n = ct_st_count(st);
-    float **keep = need(calloc(n, sizeof *keep));
+    float **keep = ct_test_need(calloc(n, sizeof *keep));
     for (size_t i = 0; i < n; i++) {
         const ct_st_tensor *t = ct_st_at(st, i);
-        float *f = keep[i] = need(malloc((size_t)t->numel * sizeof(float)));
+        float *f = keep[i] = ct_test_need(malloc((size_t)t->numel * sizeof(float)));
         CHECK_OK(ct_st_read_f32(t, f));
         char an[160], bn[160];
         size_t len = strlen(t->name) - strlen(".weight");
@@ -230,16 +221,6 @@ static void test_numerics(void) {
 }
 
 /* ------------------------------------------------------------ round trip */
-
-static bool no_temp_left(void) {
-    DIR *d = opendir(g_work);
-    bool ok = true;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strstr(e->d_name, ".tmp-")) ok = false, fprintf(stderr, "left behind: %s\n", e->d_name);
-    if (d) closedir(d);
-    return ok;
-}
 
 static void test_round_trip(void) {
     printf("write -> read\n");
@@ -327,7 +308,7 @@ static void test_round_trip(void) {
     CHECK_OK(ct_file_write_atomic(keepf, "keep", 4));
     CHECK(ct_adapter_save(other, l, NULL) == CT_EINPUT && ct_path_exists(keepf), "non-adapter dir: %s",
           ct_last_error());
-    CHECK(no_temp_left(), "a temporary directory was left behind");
+    CHECK(ct_test_no_temp_left(g_work), "a temporary directory was left behind");
     ct_model_free(m2);
     ct_model_free(m);
 }
@@ -386,7 +367,7 @@ static void write_hand(const char *dir, const ct_lora *l, const hand *h) {
     CHECK_OK(ct_file_write_atomic(path, cfg, strlen(cfg)));
     ct_st_writer *w = NULL;
     CHECK_OK(ct_st_writer_new(&w));
-    uint16_t *half = need(malloc((size_t)ct_lora_numel(l) * 2));
+    uint16_t *half = ct_test_need(malloc((size_t)ct_lora_numel(l) * 2));
     ct_convert(half, CT_BF16, ct_lora_values(l), CT_F32, ct_lora_numel(l));
     for (size_t i = 0; i < ct_lora_count(l); i++) {
         const ct_lora_param *p = ct_lora_at(l, i);
@@ -435,8 +416,8 @@ static void test_peft_style(void) {
     CHECK_OK(ct_adapter_load(dir, m, false, &got));
     if (got) {
         int64_t n = ct_lora_numel(l);
-        float *want = need(malloc((size_t)n * sizeof(float)));
-        uint16_t *h = need(malloc((size_t)n * 2));
+        float *want = ct_test_need(malloc((size_t)n * sizeof(float)));
+        uint16_t *h = ct_test_need(malloc((size_t)n * 2));
         ct_convert(h, CT_BF16, ct_lora_values(l), CT_F32, n);
         ct_convert(want, CT_F32, h, CT_BF16, n);
         CHECK(ct_lora_numel(got) == n && memcmp(want, ct_lora_values(got), (size_t)n * sizeof(float)) == 0,

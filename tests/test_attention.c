@@ -11,6 +11,7 @@
 
 #include "autograd/cpu/cpu_kernels.h"
 #include "autograd/ops.h"
+#include "ref_internlm2.h" /* ct_test_dot_loss: Σ r ⊙ y, to drive ct_backward through ct_attention */
 #include "testutil.h"
 
 /* ---- naive reference (double) ---- */
@@ -82,28 +83,6 @@ static double fd_at(fd_ctx *c, int64_t idx, double h) {
     double fm = ref_loss_from(c, t, hi);
     c->qkv[idx] = keep;
     return (fp - fm) / (2.0 * h);
-}
-
-/* ---- a test-only loss op: Σ r ⊙ y, to drive ct_backward through ct_attention ---- */
-
-static int dot_backward(ct_tape *t, const ct_tape_entry *e) {
-    const float *r = e->saved;
-    ct_tensor *g = ct_grad(t, e->in[0]);
-    if (!g) return CT_ERUNTIME;
-    float seed = ((const float *)e->out->grad->data)[0], *gd = g->data;
-    for (int64_t i = 0; i < ct_numel(g); i++) gd[i] += seed * r[i];
-    return CT_OK;
-}
-static const ct_op_def k_dot = {"test_dot", dot_backward};
-
-static ct_tensor *dot_loss(ct_tape *t, ct_tensor *y, const float *r) {
-    int64_t one = 1;
-    ct_tensor *l = ct_tape_new(t, CT_F32, 1, &one);
-    if (!l) return NULL;
-    double s = 0.0;
-    for (int64_t i = 0; i < ct_numel(y); i++) s += (double)r[i] * ((const float *)y->data)[i];
-    ((float *)l->data)[0] = (float)s;
-    return ct_tape_record(t, &k_dot, l, &y, 1, (void *)r) ? NULL : l;
 }
 
 /* ---- one configuration through the kernels ---- */
@@ -238,7 +217,7 @@ static void test_tape(void) {
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
     ct_tensor *out = ct_attention(&tape, qkv, seg, &p);
     CHECK_PTR(out);
-    ct_tensor *loss = out ? dot_loss(&tape, out, r) : NULL;
+    ct_tensor *loss = out ? ct_test_dot_loss(&tape, out, r) : NULL;
     CHECK_PTR(loss);
     if (loss) {
         CHECK(out->ndim == 2 && out->shape[0] == T && out->shape[1] == W, "out shape");
@@ -310,7 +289,7 @@ static void test_checkpoint(void) {
         int rc = pass == 0 ? rope_attention(&tape, &c, x, &y)
                            : ct_checkpoint(&tape, rope_attention, &c, x, &y);
         CHECK_OK(rc);
-        ct_tensor *loss = rc ? NULL : dot_loss(&tape, y, r);
+        ct_tensor *loss = rc ? NULL : ct_test_dot_loss(&tape, y, r);
         CHECK_PTR(loss);
         if (!loss) break;
         CHECK_OK(ct_backward(&tape, loss, 1.0f));

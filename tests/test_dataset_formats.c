@@ -78,20 +78,20 @@ static void check_turn(const char *what, const ct_conv *c, size_t k, const char 
 
 static void test_formats(void) {
     bool dropped;
-    ct_ds_file f;
-    ct_ds_format fmt;
-    CHECK_OK(ct_ds_file_read(DATA "openai.jsonl", &f));
-    CHECK(ct_ds_detect_format(&f, 0, &fmt) == 0 && fmt == CT_DS_OPENAI, "detect openai");
-    ct_ds_file_free(&f);
-    CHECK_OK(ct_ds_file_read(DATA "conversation.json", &f));
-    CHECK(ct_ds_detect_format(&f, 0, &fmt) == 0 && fmt == CT_DS_CONVERSATION, "detect conversation");
-    ct_ds_file_free(&f);
-    CHECK_OK(ct_ds_file_read(DATA "pretokenized.jsonl", &f));
-    CHECK(ct_ds_detect_format(&f, 0, &fmt) == 0 && fmt == CT_DS_PRETOKENIZED, "detect pretokenized");
-    ct_ds_file_free(&f);
-    CHECK_OK(ct_ds_file_read(DATA "alpaca.jsonl", &f));
-    CHECK(ct_ds_detect_format(&f, 0, &fmt) == 0 && fmt == CT_DS_ALPACA, "detect alpaca");
-    ct_ds_file_free(&f);
+    static const struct {
+        const char *file, *what;
+        ct_ds_format want;
+    } detect[] = {{DATA "openai.jsonl", "detect openai", CT_DS_OPENAI},
+                  {DATA "conversation.json", "detect conversation", CT_DS_CONVERSATION},
+                  {DATA "pretokenized.jsonl", "detect pretokenized", CT_DS_PRETOKENIZED},
+                  {DATA "alpaca.jsonl", "detect alpaca", CT_DS_ALPACA}};
+    for (size_t i = 0; i < sizeof detect / sizeof detect[0]; i++) {
+        ct_ds_file f;
+        ct_ds_format fmt;
+        CHECK_OK(ct_ds_file_read(detect[i].file, &f));
+        CHECK(ct_ds_detect_format(&f, 0, &fmt) == 0 && fmt == detect[i].want, "%s", detect[i].what);
+        ct_ds_file_free(&f);
+    }
 
     /* alpaca: XTuner joins instruction and input with "\n" even when input is "". */
     ct_conv c = parse(DATA "alpaca.jsonl", 0, CT_DS_ALPACA, &dropped);
@@ -109,6 +109,7 @@ static void test_formats(void) {
     check_turn("alpaca Chinese", &c, 0, NULL, "把这句话翻译成英文。\n今天天气很好。", "The weather is nice today.", true);
     ct_conv_free(&c);
     {
+        ct_ds_file f;
         CHECK_OK(ct_ds_file_read(DATA "alpaca.jsonl", &f));
         ct_ds_parse_opts o = {true, 0};
         CHECK_OK(ct_ds_record_parse(&f, 0, CT_DS_ALPACA, &o, &c, &dropped));

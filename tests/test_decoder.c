@@ -31,15 +31,6 @@ enum { NL = 5, MAXL = 2 };
 static const char *const k_lin[NL] = {"wqkv", "wo", "w1", "w3", "w2"};
 static const ct_backend *be;
 
-
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 /* ------------------------------------------------------------ the model */
 
 /* A library tensor and the reference's double copy of the values the library
@@ -77,15 +68,15 @@ typedef struct {
 static void make_pair(pair *p, const char *name, ct_dtype dt, int ndim, const int64_t *shape,
                       bool trainable, ct_test_rng *rng, double scale, double offset) {
     snprintf(p->name, sizeof p->name, "%s", name);
-    p->t = need(ct_tensor_new(be, dt, ndim, shape, trainable));
+    p->t = ct_test_need(ct_tensor_new(be, dt, ndim, shape, trainable));
     p->t->name = p->name;
     p->n = ct_numel(p->t);
-    float *f = need(malloc((size_t)p->n * sizeof(float)));
+    float *f = ct_test_need(malloc((size_t)p->n * sizeof(float)));
     ct_test_fill(rng, f, p->n, scale);
     for (int64_t i = 0; i < p->n; i++) f[i] += (float)offset;
     if (ct_convert(p->t->data, dt, f, CT_F32, p->n) || ct_convert(f, CT_F32, p->t->data, dt, p->n))
-        need(NULL);
-    p->d = need(malloc((size_t)p->n * sizeof(double)));
+        ct_test_need(NULL);
+    p->d = ct_test_need(malloc((size_t)p->n * sizeof(double)));
     for (int64_t i = 0; i < p->n; i++) p->d[i] = f[i];
     free(f);
 }
@@ -196,7 +187,7 @@ static void zero_grads(tmodel *tm) {
 static float *snapshot(const tmodel *tm, size_t *bytes) {
     size_t n = 0;
     for (int i = 0; i < tm->n_lora; i++) n += ct_nbytes(tm->lora[i]->t->grad);
-    char *buf = need(malloc(n)), *p = buf;
+    char *buf = ct_test_need(malloc(n)), *p = buf;
     for (int i = 0; i < tm->n_lora; i++) {
         size_t b = ct_nbytes(tm->lora[i]->t->grad);
         memcpy(p, tm->lora[i]->t->grad->data, b);
@@ -219,7 +210,7 @@ typedef struct {
 
 static ct_tensor *i32_tensor(const int32_t *v, int T) {
     int64_t n = T;
-    ct_tensor *t = need(ct_tensor_new(be, CT_I32, 1, &n, false));
+    ct_tensor *t = ct_test_need(ct_tensor_new(be, CT_I32, 1, &n, false));
     memcpy(t->data, v, (size_t)T * sizeof(int32_t));
     return t;
 }
@@ -231,8 +222,8 @@ static void make_batch(batch *b, int V, int n_samples, const int *len, int promp
     b->T = 0;
     for (int i = 0; i < n_samples; i++) b->T += len[i];
     int T = b->T;
-    b->id = need(malloc((size_t)T * sizeof(int32_t))), b->lab = need(malloc((size_t)T * sizeof(int32_t)));
-    b->pos = need(malloc((size_t)T * sizeof(int32_t))), b->seg = need(malloc((size_t)T * sizeof(int32_t)));
+    b->id = ct_test_need(malloc((size_t)T * sizeof(int32_t))), b->lab = ct_test_need(malloc((size_t)T * sizeof(int32_t)));
+    b->pos = ct_test_need(malloc((size_t)T * sizeof(int32_t))), b->seg = ct_test_need(malloc((size_t)T * sizeof(int32_t)));
     for (int i = 0, t = 0; i < n_samples; i++)
         for (int j = 0; j < len[i]; j++, t++) b->pos[t] = j, b->seg[t] = i;
     for (int t = 0; t < T; t++) b->id[t] = (int32_t)(ct_test_uniform(&rng) * V);
@@ -282,7 +273,7 @@ static void check_lora_grads(tmodel *tm, ct_fd_fn f, void *ctx, double atol, dou
     double worst = 0, gmax = 0;
     for (int i = 0; i < tm->n_lora; i++) {
         pair *p = tm->lora[i];
-        double *g = need(malloc((size_t)p->n * sizeof(double)));
+        double *g = ct_test_need(malloc((size_t)p->n * sizeof(double)));
         ct_fd_grad(f, ctx, p->d, p->n, 1e-5, g);
         const float *got = p->t->grad->data;
         for (int64_t j = 0; j < p->n; j++) {
@@ -309,7 +300,7 @@ typedef struct {
 static double ref_layer_loss(void *p) {
     layer_ctx *c = p;
     int D = c->tm->D, T = c->b->T;
-    double *out = need(malloc((size_t)T * D * sizeof(double)));
+    double *out = ct_test_need(malloc((size_t)T * D * sizeof(double)));
     ref_layer_forward(&c->tm->rm.c, &c->tm->rl[0], T, c->b->pos, c->b->seg, c->h, out);
     double s = 0;
     for (int i = 0; i < T * D; i++) s += c->r[i] * out[i];
@@ -326,11 +317,11 @@ static void test_layer(ct_tape *tp, batch *b) {
     set_rope(&tm, CT_ROPE_DYNAMIC, REF_ROPE_DYNAMIC, 10000.0, 2.0, 4);
     ct_test_rng rng = {5};
     int64_t hs[2] = {T, tm.D};
-    ct_tensor *h = need(ct_tensor_new(be, CT_F32, 2, hs, true)); /* layer input, trainable */
+    ct_tensor *h = ct_test_need(ct_tensor_new(be, CT_F32, 2, hs, true)); /* layer input, trainable */
     ct_test_fill(&rng, h->data, T * tm.D, 1.0);
-    float *r = need(malloc((size_t)T * tm.D * sizeof(float)));
+    float *r = ct_test_need(malloc((size_t)T * tm.D * sizeof(float)));
     ct_test_fill(&rng, r, T * tm.D, 1.0);
-    layer_ctx c = {&tm, b, need(malloc((size_t)T * tm.D * sizeof(double))), r};
+    layer_ctx c = {&tm, b, ct_test_need(malloc((size_t)T * tm.D * sizeof(double))), r};
     for (int i = 0; i < T * tm.D; i++) c.h[i] = ((float *)h->data)[i];
 
     float *first = NULL, *first_dh = NULL;
@@ -346,10 +337,10 @@ static void test_layer(ct_tape *tp, batch *b) {
         CHECK_OK(ckpt ? ct_decoder_layer_checkpointed(tp, &tm.m.dims, &tm.lw[0], &in, h, &out)
                       : ct_decoder_layer(tp, &tm.m.dims, &tm.lw[0], &in, h, &out));
         if (!out) break;
-        ct_tensor *loss = need(ct_test_dot_loss(tp, out, r));
+        ct_tensor *loss = ct_test_need(ct_test_dot_loss(tp, out, r));
         CHECK_OK(ct_backward(tp, loss, 1.0f));
         if (!ckpt) {
-            double *want = need(malloc((size_t)T * tm.D * sizeof(double)));
+            double *want = ct_test_need(malloc((size_t)T * tm.D * sizeof(double)));
             ref_layer_forward(&tm.rm.c, &tm.rl[0], T, b->pos, b->seg, c.h, want);
             double worst = 0;
             for (int i = 0; i < T * tm.D; i++) worst = fmax(worst, fabs(((float *)out->data)[i] - want[i]));
@@ -357,7 +348,7 @@ static void test_layer(ct_tape *tp, batch *b) {
             ct_check_close("layer output", out->data, want, T * tm.D, 1e-5, 1e-5);
             free(want);
             check_lora_grads(&tm, ref_layer_loss, &c, 2e-5, 1e-3);
-            double *g = need(malloc((size_t)T * tm.D * sizeof(double)));
+            double *g = ct_test_need(malloc((size_t)T * tm.D * sizeof(double)));
             ct_fd_grad(ref_layer_loss, &c, c.h, T * tm.D, 1e-5, g);
             double w2 = 0;
             for (int i = 0; i < T * tm.D; i++) w2 = fmax(w2, fabs(((float *)h->grad->data)[i] - g[i]));
@@ -365,7 +356,7 @@ static void test_layer(ct_tape *tp, batch *b) {
             ct_check_close("d layer input vs FD", h->grad->data, g, T * tm.D, 2e-5, 1e-3);
             free(g);
             first = snapshot(&tm, &bytes);
-            first_dh = need(malloc(ct_nbytes(h->grad)));
+            first_dh = ct_test_need(malloc(ct_nbytes(h->grad)));
             memcpy(first_dh, h->grad->data, ct_nbytes(h->grad));
         } else {
             size_t b2;
@@ -382,7 +373,7 @@ static void test_layer(ct_tape *tp, batch *b) {
     CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, NULL));
     ct_tensor *out = NULL;
     CHECK_OK(ct_decoder_layer(tp, &tm.m.dims, &tm.lw[0], &in, h, &out));
-    double *want = need(malloc((size_t)T * tm.D * sizeof(double)));
+    double *want = ct_test_need(malloc((size_t)T * tm.D * sizeof(double)));
     ref_layer_forward(&tm.rm.c, &tm.rl[0], T, b->pos, NULL, c.h, want);
     if (out) ct_check_close("layer output, no segments", out->data, want, T * tm.D, 1e-5, 1e-5);
     free(want);
@@ -497,7 +488,7 @@ static void test_errors(ct_tape *tp, batch *b) {
           ct_last_error());
     ct_tensor *loss = NULL;
     int64_t n = 5;
-    ct_tensor *short_labels = need(ct_tensor_new(be, CT_I32, 1, &n, false));
+    ct_tensor *short_labels = ct_test_need(ct_tensor_new(be, CT_I32, 1, &n, false));
     CHECK(ct_decoder_model_loss(tp, &tm.m, b->ids, &in, short_labels, false, 0, &loss, NULL) == CT_EINPUT,
           "5 labels for 11 tokens accepted");
     ct_tensor_free(be, short_labels);

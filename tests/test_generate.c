@@ -36,14 +36,6 @@
 enum { NL = 5, MAXL = 3, MAXT = 64 };
 static const ct_backend *be;
 
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 /* ------------------------------------------------------------ random models */
 
 typedef struct {
@@ -68,11 +60,11 @@ typedef struct {
 /* A random f32 tensor and its double copy (N(offset, scale²)). */
 static ct_tensor *rand_tensor(tmodel *tm, ct_test_rng *rng, int ndim, const int64_t *shape, double scale,
                               double offset, const double **copy) {
-    ct_tensor *t = need(ct_tensor_new(be, CT_F32, ndim, shape, false));
+    ct_tensor *t = ct_test_need(ct_tensor_new(be, CT_F32, ndim, shape, false));
     int64_t n = ct_numel(t);
     float *f = t->data;
     ct_test_fill(rng, f, n, scale);
-    double *d = need(malloc((size_t)n * sizeof *d));
+    double *d = ct_test_need(malloc((size_t)n * sizeof *d));
     for (int64_t i = 0; i < n; i++) d[i] = (double)(f[i] += (float)offset);
     tm->owned[tm->n_owned++] = t;
     tm->dbl[tm->n_dbl++] = d;
@@ -115,10 +107,10 @@ static void build(tmodel *tm, const spec *s, uint64_t seed) {
                 ct_quant_params qp = {.type = CT_QUANT_NF4, .blocksize = 64, .double_quant = true};
                 if (ct_quant_quantize(&tm->qs[l][k], w->data, CT_F32, 2, w->shape, &qp, "w") ||
                     ct_quant_tensor(&tm->qt[l][k], &tm->qs[l][k], "w"))
-                    need(NULL);
+                    ct_test_need(NULL);
                 int64_t n = ct_numel(w);
-                float *f = need(malloc((size_t)n * sizeof *f));
-                if (ct_quant_dequantize(&tm->qs[l][k], 0, n, f)) need(NULL);
+                float *f = ct_test_need(malloc((size_t)n * sizeof *f));
+                if (ct_quant_dequantize(&tm->qs[l][k], 0, n, f)) ct_test_need(NULL);
                 for (int64_t i = 0; i < n; i++) ((double *)d)[i] = f[i];
                 free(f);
                 lins[k]->w = &tm->qt[l][k];
@@ -160,21 +152,21 @@ static void train_logits(const tmodel *tm, const int32_t *ids, int T, float *out
     ct_tape_init(&tape, be, 0);
     ct_tape_set_recording(&tape, false);
     int64_t shape[1] = {T};
-    ct_tensor *ids_t = need(ct_tape_new(&tape, CT_I32, 1, shape));
-    ct_tensor *pos_t = need(ct_tape_new(&tape, CT_I32, 1, shape));
+    ct_tensor *ids_t = ct_test_need(ct_tape_new(&tape, CT_I32, 1, shape));
+    ct_tensor *pos_t = ct_test_need(ct_tape_new(&tape, CT_I32, 1, shape));
     for (int t = 0; t < T; t++) ((int32_t *)ids_t->data)[t] = ids[t], ((int32_t *)pos_t->data)[t] = t;
     ct_decoder_input in;
     ct_tensor *hidden, *logits;
     CHECK_OK(ct_decoder_input_init(&in, be, pos_t, NULL));
     CHECK_OK(ct_decoder_model_hidden(&tape, &tm->m, ids_t, &in, false, &hidden));
-    logits = need(ct_lora_linear(&tape, hidden, &tm->m.output));
+    logits = ct_test_need(ct_lora_linear(&tape, hidden, &tm->m.output));
     memcpy(out, logits->data, (size_t)T * (size_t)tm->s.V * sizeof *out);
     ct_tape_free(&tape);
 }
 
 /* The double reference: [T, V]. */
 static void ref_logits(const tmodel *tm, const int32_t *ids, int T, double *out) {
-    int32_t *pos = need(malloc((size_t)T * sizeof *pos)), *labels = need(malloc((size_t)T * sizeof *labels));
+    int32_t *pos = ct_test_need(malloc((size_t)T * sizeof *pos)), *labels = ct_test_need(malloc((size_t)T * sizeof *labels));
     for (int t = 0; t < T; t++) pos[t] = t, labels[t] = -100;
     ref_model_loss(&tm->rm, T, ids, pos, NULL, labels, out);
     free(pos);
@@ -193,11 +185,11 @@ static int32_t argmax(const float *x, int n) {
  * every feed against the training forward and the reference. */
 static void check_feeds(const tmodel *tm, const char *label, int P, int C, int T, uint64_t seed) {
     const int V = tm->s.V;
-    int32_t *ids = need(malloc((size_t)T * sizeof *ids));
+    int32_t *ids = ct_test_need(malloc((size_t)T * sizeof *ids));
     ct_test_rng rng = {seed};
     for (int t = 0; t < T; t++) ids[t] = (int32_t)(ct_test_uniform(&rng) * V);
-    float *tr = need(malloc((size_t)T * (size_t)V * sizeof *tr));
-    double *rf = need(malloc((size_t)T * (size_t)V * sizeof *rf));
+    float *tr = ct_test_need(malloc((size_t)T * (size_t)V * sizeof *tr));
+    double *rf = ct_test_need(malloc((size_t)T * (size_t)V * sizeof *rf));
     train_logits(tm, ids, T, tr);
     ref_logits(tm, ids, T, rf);
 
@@ -205,7 +197,7 @@ static void check_feeds(const tmodel *tm, const char *label, int P, int C, int T
     CHECK_OK(ct_gen_new(&tm->m, be, T + 3, &g));
     if (!g) goto done;
     char what[160];
-    float *lg = NULL, *first = need(malloc((size_t)V * sizeof *first));
+    float *lg = NULL, *first = ct_test_need(malloc((size_t)V * sizeof *first));
     for (int done_n = 0; done_n < T;) {
         int n = done_n == 0 ? P : done_n == P ? C : 1;
         CHECK_OK(ct_gen_feed(g, ids + done_n, n, &lg));
@@ -259,7 +251,7 @@ static void check_greedy(const tmodel *tm, const char *label, int P, int N) {
     CHECK(ct_gen_len(g) == P + N - 1, "%s: cache holds %lld, want prompt + all but the last sampled id",
           label, (long long)ct_gen_len(g));
     /* cache-free: the whole sequence through the training forward each step */
-    float *tr = need(malloc((size_t)(P + N) * (size_t)V * sizeof *tr));
+    float *tr = ct_test_need(malloc((size_t)(P + N) * (size_t)V * sizeof *tr));
     int same = 0;
     for (int i = 0; i < N; i++) {
         train_logits(tm, seq, P + i, tr);
@@ -466,7 +458,7 @@ static void test_stories(void) {
     ct_tape_init(&tape, ct_model_backend(model), 0);
     int32_t seq[N + 1] = {bos};
     int32_t V = (int32_t)dm->output.w->shape[0];
-    float *lg = need(malloc((size_t)V * sizeof *lg));
+    float *lg = ct_test_need(malloc((size_t)V * sizeof *lg));
     size_t same = 0;
     for (size_t i = 0; i < ans[0].n; i++) {
         if (ct_model_logits(model, &tape, seq, (int64_t)i + 1, (int64_t)i, lg)) {
@@ -531,7 +523,7 @@ static void test_stories_adapter(void) {
     ct_tape_init(&tape, ct_model_backend(base), 0);
     int32_t seq[N + 1] = {1};
     int32_t V = (int32_t)ct_model_decoder(base)->output.w->shape[0];
-    float *lg = need(malloc((size_t)V * sizeof *lg));
+    float *lg = ct_test_need(malloc((size_t)V * sizeof *lg));
     size_t ok = 0;
     for (size_t i = 0; i < adapted.n && !ct_model_logits(base, &tape, seq, (int64_t)i + 1, (int64_t)i, lg); i++) {
         seq[i + 1] = argmax(lg, V);

@@ -14,7 +14,6 @@
  *    (shapes), unknown target, r mismatch, missing key, quantized base,
  *    tied head, non-empty output directory;
  *  - an injected failure midway leaves neither the output nor a temp dir. */
-#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,20 +41,12 @@ static const char *k_cfg =
     "\"rms_norm_eps\": 1e-5, \"rope_theta\": 1000000.0, \"torch_dtype\": \"float32\", "
     "\"tie_word_embeddings\": %s}\n";
 
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 /* "<work>/<name>", valid until the end of the test (kept in g_paths). */
 static char *g_paths[512];
 static int g_n_paths;
 static const char *path_in(const char *name) {
-    if (g_n_paths == 512) need(NULL);
-    char *p = need(malloc(CT_PATH_MAX));
+    if (g_n_paths == 512) ct_test_need(NULL);
+    char *p = ct_test_need(malloc(CT_PATH_MAX));
     snprintf(p, CT_PATH_MAX, "%s/%s", g_work, name);
     return g_paths[g_n_paths++] = p;
 }
@@ -78,12 +69,12 @@ static void make_base(const char *dir, int hidden, bool tied, const char *extra)
 static void make_adapter(const char *base, const char *dir, unsigned targets, bool rs, uint64_t seed, double std) {
     ct_model *m = NULL;
     CHECK_OK(ct_model_load(base, NULL, &m));
-    need(m);
+    ct_test_need(m);
     ct_lora_config c = {.r = R, .alpha = 8, .dropout = 0.1f, .targets = targets, .use_rslora = rs, .seed = seed};
     ct_lora *l = NULL;
     CHECK_OK(ct_model_add_lora(m, &c, false, &l));
     ct_test_rng rng = {seed};
-    ct_test_fill(&rng, ct_lora_values(need(l)), ct_lora_numel(l), std);
+    ct_test_fill(&rng, ct_lora_values(ct_test_need(l)), ct_lora_numel(l), std);
     CHECK_OK(ct_adapter_save(dir, l, base));
     ct_model_free(m);
 }
@@ -100,22 +91,12 @@ static float *logits(const char *dir, const char *adapter, bool q, const int32_t
     ct_model_options o = {.quant = q ? CT_MODEL_QUANT_NF4 : CT_MODEL_QUANT_NONE, .double_quant = true};
     ct_model *m = NULL;
     CHECK_OK(ct_model_load(dir, &o, &m));
-    need(m);
+    ct_test_need(m);
     if (adapter) CHECK_OK(ct_adapter_load(adapter, m, false, NULL));
-    float *lg = need(malloc((size_t)(n * vocab) * sizeof(float)));
+    float *lg = ct_test_need(malloc((size_t)(n * vocab) * sizeof(float)));
     CHECK_OK(ct_model_logits(m, &g_tape, ids, n, 0, lg));
     ct_model_free(m);
     return lg;
-}
-
-static bool no_temp_left(void) {
-    DIR *d = opendir(g_work);
-    bool ok = true;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strstr(e->d_name, ".tmp-")) ok = false, fprintf(stderr, "left behind: %s\n", e->d_name);
-    if (d) closedir(d);
-    return ok;
 }
 
 static const ct_st_tensor *lora_of(const ct_st_file *a, const char *wname, char ab) {
@@ -148,8 +129,8 @@ static void check_formula(const char *base, const char *adapter, const char *out
         }
         merged++;
         int64_t rows = t->shape[0], cols = t->shape[1], r = ta->shape[0];
-        float *w = need(malloc((size_t)t->nbytes)), *A = need(malloc(ta->nbytes)), *B = need(malloc(tb->nbytes));
-        double *want = need(malloc((size_t)t->numel * sizeof(double)));
+        float *w = ct_test_need(malloc((size_t)t->nbytes)), *A = ct_test_need(malloc(ta->nbytes)), *B = ct_test_need(malloc(tb->nbytes));
+        double *want = ct_test_need(malloc((size_t)t->numel * sizeof(double)));
         CHECK_OK(ct_st_read_f32(t, w));
         CHECK_OK(ct_st_read_f32(ta, A));
         CHECK_OK(ct_st_read_f32(tb, B));
@@ -198,7 +179,7 @@ static void test_formula_and_logits(void) {
     CHECK_OK(merge(base, ad2, out2, CT_F32, 0, false, &r));
     CHECK(r.n_merged == 4 && r.scale == 4.0f, "rsLoRA: merged %d scale %g", r.n_merged, (double)r.scale);
     check_formula(base, ad2, out2, 4.0, 4);
-    CHECK(no_temp_left(), "temp dir left");
+    CHECK(ct_test_no_temp_left(g_work), "temp dir left");
 }
 
 static void test_stories(void) {
@@ -244,7 +225,7 @@ static void test_bf16(void) {
         const ct_st_tensor *t = ct_st_at(a, i), *h = ct_st_find(b, t->name);
         CHECK(h && h->dtype == CT_ST_BF16, "%s bf16", t->name);
         if (!h) continue;
-        uint16_t *want = need(malloc((size_t)t->numel * 2));
+        uint16_t *want = ct_test_need(malloc((size_t)t->numel * 2));
         CHECK_OK(ct_convert(want, CT_BF16, t->data, CT_F32, t->numel));
         CHECK(memcmp(want, h->data, h->nbytes) == 0, "%s is not the fp32 merge rounded once", t->name);
         free(want);
@@ -274,7 +255,7 @@ static void test_bf16(void) {
             CHECK(0, "%s missing", t->name);
             continue;
         }
-        uint16_t *want = need(malloc((size_t)t->numel * 2));
+        uint16_t *want = ct_test_need(malloc((size_t)t->numel * 2));
         CHECK_OK(ct_convert(want, CT_BF16, f->data, CT_F32, t->numel));
         CHECK(h->dtype == CT_ST_BF16 && memcmp(want, h->data, h->nbytes) == 0, "%s: bf16 merge", t->name);
         if (strstr(t->name, "norm") || strstr(t->name, "tok_embeddings")) /* not targeted */
@@ -407,7 +388,7 @@ static void test_quantize(void) {
     CHECK(rc == CT_EINPUT && strstr(ct_last_error(), "quantized") && strstr(ct_last_error(), "full-precision"),
           "quantized base: rc %d %s", rc, ct_last_error());
     printf("  quantized base: %s\n", ct_last_error());
-    CHECK(!ct_path_exists(path_in("never")) && no_temp_left(), "output left after a refusal");
+    CHECK(!ct_path_exists(path_in("never")) && ct_test_no_temp_left(g_work), "output left after a refusal");
 }
 
 /* ------------------------------------------------------------ refusals */
@@ -415,7 +396,7 @@ static void test_quantize(void) {
 static void rewrite_config(const char *dir, const char *key, json_t *value) {
     char p[CT_PATH_MAX];
     CHECK_OK(ct_path_join(p, sizeof p, dir, "adapter_config.json"));
-    json_t *j = need(ct_json_load(p, 0));
+    json_t *j = ct_test_need(ct_json_load(p, 0));
     json_object_set_new(j, key, value);
     CHECK_OK(ct_json_write_atomic(p, j, JSON_SORT_KEYS));
     json_decref(j);
@@ -450,7 +431,7 @@ static void expect_refused(const char *base, const char *adapter, const char *wh
     CHECK(rc == CT_EINPUT, "%s: rc %d (%s)", what, rc, ct_last_error());
     CHECK(strstr(ct_last_error(), s1) && (!s2 || strstr(ct_last_error(), s2)), "%s: '%s' lacks '%s' / '%s'", what,
           ct_last_error(), s1, s2 ? s2 : "");
-    CHECK(!ct_path_exists(out) && no_temp_left(), "%s: output or temp dir left", what);
+    CHECK(!ct_path_exists(out) && ct_test_no_temp_left(g_work), "%s: output or temp dir left", what);
     printf("  %s: %s\n", what, ct_last_error());
 }
 
@@ -517,7 +498,7 @@ static void test_interrupted(void) {
             int rc = ct_merge(&o, NULL);
             CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "injected failure"), "fail at %d: rc %d %s",
                   fail_at[k], rc, ct_last_error());
-            CHECK(!ct_path_exists(out) && no_temp_left(), "fail at %d: output or temp dir left", fail_at[k]);
+            CHECK(!ct_path_exists(out) && ct_test_no_temp_left(g_work), "fail at %d: output or temp dir left", fail_at[k]);
         }
     printf("  %s\n", ct_last_error());
 }

@@ -29,14 +29,6 @@
 #include "trainer/model.h"
 #include "trainer/safetensors.h"
 
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 /* ------------------------------------------------------------ a model in memory */
 
 enum { MAXW = 64 };
@@ -63,8 +55,8 @@ static wt *add(tmodel *m, const char *name, int ndim, int64_t r, int64_t c) {
     wt *w = &m->w[m->n++];
     snprintf(w->name, sizeof w->name, "%s", name);
     w->ndim = ndim, w->shape[0] = r, w->shape[1] = c;
-    w->v = need(malloc((size_t)numel(w) * sizeof(float)));
-    w->d = need(malloc((size_t)numel(w) * sizeof(double)));
+    w->v = ct_test_need(malloc((size_t)numel(w) * sizeof(float)));
+    w->d = ct_test_need(malloc((size_t)numel(w) * sizeof(double)));
     return w;
 }
 
@@ -80,7 +72,7 @@ static void set_values(wt *w, ct_test_rng *rng, double scale, double offset, ct_
     ct_test_fill(rng, w->v, n, scale);
     for (int64_t i = 0; i < n; i++) w->v[i] += (float)offset;
     if (dt != CT_F32) {
-        uint16_t *h = need(malloc((size_t)n * 2));
+        uint16_t *h = ct_test_need(malloc((size_t)n * 2));
         ct_convert(h, dt, w->v, CT_F32, n);
         ct_convert(w->v, CT_F32, h, dt, n);
         free(h);
@@ -176,12 +168,12 @@ static const char *write_dir(const char *dir, const tmodel *m, const wopts *o) {
         int64_t n = numel(t), shape[2] = {t->shape[0], t->shape[1]};
         if (o->transpose && !strcmp(o->transpose, t->name)) shape[0] = t->shape[1], shape[1] = t->shape[0];
         if (o->as_i32 && !strcmp(o->as_i32, t->name)) {
-            bufs[i] = need(calloc((size_t)n, 4));
+            bufs[i] = ct_test_need(calloc((size_t)n, 4));
             CHECK_OK(ct_st_writer_add(w, t->name, CT_ST_I32, t->ndim, shape, bufs[i]));
             continue;
         }
         if (o->dt != CT_F32) {
-            bufs[i] = need(malloc((size_t)n * 2));
+            bufs[i] = ct_test_need(malloc((size_t)n * 2));
             ct_convert(bufs[i], o->dt, t->v, CT_F32, n);
         }
         CHECK_OK(ct_st_writer_add(w, t->name, (ct_st_dtype)ct_st_dtype_from_ct(o->dt), t->ndim, shape,
@@ -208,7 +200,7 @@ static ct_tape g_tape;
 /* logits [T, V] of ids at positions 0..T-1 (caller frees). */
 static float *logits_of(const ct_model *m, const int32_t *ids, int T) {
     int64_t V = ct_model_config(m)->vocab_size;
-    float *lg = need(malloc((size_t)T * (size_t)V * sizeof(float)));
+    float *lg = ct_test_need(malloc((size_t)T * (size_t)V * sizeof(float)));
     CHECK_OK(ct_model_logits(m, &g_tape, ids, T, 0, lg));
     return lg;
 }
@@ -263,13 +255,13 @@ static void test_random(const char *work) {
         /* logits of one sequence */
         int32_t ids[9], pos[9], lab[9];
         for (int t = 0; t < 9; t++) ids[t] = (int32_t)((t * 7 + 3) % tm.V), pos[t] = t, lab[t] = -100;
-        double *want = need(malloc((size_t)9 * tm.V * sizeof(double)));
+        double *want = ct_test_need(malloc((size_t)9 * tm.V * sizeof(double)));
         ref_model_loss(&tm.rm, 9, ids, pos, NULL, lab, want);
         float *got = logits_of(m, ids, 9);
         printf("  logits vs reference: max |err| %.3g\n", max_abs_diff_d(got, want, 9 * tm.V));
         ct_check_close("logits vs reference", got, want, 9 * tm.V, 2e-5, 1e-4);
         /* the last row alone */
-        float *last = need(malloc((size_t)tm.V * sizeof(float)));
+        float *last = ct_test_need(malloc((size_t)tm.V * sizeof(float)));
         CHECK_OK(ct_model_logits(m, &g_tape, ids, 9, 8, last));
         ct_check_close_f("last-row logits", last, got + 8 * tm.V, tm.V, 1e-6, 1e-6);
 
@@ -320,7 +312,7 @@ static void write_misaligned(const char *dir, const tmodel *m) {
     CHECK_OK(ct_mkdirs(dir));
     write_config(dir, m, false, NULL);
     size_t cap = 1 << 16, off = 0;
-    char *hdr = need(malloc(cap));
+    char *hdr = ct_test_need(malloc(cap));
     uint64_t data = 2;
     off += (size_t)snprintf(hdr + off, cap - off,
                             "{\"model.layers.0.attention.rotary_emb.inv_freq\":{\"dtype\":\"BF16\",\"shape\":[1],"
@@ -343,7 +335,7 @@ static void write_misaligned(const char *dir, const tmodel *m) {
     while (off % 8) hdr[off++] = ' ';
     char path[CT_PATH_MAX];
     CHECK_OK(ct_path_join(path, sizeof path, dir, "model.safetensors"));
-    FILE *f = need(fopen(path, "wb"));
+    FILE *f = ct_test_need(fopen(path, "wb"));
     uint64_t n = off;
     uint16_t pad = 0x3f80;
     fwrite(&n, 8, 1, f);
@@ -414,9 +406,9 @@ static const double *story_get(story_ref *s, const char *name) {
     const ct_st_tensor *t = ct_st_find(s->st, name);
     CHECK(t != NULL, "fixture lacks %s", name);
     if (!t) exit(1);
-    float *f = need(malloc((size_t)t->numel * sizeof(float)));
+    float *f = ct_test_need(malloc((size_t)t->numel * sizeof(float)));
     CHECK_OK(ct_st_read_f32(t, f));
-    double *d = need(malloc((size_t)t->numel * sizeof(double)));
+    double *d = ct_test_need(malloc((size_t)t->numel * sizeof(double)));
     for (int64_t i = 0; i < t->numel; i++) d[i] = f[i];
     free(f);
     s->d[s->n++] = d;
@@ -509,7 +501,7 @@ static void test_stories(void) {
     int V = s.rm.c.vocab;
     int32_t pos[T_STORY], lab[T_STORY];
     for (int t = 0; t < T_STORY; t++) pos[t] = t, lab[t] = t + 1 < T_STORY ? k_story[t + 1] : -100;
-    double *want = need(malloc((size_t)T_STORY * V * sizeof(double)));
+    double *want = ct_test_need(malloc((size_t)T_STORY * V * sizeof(double)));
     double ref = ref_model_loss(&s.rm, T_STORY, k_story, pos, NULL, lab, want);
     /* the packed stories, per sample, vs the reference one story at a time */
     double nll[3];
@@ -565,12 +557,12 @@ static void write_nf4_variant(const char *src, const char *dir, const ct_quant_p
     ct_st_writer *w = NULL;
     CHECK_OK(ct_st_writer_new(&w));
     size_t n = ct_st_count(st);
-    void **keep = need(calloc(n * 4, sizeof *keep));
-    ct_quant_state *qs = need(calloc(n, sizeof *qs));
+    void **keep = ct_test_need(calloc(n * 4, sizeof *keep));
+    ct_quant_state *qs = ct_test_need(calloc(n, sizeof *qs));
     size_t nk = 0;
     for (size_t i = 0; i < n; i++) {
         const ct_st_tensor *t = ct_st_at(st, i);
-        float *f = need(malloc((size_t)t->numel * sizeof(float)));
+        float *f = ct_test_need(malloc((size_t)t->numel * sizeof(float)));
         CHECK_OK(ct_st_read_f32(t, f));
         keep[nk++] = f;
         bool block_linear = (strstr(t->name, "model.layers.") && t->ndim == 2) || (head && !strcmp(t->name, "output.weight"));
@@ -584,7 +576,7 @@ static void write_nf4_variant(const char *src, const char *dir, const ct_quant_p
         }
         /* bitsandbytes layout of X.weight */
         ct_quant_state *q = &qs[i];
-        char nm[256], *js = need(malloc(512));
+        char nm[256], *js = ct_test_need(malloc(512));
         keep[nk++] = js;
         int64_t half = (q->n + 1) / 2, one = 1;
         CHECK_OK(ct_st_writer_add(w, t->name, CT_ST_U8, 2, (int64_t[]){half, one}, q->codes));

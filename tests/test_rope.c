@@ -9,6 +9,7 @@
 
 #include "autograd/cpu/cpu_kernels.h"
 #include "autograd/ops.h"
+#include "ref_internlm2.h" /* ct_test_dot_loss: Σ r ⊙ y, to drive ct_backward through ct_rope */
 #include "testutil.h"
 
 /* ---- naive reference (double) ---- */
@@ -60,28 +61,6 @@ static double ref_loss(void *vc) { /* Σ r ⊙ rope(x) */
     double s = 0.0;
     for (int64_t i = 0; i < c->T * c->C; i++) s += c->r[i] * c->y[i];
     return s;
-}
-
-/* ---- a test-only loss op: Σ r ⊙ y, to drive ct_backward through ct_rope ---- */
-
-static int dot_backward(ct_tape *t, const ct_tape_entry *e) {
-    const float *r = e->saved;
-    ct_tensor *g = ct_grad(t, e->in[0]);
-    if (!g) return CT_ERUNTIME;
-    float seed = ((const float *)e->out->grad->data)[0], *gd = g->data;
-    for (int64_t i = 0; i < ct_numel(g); i++) gd[i] += seed * r[i];
-    return CT_OK;
-}
-static const ct_op_def k_dot = {"test_dot", dot_backward};
-
-static ct_tensor *dot_loss(ct_tape *t, ct_tensor *y, const float *r) {
-    int64_t one = 1;
-    ct_tensor *l = ct_tape_new(t, CT_F32, 1, &one);
-    if (!l) return NULL;
-    double s = 0.0;
-    for (int64_t i = 0; i < ct_numel(y); i++) s += (double)r[i] * ((const float *)y->data)[i];
-    ((float *)l->data)[0] = (float)s;
-    return ct_tape_record(t, &k_dot, l, &y, 1, (void *)r) ? NULL : l;
 }
 
 /* ---- one configuration ---- */
@@ -244,7 +223,7 @@ static void test_tape(void) {
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
     ct_tensor *y = ct_rope(&tape, x, pos, &p);
     CHECK_PTR(y);
-    ct_tensor *loss = y ? dot_loss(&tape, y, r) : NULL;
+    ct_tensor *loss = y ? ct_test_dot_loss(&tape, y, r) : NULL;
     CHECK_PTR(loss);
     if (loss) {
         CHECK(y->requires_grad && loss->requires_grad, "the op did not record");

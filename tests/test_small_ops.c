@@ -21,39 +21,31 @@ static const ct_backend *be;
 
 /* ---------------------------------------------------------------- helpers */
 
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
-        exit(1);
-    }
-    return p;
-}
-
 /* A heap tensor (f32/bf16/f16 filled with N(0, scale²) rounded to the dtype,
  * i32 left zero); trainable ones carry a zeroed f32 grad. */
 static ct_tensor *leaf(ct_dtype dt, int ndim, const int64_t *shape, bool trainable,
                        ct_test_rng *rng, double scale) {
-    ct_tensor *t = need(ct_tensor_new(be, dt, ndim, shape, trainable));
+    ct_tensor *t = ct_test_need(ct_tensor_new(be, dt, ndim, shape, trainable));
     int64_t n = ct_numel(t);
     if (dt == CT_I32) {
         memset(t->data, 0, ct_nbytes(t));
         return t;
     }
-    float *tmp = need(malloc((size_t)n * sizeof(float)));
+    float *tmp = ct_test_need(malloc((size_t)n * sizeof(float)));
     ct_test_fill(rng, tmp, n, scale);
-    if (ct_convert(t->data, dt, tmp, CT_F32, n)) need(NULL);
+    if (ct_convert(t->data, dt, tmp, CT_F32, n)) ct_test_need(NULL);
     free(tmp);
     return t;
 }
 
 static double *to_double(const float *x, int64_t n) {
-    double *d = need(malloc((size_t)n * sizeof(double)));
+    double *d = ct_test_need(malloc((size_t)n * sizeof(double)));
     for (int64_t i = 0; i < n; i++) d[i] = x[i];
     return d;
 }
 
 static float *random_floats(ct_test_rng *rng, int64_t n, double scale) {
-    float *r = need(malloc((size_t)n * sizeof(float)));
+    float *r = ct_test_need(malloc((size_t)n * sizeof(float)));
     ct_test_fill(rng, r, n, scale);
     return r;
 }
@@ -113,9 +105,9 @@ static uint32_t ref_encode(double v, int eb, int mb) {
  * round-trips; every code converts to the other 16-bit format correctly. */
 static void test_convert_exhaustive(ct_dtype dt, int eb, int mb, ct_dtype other, int oeb, int omb) {
     const int64_t n = 65536;
-    uint16_t *codes = need(malloc(n * sizeof(uint16_t))), *back = need(malloc(n * sizeof(uint16_t)));
-    uint16_t *oth = need(malloc(n * sizeof(uint16_t)));
-    float *f = need(malloc(n * sizeof(float)));
+    uint16_t *codes = ct_test_need(malloc(n * sizeof(uint16_t))), *back = ct_test_need(malloc(n * sizeof(uint16_t)));
+    uint16_t *oth = ct_test_need(malloc(n * sizeof(uint16_t)));
+    float *f = ct_test_need(malloc(n * sizeof(float)));
     for (int64_t i = 0; i < n; i++) codes[i] = (uint16_t)i;
     CHECK_OK(ct_convert(f, CT_F32, codes, dt, n));
     CHECK_OK(ct_convert(back, dt, f, CT_F32, n));
@@ -143,7 +135,7 @@ static void test_convert_rounding(ct_dtype dt, int eb, int mb, ct_test_rng *rng)
     uint32_t inf_code = ((1u << eb) - 1u) << mb;
     int bias = (1 << (eb - 1)) - 1;
     int64_t cap = (int64_t)inf_code * 8 + 200000, n = 0;
-    float *v = need(malloc((size_t)cap * sizeof(float)));
+    float *v = ct_test_need(malloc((size_t)cap * sizeof(float)));
     for (uint32_t c = 0; c < inf_code; c++) {
         double lo = ref_decode(c, eb, mb);
         double hi = c + 1 == inf_code ? ldexp(1.0, bias + 1) : ref_decode(c + 1, eb, mb);
@@ -160,7 +152,7 @@ static void test_convert_rounding(ct_dtype dt, int eb, int mb, ct_test_rng *rng)
         uint32_t u = (uint32_t)(ct_test_uniform(rng) * 4294967296.0);
         memcpy(&v[n++], &u, 4);
     }
-    uint16_t *got = need(malloc((size_t)n * sizeof(uint16_t)));
+    uint16_t *got = ct_test_need(malloc((size_t)n * sizeof(uint16_t)));
     CHECK_OK(ct_convert(got, dt, v, CT_F32, n));
     int64_t bad = 0, first = -1;
     for (int64_t i = 0; i < n; i++) {
@@ -283,7 +275,7 @@ static void test_embedding(ct_tape *tp, ct_test_rng *rng) {
     CHECK_PTR(loss);
     if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
     emb_ctx c = {V, D, T, idv, to_double(table->data, (int64_t)V * D), r};
-    double *g = need(malloc((size_t)V * D * sizeof(double)));
+    double *g = ct_test_need(malloc((size_t)V * D * sizeof(double)));
     ct_fd_grad(emb_loss, &c, c.table, (int64_t)V * D, 1e-3, g);
     check_grad("embedding dtable vs FD", table->grad->data, g, (int64_t)V * D, 1e-6, 1e-6);
     float zero_row_sum = 0;
@@ -334,7 +326,7 @@ static void rms_ref(const rms_ctx *c, double *y) {
 
 static double rms_loss(void *p) {
     const rms_ctx *c = p;
-    double *y = need(malloc((size_t)(c->R * c->D) * sizeof(double)));
+    double *y = ct_test_need(malloc((size_t)(c->R * c->D) * sizeof(double)));
     rms_ref(c, y);
     double s = 0;
     for (int64_t i = 0; i < c->R * c->D; i++) s += c->r[i] * y[i];
@@ -362,18 +354,18 @@ static void rmsnorm_case(ct_tape *tp, ct_test_rng *rng, int ndim, const int64_t 
     ct_tensor *y = ct_rmsnorm(tp, x, w, eps);
     CHECK_PTR(y);
     if (!y) return;
-    rms_ctx c = {R, D, to_double(xd, n), need(malloc((size_t)D * sizeof(double))), eps, r};
-    float *wf = need(malloc((size_t)D * sizeof(float)));
+    rms_ctx c = {R, D, to_double(xd, n), ct_test_need(malloc((size_t)D * sizeof(double))), eps, r};
+    float *wf = ct_test_need(malloc((size_t)D * sizeof(float)));
     CHECK_OK(ct_convert(wf, CT_F32, w->data, wdt, D));
     for (int64_t i = 0; i < D; i++) c.w[i] = wf[i];
-    double *want = need(malloc((size_t)n * sizeof(double)));
+    double *want = ct_test_need(malloc((size_t)n * sizeof(double)));
     rms_ref(&c, want);
     check_grad("forward vs double", y->data, want, n, 1e-6, 2e-6);
 
     ct_tensor *loss = ct_test_dot_loss(tp, y, r);
     CHECK_PTR(loss);
     if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
-    double *g = need(malloc((size_t)n * sizeof(double)));
+    double *g = ct_test_need(malloc((size_t)n * sizeof(double)));
     ct_fd_grad(rms_loss, &c, c.x, n, 1e-6, g);
     /* Row 0 is tiny, so its dx is large (~1/sqrt(eps)); rtol covers it. */
     check_grad("dx vs FD", x->grad->data, g, n, 1e-5, 1e-4);
@@ -417,13 +409,13 @@ static void test_swiglu(ct_tape *tp, ct_test_rng *rng) {
         CHECK_PTR(y);
         if (!y) return;
         swi_ctx c = {n, to_double(gate->data, n), to_double(up->data, n), r};
-        double *want = need(malloc((size_t)n * sizeof(double)));
+        double *want = ct_test_need(malloc((size_t)n * sizeof(double)));
         for (int64_t i = 0; i < n; i++) want[i] = c.g[i] / (1.0 + exp(-c.g[i])) * c.u[i];
         check_grad("forward vs double", y->data, want, n, 1e-6, 1e-6);
         ct_tensor *loss = ct_test_dot_loss(tp, y, r);
         CHECK_PTR(loss);
         if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
-        double *g = need(malloc((size_t)n * sizeof(double)));
+        double *g = ct_test_need(malloc((size_t)n * sizeof(double)));
         if (gate_trainable) {
             ct_fd_grad(swi_loss, &c, c.g, n, 1e-6, g);
             check_grad("dgate vs FD", gate->grad->data, g, n, 1e-6, 1e-5);
@@ -476,7 +468,7 @@ static void test_add(ct_tape *tp, ct_test_rng *rng) {
     CHECK_PTR(loss);
     if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
     add_ctx c = {n, to_double(a->data, n), to_double(b->data, n), r};
-    double *g = need(malloc((size_t)n * sizeof(double)));
+    double *g = ct_test_need(malloc((size_t)n * sizeof(double)));
     ct_fd_grad(add_loss, &c, c.a, n, 1e-3, g);
     check_grad("da vs FD", a->grad->data, g, n, 1e-6, 1e-6);
     ct_fd_grad(add_loss, &c, c.b, n, 1e-3, g);
@@ -533,7 +525,7 @@ static void test_expf(ct_test_rng *rng) {
     memcpy(&lim, &f88, 4);
     /* the grid, the uniform values, the four borders (< 50000 floats each) */
     size_t cap = 2 * ((size_t)lim / 257 + 1) + 4000000 + 4 * 50000;
-    float *xs = need(malloc(cap * sizeof(float)));
+    float *xs = ct_test_need(malloc(cap * sizeof(float)));
     for (uint32_t u = 0; u <= lim; u += 257) {
         float v;
         memcpy(&v, &u, 4);
@@ -657,8 +649,8 @@ static void test_swiglu_large(ct_test_rng *rng) {
     ct_tensor *d = leaf(CT_F32, 2, shape, false, rng, 1.0), *y = leaf(CT_F32, 2, shape, false, rng, 1.0);
     ct_tensor *dg = leaf(CT_F32, 2, shape, false, rng, 1.0), *du = leaf(CT_F32, 2, shape, false, rng, 1.0);
     const float *gs = g->data, *us = u->data, *ds = d->data;
-    double *wy = need(malloc((size_t)n * sizeof(double))), *wdg = need(malloc((size_t)n * sizeof(double)));
-    double *wdu = need(malloc((size_t)n * sizeof(double)));
+    double *wy = ct_test_need(malloc((size_t)n * sizeof(double))), *wdg = ct_test_need(malloc((size_t)n * sizeof(double)));
+    double *wdu = ct_test_need(malloc((size_t)n * sizeof(double)));
     /* dg, du start random: the kernel accumulates */
     const float *dg0 = dg->data, *du0 = du->data;
     for (int64_t i = 0; i < n; i++) {
@@ -697,11 +689,11 @@ static void rmsnorm_large(ct_test_rng *rng, int64_t R, int64_t D, ct_dtype wdt) 
     ct_tensor *dw = wdt == CT_F32 ? leaf(CT_F32, 1, &D, false, rng, 1.0) : NULL;
     float *xs = x->data, *gs = dy->data;
     for (int64_t i = 0; i < D; i++) xs[i] *= 1e-3f; /* row 0: eps matters */
-    float *wf = need(malloc((size_t)D * sizeof(float)));
+    float *wf = ct_test_need(malloc((size_t)D * sizeof(float)));
     CHECK_OK(ct_convert(wf, CT_F32, w->data, wdt, D));
     /* Double reference; dx and dw accumulate onto their random start values. */
-    double *wy = need(malloc((size_t)n * sizeof(double))), *wdx = need(malloc((size_t)n * sizeof(double)));
-    double *wdw = need(calloc((size_t)D, sizeof(double)));
+    double *wy = ct_test_need(malloc((size_t)n * sizeof(double))), *wdx = ct_test_need(malloc((size_t)n * sizeof(double)));
+    double *wdw = ct_test_need(calloc((size_t)D, sizeof(double)));
     for (int64_t r = 0; r < R; r++) {
         const float *xr = xs + r * D, *gr = gs + r * D;
         double ss = 0, dot = 0;
@@ -715,7 +707,7 @@ static void rmsnorm_large(ct_test_rng *rng, int64_t R, int64_t D, ct_dtype wdt) 
     }
     if (dw)
         for (int64_t i = 0; i < D; i++) wdw[i] += ((float *)dw->data)[i];
-    float *dx0 = need(malloc(ct_nbytes(dx))), *dw0 = dw ? need(malloc(ct_nbytes(dw))) : NULL;
+    float *dx0 = ct_test_need(malloc(ct_nbytes(dx))), *dw0 = dw ? ct_test_need(malloc(ct_nbytes(dw))) : NULL;
     memcpy(dx0, dx->data, ct_nbytes(dx));
     if (dw) memcpy(dw0, dw->data, ct_nbytes(dw));
 
@@ -732,10 +724,10 @@ static void rmsnorm_large(ct_test_rng *rng, int64_t R, int64_t D, ct_dtype wdt) 
             check_grad("forward vs double", y->data, wy, n, 1e-6, 2e-6);
             check_grad("dx vs double", dx->data, wdx, n, 1e-5, 1e-5);
             if (dw) check_grad("dw vs double", dw->data, wdw, D, 1e-5, 1e-5);
-            keep[0] = need(malloc(ct_nbytes(y))), keep[1] = need(malloc(ct_nbytes(dx)));
+            keep[0] = ct_test_need(malloc(ct_nbytes(y))), keep[1] = ct_test_need(malloc(ct_nbytes(dx)));
             memcpy(keep[0], y->data, ct_nbytes(y));
             memcpy(keep[1], dx->data, ct_nbytes(dx));
-            if (dw) keep[2] = need(malloc(ct_nbytes(dw))), memcpy(keep[2], dw->data, ct_nbytes(dw));
+            if (dw) keep[2] = ct_test_need(malloc(ct_nbytes(dw))), memcpy(keep[2], dw->data, ct_nbytes(dw));
         } else if (run == 1) {
             CHECK(memcmp(keep[0], y->data, ct_nbytes(y)) == 0 && memcmp(keep[1], dx->data, ct_nbytes(dx)) == 0 &&
                       (!dw || memcmp(keep[2], dw->data, ct_nbytes(dw)) == 0),
@@ -821,14 +813,14 @@ static void test_tape_reachability(ct_tape *tp, ct_test_rng *rng) {
     ct_tensor *xt = leaf(CT_F32, 2, (int64_t[]){T, D}, true, rng, 1.0);
     float *r = random_floats(rng, T * D, 1.0);
 
-    ct_tensor *e = need(ct_embedding(tp, table, ids));       /* frozen table: no grad path */
-    ct_tensor *n1 = need(ct_rmsnorm(tp, e, w_frozen, 1e-6f)); /* still none */
+    ct_tensor *e = ct_test_need(ct_embedding(tp, table, ids));       /* frozen table: no grad path */
+    ct_tensor *n1 = ct_test_need(ct_rmsnorm(tp, e, w_frozen, 1e-6f)); /* still none */
     CHECK(!e->requires_grad && !n1->requires_grad && tp->n_entries == 0,
           "frozen-only chain recorded %d entries", tp->n_entries);
-    ct_tensor *n2 = need(ct_rmsnorm(tp, n1, w_train, 1e-6f)); /* trainable weight */
-    ct_tensor *n3 = need(ct_rmsnorm(tp, xt, w_frozen, 1e-6f)); /* trainable input, frozen weight */
-    ct_tensor *s = need(ct_add(tp, n2, n3));
-    ct_tensor *loss = need(ct_test_dot_loss(tp, s, r));
+    ct_tensor *n2 = ct_test_need(ct_rmsnorm(tp, n1, w_train, 1e-6f)); /* trainable weight */
+    ct_tensor *n3 = ct_test_need(ct_rmsnorm(tp, xt, w_frozen, 1e-6f)); /* trainable input, frozen weight */
+    ct_tensor *s = ct_test_need(ct_add(tp, n2, n3));
+    ct_tensor *loss = ct_test_need(ct_test_dot_loss(tp, s, r));
     CHECK(tp->n_entries == 4, "expected 4 recorded ops (2 rmsnorm, add, loss), got %d", tp->n_entries);
     CHECK_OK(ct_backward(tp, loss, 1.0f));
     CHECK(w_train->grad && !all_zero(w_train->grad), "trainable weight got no grad");
@@ -840,8 +832,8 @@ static void test_tape_reachability(ct_tape *tp, ct_test_rng *rng) {
 
     /* A loss nothing trainable reaches: backward is a no-op, not an error. */
     ct_tape_reset(tp);
-    ct_tensor *e2 = need(ct_embedding(tp, table, ids));
-    ct_tensor *l2 = need(ct_test_dot_loss(tp, e2, r));
+    ct_tensor *e2 = ct_test_need(ct_embedding(tp, table, ids));
+    ct_tensor *l2 = ct_test_need(ct_test_dot_loss(tp, e2, r));
     CHECK_OK(ct_backward(tp, l2, 1.0f));
     CHECK(e2->grad == NULL && table->grad == NULL, "grads appeared without a trainable leaf");
     CHECK(ct_backward(tp, e2, 1.0f) != 0, "backward from a [T, D] tensor accepted");
@@ -883,14 +875,14 @@ static float run_step(ct_tape *tp, step_state *s, bool ckpt, bool x_trainable) {
     ct_tape_reset(tp);
     bool keep = s->x->requires_grad;
     s->x->requires_grad = x_trainable;
-    ct_tensor *e = need(ct_embedding(tp, s->table, s->ids));
-    ct_tensor *h = need(ct_add(tp, e, s->x));
+    ct_tensor *e = ct_test_need(ct_embedding(tp, s->table, s->ids));
+    ct_tensor *h = ct_test_need(ct_add(tp, e, s->x));
     block_ctx c1 = {s->w1, s->w2, false}, c2 = {s->w3, s->w4, false};
     ct_tensor *h1 = NULL, *h2 = NULL;
     CHECK_OK(ckpt ? ct_checkpoint(tp, block_fn, &c1, h, &h1) : block_fn(tp, &c1, h, &h1));
-    need(h1);
+    ct_test_need(h1);
     CHECK_OK(ckpt ? ct_checkpoint(tp, block_fn, &c2, h1, &h2) : block_fn(tp, &c2, h1, &h2));
-    ct_tensor *loss = need(ct_test_dot_loss(tp, need(h2), s->r));
+    ct_tensor *loss = ct_test_need(ct_test_dot_loss(tp, ct_test_need(h2), s->r));
     CHECK_OK(ct_backward(tp, loss, 1.0f));
     s->x->requires_grad = keep;
     return *(float *)loss->data;
@@ -911,7 +903,7 @@ static bool same_grads(step_state *s, float *const *saved) {
 static void save_grads(step_state *s, float **saved) {
     ct_tensor *p[5] = {s->x, s->w1, s->w2, s->w3, s->w4};
     for (int i = 0; i < 5; i++) {
-        saved[i] = need(malloc(ct_nbytes(p[i]->grad)));
+        saved[i] = ct_test_need(malloc(ct_nbytes(p[i]->grad)));
         memcpy(saved[i], p[i]->grad->data, ct_nbytes(p[i]->grad));
     }
 }
@@ -980,13 +972,13 @@ static void test_tape_steps(ct_test_rng *rng) {
     ct_tape_reset(&tp);
     bool prev = ct_tape_set_recording(&tp, false);
     CHECK(prev, "recording should be on by default");
-    ct_tensor *e = need(ct_embedding(&tp, s.table, s.ids));
-    ct_tensor *h = need(ct_add(&tp, e, s.x));
+    ct_tensor *e = ct_test_need(ct_embedding(&tp, s.table, s.ids));
+    ct_tensor *h = ct_test_need(ct_add(&tp, e, s.x));
     block_ctx c1 = {s.w1, s.w2, false}, c2 = {s.w3, s.w4, false};
     ct_tensor *h1 = NULL, *h2 = NULL;
     CHECK_OK(ct_checkpoint(&tp, block_fn, &c1, h, &h1));
     CHECK_OK(block_fn(&tp, &c2, h1, &h2));
-    ct_tensor *loss = need(ct_test_dot_loss(&tp, h2, s.r));
+    ct_tensor *loss = ct_test_need(ct_test_dot_loss(&tp, h2, s.r));
     CHECK(tp.n_entries == 0, "no_grad recorded %d entries", tp.n_entries);
     CHECK(!h2->requires_grad && !loss->requires_grad, "no_grad outputs require grad");
     CHECK(*(float *)loss->data == l_plain, "no_grad loss %.9g != %.9g", *(float *)loss->data, l_plain);

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,14 @@ int ct_test_checks, ct_test_failures;
 int ct_test_finish(void) {
     printf("%d passed, %d failed\n", ct_test_checks - ct_test_failures, ct_test_failures);
     return ct_test_failures ? 1 : 0;
+}
+
+void *ct_test_need(void *p) {
+    if (!p) {
+        fprintf(stderr, "test setup failed: %s\n", ct_last_error());
+        exit(1);
+    }
+    return p;
 }
 
 double ct_test_uniform(ct_test_rng *r) {
@@ -86,4 +95,14 @@ const char *ct_fixture(const char *rel, char *buf, size_t cap) {
         return NULL;
     }
     return buf;
+}
+
+bool ct_test_no_temp_left(const char *dir) {
+    DIR *d = opendir(dir);
+    bool ok = true;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strstr(e->d_name, ".tmp-")) ok = false, fprintf(stderr, "left behind: %s\n", e->d_name);
+    if (d) closedir(d);
+    return ok;
 }

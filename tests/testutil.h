@@ -30,6 +30,10 @@ extern int ct_test_checks, ct_test_failures;
 /* Checks that a pointer-returning op succeeded. */
 #define CHECK_PTR(p) CHECK((p) != NULL, "%s", ct_last_error())
 
+/* Test setup that must not fail: p, or (p NULL) the last error on stderr and
+ * exit(1). */
+void *ct_test_need(void *p);
+
 /* Prints "<N> passed, <M> failed" and returns the exit code. */
 int ct_test_finish(void);
 
@@ -52,6 +56,10 @@ bool ct_check_close(const char *what, const float *got, const double *want, int6
                     double atol, double rtol);
 bool ct_check_close_f(const char *what, const float *got, const float *want, int64_t n,
                       double atol, double rtol);
+
+/* True when directory dir holds no entry named *.tmp-* (an atomic writer's
+ * leftover); each one found is named on stderr. */
+bool ct_test_no_temp_left(const char *dir);
 
 /* Path of a shared fixture ("stories260k-internlm2/config.json") into buf, or
  * NULL (with a message) when ../shared/fixtures is absent: the test then skips. */

@@ -69,29 +69,6 @@ typedef struct {
 
 /* ---------------- options ---------------- */
 
-/* Every --stop-word value, walking argv with the parser's rules (values of
- * other options are skipped, "--" ends the options). Called after a
- * successful ct_args_parse, so the flags are known to be well formed. */
-static int collect_stop_words(int argc, char **argv, const ct_argspec *specs, int n_specs, chat_opts *o) {
-    o->stop_words = calloc((size_t)argc, sizeof *o->stop_words);
-    if (!o->stop_words) return ct_errorf(CT_ERUNTIME, "out of memory");
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "--") == 0) break;
-        if (arg[0] != '-' || arg[1] == '\0') continue;
-        const char *eq = strchr(arg, '=');
-        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
-        for (int k = 0; k < n_specs; k++) {
-            if (strlen(specs[k].name) != len || strncmp(specs[k].name, arg, len) != 0) continue;
-            if (specs[k].kind == CT_ARG_FLAG) break;
-            const char *v = eq ? eq + 1 : argv[++i];
-            if (strcmp(specs[k].name, "--stop-word") == 0) o->stop_words[o->n_stop_words++] = v;
-            break;
-        }
-    }
-    return CT_OK;
-}
-
 static int check_opts(const chat_opts *o) {
     if (o->max_new_tokens < 1)
         return ct_errorf(CT_EINPUT, "--max-new-tokens %lld must be >= 1", (long long)o->max_new_tokens);
@@ -394,7 +371,10 @@ int ct_cmd_chat(int argc, char **argv) {
     int rc = ct_args_parse(&a, argc, argv);
     if (rc) return rc;
     o.model = a.positional[0];
-    if ((rc = collect_stop_words(argc, argv, specs, a.n_specs, &o)) || (rc = check_opts(&o))) {
+    int n_stop_words = 0;
+    rc = ct_args_collect(&a, argc, argv, "--stop-word", &o.stop_words, &n_stop_words);
+    o.n_stop_words = (size_t)n_stop_words;
+    if (rc || (rc = check_opts(&o))) {
         free(o.stop_words);
         return rc;
     }

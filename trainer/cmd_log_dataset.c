@@ -25,18 +25,7 @@
 static int prepare(const ct_run_config *c, const ct_tokenizer *tok, ct_dataset *ds) {
     const ct_template *t;
     CT_TRY(ct_template_get(c->prompt_template, "prompt_template", &t));
-    ct_ds_config dc = ct_ds_config_default();
-    dc.data_path = c->data_path;
-    dc.format = c->data_format;
-    dc.template_name = c->prompt_template;
-    dc.system = c->system && c->system[0] ? c->system : NULL;
-    dc.max_length = c->max_length;
-    dc.pack = c->pack_to_max_length;
-    dc.shuffle_before_pack = c->shuffle_before_pack;
-    dc.seed = (uint64_t)c->seed;
-    dc.skip_bad_records = c->skip_bad_records;
-    dc.threads = (int)c->dataloader_num_workers;
-    dc.tokenizer_path = c->pretrained_model_name_or_path;
+    ct_ds_config dc = ct_config_ds_config(c);
     return ct_dataset_prepare(&dc, tok, ds);
 }
 

@@ -24,6 +24,7 @@
 
 #include "autograd/quant.h"
 #include "autograd/tensor.h"
+#include "datasets/dataset.h"
 #include "datasets/dataset_reader.h"
 #include "trainer/scheduler.h"
 
@@ -151,6 +152,11 @@ int64_t ct_config_total_steps(const ct_run_config *c, int64_t n_rows);
  * min((step+1) * accumulative_counts, total_iters) - 1. That step uses the LR
  * of this iteration, as XTuner's per-iteration scheduler does. */
 int64_t ct_config_step_last_iter(const ct_run_config *c, int64_t step, int64_t total_iters);
+
+/* The dataset preparation the config asks for (data_path, format, template,
+ * SYSTEM, max_length, packing, seed, workers, tokenizer path), the rest left
+ * at ct_ds_config_default(); cache_dir stays NULL. Strings point into c. */
+ct_ds_config ct_config_ds_config(const ct_run_config *c);
 
 /* The run's learning-rate schedule, resolved to iterations for the scheduler
  * (trainer/scheduler.h; ct_sched_lr_at(out, it) is then the LR of iteration

@@ -1,11 +1,28 @@
-/* What the trainer derives from the config: iterations and optimizer steps of
- * a run, and the learning-rate schedule in iterations, computed the way
- * XTuner's mmengine does it (convert_to_iter_based, chained schedulers), so a
+/* What the trainer derives from the config: the dataset preparation,
+ * iterations and optimizer steps of a run, and the learning-rate schedule in
+ * iterations, computed the way XTuner's mmengine does it
+ * (convert_to_iter_based, chained schedulers), so a
  * translated config gets the same learning rate at every iteration. The LR
  * itself comes from the scheduler (trainer/scheduler.h): one implementation. */
 
 #include "autograd/ct_error.h"
 #include "trainer/config.h"
+
+ct_ds_config ct_config_ds_config(const ct_run_config *c) {
+    ct_ds_config dc = ct_ds_config_default();
+    dc.data_path = c->data_path;
+    dc.format = c->data_format;
+    dc.template_name = c->prompt_template;
+    dc.system = c->system && c->system[0] ? c->system : NULL;
+    dc.max_length = c->max_length;
+    dc.pack = c->pack_to_max_length;
+    dc.shuffle_before_pack = c->shuffle_before_pack;
+    dc.seed = (uint64_t)c->seed;
+    dc.skip_bad_records = c->skip_bad_records;
+    dc.threads = (int)c->dataloader_num_workers;
+    dc.tokenizer_path = c->pretrained_model_name_or_path;
+    return dc;
+}
 
 int64_t ct_config_iters_per_epoch(const ct_run_config *c, int64_t n_rows) {
     if (n_rows <= 0) return 0;

@@ -258,6 +258,15 @@ static bool is_list(const ct_cfield *f) {
     return f->type == CF_BETAS || f->type == CF_STRLIST || f->type == CF_TARGETS || f->type == CF_SCHEDULE;
 }
 
+/* CT_EINPUT for path `shown` whose last segment `seg` is no key of table,
+ * with the close names and the table's keys. */
+static int unknown_key(const char *origin, const char *shown, const char *seg, const ct_cfield *table) {
+    char names[1200], hint[128];
+    ct_cfg_table_names(table, 0, names, sizeof names);
+    ct_cfg_suggest_field(seg, table, hint, sizeof hint);
+    return ct_errorf(CT_EINPUT, "%s: unknown key '%s'%s (expected one of: %s)", origin, shown, hint, names);
+}
+
 int ct_config_check_path(char *const *segs, int n, const char *origin, bool *is_idx) {
     const ct_cfield *table = ct_config_fields, *f = NULL;
     char shown[300] = "";
@@ -268,12 +277,7 @@ int ct_config_check_path(char *const *segs, int n, const char *origin, bool *is_
         if (!f && table) {
             snprintf(shown + k, sizeof shown - k, "%s%s", k ? "." : "", seg);
             f = ct_config_field(table, seg);
-            if (!f) {
-                char names[1200], hint[128];
-                ct_cfg_table_names(table, 0, names, sizeof names);
-                ct_cfg_suggest_field(seg, table, hint, sizeof hint);
-                return ct_errorf(CT_EINPUT, "%s: unknown key '%s'%s (expected one of: %s)", origin, shown, hint, names);
-            }
+            if (!f) return unknown_key(origin, shown, seg, table);
             continue;
         }
         if (!f) return ct_errorf(CT_EINPUT, "%s: '%s' is one value, it has no part '%s'", origin, shown, seg);
@@ -291,12 +295,7 @@ int ct_config_check_path(char *const *segs, int n, const char *origin, bool *is_
             return ct_errorf(CT_EINPUT, "%s: '%.*s' is one value, it has no part '%s'", origin, (int)k, shown, seg);
         table = f->sub;
         f = ct_config_field(table, seg);
-        if (!f) {
-            char names[1200], hint[128];
-            ct_cfg_table_names(table, 0, names, sizeof names);
-            ct_cfg_suggest_field(seg, table, hint, sizeof hint);
-            return ct_errorf(CT_EINPUT, "%s: unknown key '%s'%s (expected one of: %s)", origin, shown, hint, names);
-        }
+        if (!f) return unknown_key(origin, shown, seg, table);
     }
     return CT_OK;
 }

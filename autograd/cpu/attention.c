@@ -33,18 +33,9 @@
 #include "../ct_error.h"
 #include "../ct_inline.h" /* ct_expf: branch-free, so the softmax loops vectorize */
 #include "cpu_kernels.h"
+#include "simd.h" /* VL, vf: one SIMD register of floats */
 
 enum { BLK = 64 }; /* queries and keys per block */
-
-/* One SIMD register of floats: 8 with AVX, else 4 (wider generic vectors
- * without hardware support compile to slow piecewise code). Loads and stores
- * go through memcpy: no alignment or aliasing assumptions. */
-#ifdef __AVX__
-enum { VL = 8 };
-#else
-enum { VL = 4 };
-#endif
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
 /* Left alone, gcc re-loads b0/b1 as a memory operand of each of their four
  * multiplies; the loads, not the arithmetic, then bound the tile kernel
@@ -202,6 +193,16 @@ static void pack_kv(const attn_dims *a, const float *qkv, float *kv, bool par) {
                   kv_rows(a), 1.0f, kv + (size_t)e * (size_t)kv_rows(a) * (size_t)a->hdp);
 }
 
+/* The call's setup shared by forward and backward: run bounds from seg into
+ * bounds [2, T] (start, end), then K and V packed into kv. */
+static void set_segments_pack_kv(attn_dims *a, const ct_tensor *seg, int64_t *bounds, const float *qkv, float *kv,
+                                 bool par) {
+    segment_bounds(seg, a->T, bounds, bounds + a->T);
+    a->start = bounds;
+    a->end = bounds + a->T;
+    pack_kv(a, qkv, kv, par);
+}
+
 /* ---------------- forward ---------------- */
 
 typedef struct {
@@ -304,10 +305,7 @@ int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_at
         ct_arena_rewind(scratch, mark);
         return ct_error_wrap(CT_ERUNTIME, "attention forward: scratch for T=%lld", (long long)a.T);
     }
-    segment_bounds(seg, a.T, bounds, bounds + a.T);
-    a.start = bounds;
-    a.end = bounds + a.T;
-    pack_kv(&a, qkv->data, kv, par);
+    set_segments_pack_kv(&a, seg, bounds, qkv->data, kv, par);
 
     const float *q = qkv->data;
     float *o = out->data, *l = lse->data;
@@ -460,10 +458,7 @@ int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_at
         ct_arena_rewind(scratch, mark);
         return ct_error_wrap(CT_ERUNTIME, "attention backward: scratch for T=%lld", (long long)a.T);
     }
-    segment_bounds(seg, a.T, bounds, bounds + a.T);
-    a.start = bounds;
-    a.end = bounds + a.T;
-    pack_kv(&a, qkv->data, kv, par);
+    set_segments_pack_kv(&a, seg, bounds, qkv->data, kv, par);
     bwd_io io = {qkv->data, kv, out->data, lse->data, dout->data, dd, dqkv->data};
     const int64_t out_w = a.Hq * a.hd;
 

@@ -22,14 +22,7 @@
 
 #include "../ct_error.h"
 #include "cpu_kernels.h"
-
-/* One SIMD register of floats (see attention.c); loads go through memcpy. */
-#ifdef __AVX__
-enum { VL = 8 };
-#else
-enum { VL = 4 };
-#endif
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+#include "simd.h" /* VL, vf: one SIMD register of floats */
 
 /* a·b over n floats: two vector accumulators, then a scalar tail. The order of
  * the additions is fixed by n alone. */

@@ -89,6 +89,31 @@ static int gemv_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, 
     return CT_OK;
 }
 
+/* ct_cpu_gemm_xwt (gw false, a = X) or ct_cpu_gemm_gw (gw true, a = G) with a
+ * 16-bit or quantized W [N, K], converted to f32 one row tile Wt [nt, K] at a
+ * time (weight_tile_bytes of scratch). */
+static int tiled_gemm(bool gw, int64_t M, const float *a, int64_t lda, const ct_tensor *w, float alpha,
+                      float beta, float *c, int64_t ldc, ct_arena *scratch) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    int64_t tile = rows_within(weight_tile_bytes, K, N);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
+    int rc = wt ? CT_OK : CT_ERUNTIME;
+    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
+        int64_t nt = N - n0 < tile ? N - n0 : tile;
+        rc = ct_cpu_weight_rows_f32(w, n0, nt, wt);
+        if (rc) break;
+        if (gw) /* C = alpha·G[:, n0:n0+nt]·Wt + beta·C   (M×nt)·(nt×K) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)nt, alpha,
+                        a + n0, (int)lda, wt, (int)K, beta, c, (int)ldc);
+        else /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nt, (int)K, alpha, a,
+                        (int)lda, wt, (int)K, beta, c + n0, (int)ldc);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
 int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
                     float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
@@ -100,20 +125,7 @@ int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, 
                     (int)ldx, (const float *)w->data, (int)K, beta, c, (int)ldc);
         return CT_OK;
     }
-    int64_t tile = rows_within(weight_tile_bytes, K, N);
-    ct_arena_mark mark = ct_arena_get_mark(scratch);
-    float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
-    int rc = wt ? CT_OK : CT_ERUNTIME;
-    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
-        int64_t nt = N - n0 < tile ? N - n0 : tile;
-        rc = ct_cpu_weight_rows_f32(w, n0, nt, wt);
-        if (rc) break;
-        /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nt, (int)K, alpha, x,
-                    (int)ldx, wt, (int)K, beta, c + n0, (int)ldc);
-    }
-    ct_arena_rewind(scratch, mark);
-    return rc;
+    return tiled_gemm(false, M, x, ldx, w, alpha, beta, c, ldc, scratch);
 }
 
 int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, float alpha,
@@ -126,20 +138,7 @@ int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, f
                     (int)ldg, (const float *)w->data, (int)K, 1.0f, c, (int)ldc);
         return CT_OK;
     }
-    int64_t tile = rows_within(weight_tile_bytes, K, N);
-    ct_arena_mark mark = ct_arena_get_mark(scratch);
-    float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
-    int rc = wt ? CT_OK : CT_ERUNTIME;
-    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
-        int64_t nt = N - n0 < tile ? N - n0 : tile;
-        rc = ct_cpu_weight_rows_f32(w, n0, nt, wt);
-        if (rc) break;
-        /* C += alpha·G[:, n0:n0+nt]·Wt   (M×nt)·(nt×K) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)nt, alpha,
-                    g + n0, (int)ldg, wt, (int)K, 1.0f, c, (int)ldc);
-    }
-    ct_arena_rewind(scratch, mark);
-    return rc;
+    return tiled_gemm(true, M, g, ldg, w, alpha, 1.0f, c, ldc, scratch); /* C += alpha·G·W, per tile */
 }
 
 void ct_cpu_dropout_rows(const float *src, float *dst, int64_t m, int64_t cols,
