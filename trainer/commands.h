@@ -22,6 +22,7 @@ int ct_cmd_list_cfg(int argc, char **argv);
 int ct_cmd_log_dataset(int argc, char **argv);
 int ct_cmd_make_model(int argc, char **argv);
 int ct_cmd_merge(int argc, char **argv);
+int ct_cmd_quantize(int argc, char **argv);
 int ct_cmd_tokenize(int argc, char **argv);
 int ct_cmd_train(int argc, char **argv);
 

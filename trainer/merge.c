@@ -1,37 +1,28 @@
-/* ctuner merge: LoRA into the base weights, a Hugging Face directory out (see
- * merge.h).
+/* ctuner merge / quantize: LoRA (if any) into the base weights, a Hugging
+ * Face directory out (see merge.h).
  *
  * The base is opened twice: once as a ct_model (which checks every tensor
  * against config.json and gives the decoder whose linears the adapter's A/B are
  * checked and loaded against; its weights stay untouched in the mapping), once
  * as a plain safetensors mapping that the output streams from. Output tensors
  * are declared up front (shapes are known without computing anything) and
- * produced in the writer's fill callback, one at a time, shard by shard.
- *
- * A 4-bit weight becomes six output tensors (bitsandbytes' state_dict keys).
- * The writer orders a shard's tensors by dtype then name (the safetensors
- * layout), so all f32 parts of a shard (quant_map, nested_absmax,
- * nested_quant_map) come before its u8 parts (codes, absmax, quant_state): a
- * weight is quantized when its first part is asked for; its small arrays
- * (absmax codes, nested absmax: 1/32 of the codes) stay in memory and its
- * codes go to an unlinked scratch file until the writer asks for them, so
- * memory does not grow with the shard size. */
+ * produced in the writer's fill callback, one at a time, shard by shard; a
+ * 4-bit weight's parts are declared and produced by trainer/bnb_write.h, which
+ * asks for the merged weight through load_weight. */
 #include "merge.h"
 
 #include <cblas.h>
 #include <dirent.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "autograd/ct_error.h"
-#include "autograd/ct_inline.h"
 #include "trainer/adapter.h"
+#include "trainer/bnb_write.h"
 #include "trainer/fsutil.h"
 #include "trainer/hf_config.h"
 #include "trainer/model.h"
@@ -39,30 +30,11 @@
 
 #define CHUNK ((int64_t)1 << 22) /* elements converted / bytes copied per append */
 
-/* The output tensors of one source tensor: PLAIN, or the six 4-bit parts. */
-typedef enum { P_PLAIN, P_CODES, P_ABSMAX, P_QMAP, P_NABSMAX, P_NQMAP, P_QSTATE } part_kind;
-enum { N_QPARTS = 6 };
-static const char *const k_suffix[] = {"", "", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
-                                        ".quant_state.bitsandbytes__"}; /* + "nf4" / "fp4" */
-
 typedef struct {
     const ct_st_tensor *src;    /* base tensor */
     const ct_lora_param *a, *b; /* its LoRA pair (A [r, in], B [out, r]), or NULL */
     bool quantize;              /* written as 4-bit */
-    bool ready;                 /* quantized: the fields below are set */
-    int parts_left;             /* 4-bit parts still to write */
-    int64_t nblocks, nn;        /* absmax blocks (64 elements), nested blocks (256 absmax) */
-    float offset;               /* mean absmax (bnb nested_offset) */
-    float *nested_absmax;       /* [nn] f32, then qabsmax [nblocks] u8 in the same block (owned) */
-    uint8_t *qabsmax;
-    int64_t spill_off;          /* where its codes [(n+1)/2] are in the scratch file */
 } src_entry;
-
-typedef struct {
-    char *name;     /* output tensor name (owned) */
-    part_kind kind;
-    size_t src;     /* index into srcs */
-} out_entry;
 
 typedef struct {
     const ct_merge_options *o;
@@ -70,20 +42,16 @@ typedef struct {
     float scale;
     ct_dtype out_dt;
     ct_st_dtype out_st;
+    ct_quant_params qp;     /* the 4-bit format (o->quantize) */
     src_entry *srcs;        /* [n_srcs] in state_dict order */
     size_t n_srcs;
-    out_entry *outs;        /* [n_outs] in declaration order */
-    size_t n_outs;
-    out_entry **by_name;    /* [n_outs] sorted by name, for the fill callback */
+    src_entry **by_name;    /* [n_plain] unquantized outputs sorted by name, for the fill callback */
+    size_t n_plain;
+    ct_bnb_writer *bnb;     /* the 4-bit parts, NULL without quantize */
     float *f32;             /* [f32_cap] one whole tensor in fp32 */
     size_t f32_cap;
     float *stage;           /* [CHUNK] a chunk as fp32 */
     uint16_t *half;         /* [CHUNK] a chunk as bf16/f16 */
-    int spill_fd;           /* unlinked scratch file of 4-bit codes, -1 when none */
-    int64_t spill_end;      /* bytes in use (reset when no codes are pending) */
-    int pending_codes;      /* quantized weights whose codes are not written yet */
-    float code[16];         /* the 4-bit code values (bnb quant_map) */
-    float map8[256];        /* the 8-bit map of double quantization (bnb nested_quant_map) */
     uint64_t done, total;
     ct_merge_report *rep;
 } merge_ctx;
@@ -127,21 +95,8 @@ static int cmp_src(const void *x, const void *y) {
     return strcmp(a->src->name, b->src->name);
 }
 
-static int cmp_out_name(const void *x, const void *y) {
-    return strcmp((*(out_entry *const *)x)->name, (*(out_entry *const *)y)->name);
-}
-
-/* bitsandbytes' quant_state JSON (QuantState.as_dict(packed=True), json.dumps
- * spacing and key order). nested_offset is printed "%.8e": nine significant
- * digits give the fp32 offset back exactly, and the text has the same length
- * for every offset >= 0, so the tensor's size is known before quantizing. */
-static int state_json(char *buf, size_t cap, ct_quant_type qt, ct_dtype dt, const int64_t *shape, float offset) {
-    const char *dn = dt == CT_BF16 ? "bfloat16" : dt == CT_F16 ? "float16" : "float32";
-    return snprintf(buf, cap,
-                    "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"%s\", \"shape\": [%lld, %lld], "
-                    "\"nested_blocksize\": %d, \"nested_dtype\": \"float32\", \"nested_offset\": %.8e}",
-                    ct_quant_type_name(qt), CT_QUANT_DEFAULT_BLOCKSIZE, dn, (long long)shape[0],
-                    (long long)shape[1], CT_QUANT_NESTED_BLOCKSIZE, (double)offset);
+static int cmp_by_name(const void *x, const void *y) {
+    return strcmp((*(src_entry *const *)x)->src->name, (*(src_entry *const *)y)->src->name);
 }
 
 /* ------------------------------------------------------------ plan */
@@ -153,8 +108,9 @@ static int plan_source(merge_ctx *c, const ct_lora *lora, const ct_st_tensor *t,
     int64_t key[3];
     bool linear = false;
     order_key(t->name, key, &linear);
+    if (key[0] == 3) linear = c->o->quantize_output; /* the head */
     s->quantize = c->o->quantize && linear && t->ndim == 2;
-    if (!ends_with(t->name, ".weight")) return CT_OK;
+    if (!lora || !ends_with(t->name, ".weight")) return CT_OK;
     char an[320], bn[320];
     int len = (int)(strlen(t->name) - strlen(".weight"));
     snprintf(an, sizeof an, "base_model.model.%.*s.lora_A.weight", len, t->name);
@@ -165,52 +121,19 @@ static int plan_source(merge_ctx *c, const ct_lora *lora, const ct_st_tensor *t,
     return CT_OK;
 }
 
-static int add_out(merge_ctx *c, const char *name, const char *suffix, part_kind kind, size_t src) {
-    out_entry *e = &c->outs[c->n_outs];
-    size_t n = strlen(name) + strlen(suffix) + 4;
-    if (!(e->name = malloc(n))) return ct_errorf(CT_ERUNTIME, "out of memory");
-    snprintf(e->name, n, "%s%s%s", name, suffix, kind == P_QSTATE ? ct_quant_type_name(c->o->quant_type) : "");
-    e->kind = kind;
-    e->src = src;
-    c->n_outs++;
-    return CT_OK;
-}
-
 /* Declares every output tensor (data streamed later) in state_dict order. */
 static int declare_outputs(merge_ctx *c, ct_st_writer *w) {
-    c->outs = calloc(c->n_srcs * N_QPARTS + 1, sizeof *c->outs);
-    c->by_name = calloc(c->n_srcs * N_QPARTS + 1, sizeof *c->by_name);
-    if (!c->outs || !c->by_name) return ct_errorf(CT_ERUNTIME, "out of memory");
+    if (!(c->by_name = calloc(c->n_srcs + 1, sizeof *c->by_name))) return ct_errorf(CT_ERUNTIME, "out of memory");
     for (size_t i = 0; i < c->n_srcs; i++) {
-        const ct_st_tensor *t = c->srcs[i].src;
-        if (!c->srcs[i].quantize) {
-            CT_TRY(add_out(c, t->name, "", P_PLAIN, i));
+        src_entry *s = &c->srcs[i];
+        const ct_st_tensor *t = s->src;
+        if (s->quantize) CT_TRY(ct_bnb_writer_add(c->bnb, w, t->name, t->shape, s));
+        else {
+            c->by_name[c->n_plain++] = s;
             CT_TRY(ct_st_writer_add(w, t->name, c->out_st, t->ndim, t->shape, NULL));
-            continue;
         }
-        int64_t n = t->numel, nblocks = (n + CT_QUANT_DEFAULT_BLOCKSIZE - 1) / CT_QUANT_DEFAULT_BLOCKSIZE;
-        int64_t nn = (nblocks + CT_QUANT_NESTED_BLOCKSIZE - 1) / CT_QUANT_NESTED_BLOCKSIZE;
-        int64_t json_len = state_json(NULL, 0, c->o->quant_type, c->out_dt, t->shape, 0.0f);
-        const struct {
-            ct_st_dtype dt;
-            int ndim;
-            int64_t shape[2];
-        } parts[N_QPARTS] = {
-            {CT_ST_U8, 2, {(n + 1) / 2, 1}}, /* X.weight: packed codes */
-            {CT_ST_U8, 1, {nblocks, 0}},     /* .absmax: 8-bit codes of absmax - offset */
-            {CT_ST_F32, 1, {16, 0}},         /* .quant_map: the 16 code values */
-            {CT_ST_F32, 1, {nn, 0}},         /* .nested_absmax */
-            {CT_ST_F32, 1, {256, 0}},        /* .nested_quant_map: the 8-bit dynamic map */
-            {CT_ST_U8, 1, {json_len, 0}},    /* .quant_state.bitsandbytes__nf4 */
-        };
-        for (int p = 0; p < N_QPARTS; p++) {
-            CT_TRY(add_out(c, t->name, k_suffix[P_CODES + p], (part_kind)(P_CODES + p), i));
-            CT_TRY(ct_st_writer_add(w, c->outs[c->n_outs - 1].name, parts[p].dt, parts[p].ndim, parts[p].shape, NULL));
-        }
-        c->srcs[i].parts_left = N_QPARTS;
     }
-    for (size_t i = 0; i < c->n_outs; i++) c->by_name[i] = &c->outs[i];
-    qsort(c->by_name, c->n_outs, sizeof *c->by_name, cmp_out_name);
+    qsort(c->by_name, c->n_plain, sizeof *c->by_name, cmp_by_name);
     c->total = ct_st_writer_total_bytes(w);
     return ct_st_writer_metadata(w, "format", "pt"); /* transformers refuses files without it */
 }
@@ -289,110 +212,29 @@ static int load_merged(merge_ctx *c, const src_entry *s) {
     return CT_OK;
 }
 
-/* pwrite/pread of all n bytes at off. */
-static int spill_io(merge_ctx *c, bool write, void *buf, size_t n, int64_t off) {
-    for (size_t k = 0; k < n;) {
-        ssize_t m = write ? pwrite(c->spill_fd, (char *)buf + k, n - k, (off_t)(off + (int64_t)k))
-                          : pread(c->spill_fd, (char *)buf + k, n - k, (off_t)(off + (int64_t)k));
-        if (m <= 0) return ct_errorf(CT_ERUNTIME, "scratch file of the 4-bit codes: %s failed (disk full?)",
-                                     write ? "write" : "read");
-        k += (size_t)m;
-    }
-    return CT_OK;
-}
-
-/* Quantizes a block linear (merged, rounded to the output dtype): codes to the
- * scratch file, absmax arrays and offset into s. */
-static int quantize_source(merge_ctx *c, src_entry *s) {
-    CT_TRY(load_merged(c, s));
-    float *W = c->f32;
-    int64_t n = s->src->numel;
-    /* The values the unquantized output would hold: quantizing them equals
-     * quantize-on-load of that output (bf16/f16 -> f32 is exact). */
-    if (c->out_dt != CT_F32) {
-        bool bf = c->out_dt == CT_BF16;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            W[i] = bf ? ct_bf16_to_f32(ct_f32_to_bf16(W[i])) : ct_f16_to_f32(ct_f32_to_f16(W[i]));
-    }
-    ct_quant_params qp = {.type = c->o->quant_type, .blocksize = CT_QUANT_DEFAULT_BLOCKSIZE, .double_quant = true};
-    ct_quant_state q;
-    CT_TRY(ct_quant_quantize(&q, W, CT_F32, 2, s->src->shape, &qp, s->src->name));
-    memcpy(c->code, q.code, sizeof c->code); /* the same for every weight */
-    memcpy(c->map8, q.map8, sizeof c->map8);
-    s->nblocks = q.nblocks;
-    s->nn = (q.nblocks + q.nested_blocksize - 1) / q.nested_blocksize;
-    s->offset = q.offset;
-    s->spill_off = c->spill_end;
-    int rc = spill_io(c, true, q.codes, (size_t)(q.n + 1) / 2, s->spill_off);
-    s->nested_absmax = rc ? NULL : malloc((size_t)s->nn * sizeof(float) + (size_t)s->nblocks);
-    if (rc == CT_OK && !s->nested_absmax) rc = ct_errorf(CT_ERUNTIME, "out of memory");
-    if (rc == CT_OK) {
-        s->qabsmax = (uint8_t *)(s->nested_absmax + s->nn);
-        memcpy(s->nested_absmax, q.nested_absmax, (size_t)s->nn * sizeof(float));
-        memcpy(s->qabsmax, q.qabsmax, (size_t)s->nblocks);
-        c->spill_end += (q.n + 1) / 2;
-        c->pending_codes++;
-        s->ready = true;
-        c->rep->n_quantized++;
-    }
-    ct_quant_free(&q);
-    return rc;
-}
-
-/* Appends a weight's codes from the scratch file, in chunks. */
-static int emit_codes(merge_ctx *c, ct_st_writer *w, const src_entry *s) {
-    int64_t n = (s->src->numel + 1) / 2;
-    for (int64_t k = 0; k < n; k += CHUNK) {
-        size_t m = (size_t)(n - k < CHUNK ? n - k : CHUNK);
-        CT_TRY(spill_io(c, false, c->stage, m, s->spill_off + k));
-        CT_TRY(ct_st_writer_append(w, c->stage, m));
-    }
-    if (--c->pending_codes == 0) c->spill_end = 0; /* nothing pending: reuse the file from the start */
-    return CT_OK;
-}
-
-static int write_part(merge_ctx *c, ct_st_writer *w, src_entry *s, part_kind kind) {
-    if (!s->ready) CT_TRY(quantize_source(c, s));
-    char json[512];
-    int len = 0;
-    switch (kind) {
-    case P_CODES: CT_TRY(emit_codes(c, w, s)); break;
-    case P_ABSMAX: CT_TRY(ct_st_writer_append(w, s->qabsmax, (size_t)s->nblocks)); break;
-    case P_QMAP: CT_TRY(ct_st_writer_append(w, c->code, sizeof c->code)); break;
-    case P_NABSMAX: CT_TRY(ct_st_writer_append(w, s->nested_absmax, (size_t)s->nn * sizeof(float))); break;
-    case P_NQMAP: CT_TRY(ct_st_writer_append(w, c->map8, sizeof c->map8)); break;
-    case P_QSTATE:
-        len = state_json(json, sizeof json, c->o->quant_type, c->out_dt, s->src->shape, s->offset);
-        if (len != state_json(NULL, 0, c->o->quant_type, c->out_dt, s->src->shape, 0.0f))
-            return ct_errorf(CT_ERUNTIME, "%s: quant_state text changed length (offset %g)", s->src->name,
-                             (double)s->offset);
-        CT_TRY(ct_st_writer_append(w, json, (size_t)len));
-        break;
-    default: return ct_errorf(CT_ERUNTIME, "bad part kind %d", (int)kind);
-    }
-    if (--s->parts_left == 0) { /* all six written: drop the small arrays */
-        free(s->nested_absmax);
-        s->nested_absmax = NULL, s->qabsmax = NULL;
-        s->ready = false;
-    }
+/* ct_bnb_load_fn: a 4-bit weight's values (merged when it has a LoRA pair). */
+static int load_weight(void *ctx, void *src, float **values) {
+    merge_ctx *c = ctx;
+    CT_TRY(load_merged(c, src));
+    *values = c->f32;
     return CT_OK;
 }
 
 /* The writer's fill callback: produces the output tensor `t` names. */
 static int fill(void *vctx, ct_st_writer *w, const ct_st_tensor *t) {
     merge_ctx *c = vctx;
-    out_entry key = {.name = (char *)t->name}, *kp = &key;
-    out_entry **hit = bsearch(&kp, c->by_name, c->n_outs, sizeof *c->by_name, cmp_out_name);
-    if (!hit) return ct_errorf(CT_ERUNTIME, "writer asked for an unknown tensor '%s'", t->name);
     if (c->o->progress) CT_TRY(c->o->progress(c->o->progress_ctx, t->name, c->done, c->total));
-    src_entry *s = &c->srcs[(*hit)->src];
-    int rc;
-    if ((*hit)->kind != P_PLAIN) rc = write_part(c, w, s, (*hit)->kind);
-    else if (!s->a) rc = emit_untouched(c, w, s->src);
-    else {
-        rc = load_merged(c, s);
-        if (rc == CT_OK) rc = emit_f32(c, w, c->f32, s->src->numel);
+    bool done = false;
+    int rc = ct_bnb_writer_fill(c->bnb, w, t, &done);
+    if (rc == CT_OK && !done) {
+        src_entry key = {.src = t}, *kp = &key;
+        src_entry **hit = bsearch(&kp, c->by_name, c->n_plain, sizeof *c->by_name, cmp_by_name);
+        if (!hit) return ct_errorf(CT_ERUNTIME, "writer asked for an unknown tensor '%s'", t->name);
+        if (!(*hit)->a) rc = emit_untouched(c, w, (*hit)->src);
+        else {
+            rc = load_merged(c, *hit);
+            if (rc == CT_OK) rc = emit_f32(c, w, c->f32, t->numel);
+        }
     }
     if (rc) return ct_error_wrap(rc, "%s", t->name);
     c->done += t->nbytes;
@@ -402,7 +244,7 @@ static int fill(void *vctx, ct_st_writer *w, const ct_st_tensor *t) {
 /* ------------------------------------------------------------ checks */
 
 /* A bitsandbytes (or other quantized) base cannot give W exactly. */
-static int refuse_quantized_base(const ct_hf_config *cfg, const ct_st_file *st, const char *base) {
+static int refuse_quantized_base(const ct_hf_config *cfg, const ct_st_file *st, const ct_merge_options *o) {
     const char *what = NULL;
     if (cfg->quantization_config) what = "its config.json has a quantization_config";
     for (size_t i = 0; !what && i < ct_st_count(st); i++) {
@@ -411,9 +253,13 @@ static int refuse_quantized_base(const ct_hf_config *cfg, const ct_st_file *st, 
             what = "its weights hold quantization states";
     }
     if (!what) return CT_OK;
+    if (!o->adapter_dir)
+        return ct_errorf(CT_EINPUT, "%s is already a quantized model (%s): quantizing it again would compound the "
+                         "rounding. Pass the original full-precision model (e.g. the bf16 Hugging Face directory)",
+                         o->base_dir, what);
     return ct_errorf(CT_EINPUT, "--base %s is a quantized model (%s): a 4-bit base cannot be merged exactly. Pass "
                      "the original full-precision model the adapter was trained on (e.g. the bf16 Hugging Face "
-                     "directory), and add --quantize nf4 to get a 4-bit result", base, what);
+                     "directory), and add --quantize nf4 to get a 4-bit result", o->base_dir, what);
 }
 
 /* The output dtype: --dtype, else config.json torch_dtype, else the stored one. */
@@ -441,18 +287,9 @@ static int check_out_dir(const char *out) {
 
 /* ------------------------------------------------------------ other files */
 
-/* transformers' BitsAndBytesConfig.to_dict() for this checkpoint (sorted keys). */
-static json_t *quantization_config(ct_quant_type qt) {
-    return json_pack("{sbsbsssssssbsbsbs[s]sfsbsbss}", "_load_in_4bit", 1, "_load_in_8bit", 0,
-                     "bnb_4bit_compute_dtype", "bfloat16", "bnb_4bit_quant_storage", "uint8",
-                     "bnb_4bit_quant_type", ct_quant_type_name(qt), "bnb_4bit_use_double_quant", 1,
-                     "llm_int8_enable_fp32_cpu_offload", 0, "llm_int8_has_fp16_weight", 0, "llm_int8_skip_modules",
-                     "output", "llm_int8_threshold", 6.0, "load_in_4bit", 1, "load_in_8bit", 0, "quant_method",
-                     "bitsandbytes");
-}
-
 static int write_config(const merge_ctx *c, const ct_hf_config *cfg, const char *dir) {
-    json_t *j = json_deep_copy(cfg->raw), *q = c->o->quantize ? quantization_config(c->o->quant_type) : NULL;
+    json_t *j = json_deep_copy(cfg->raw);
+    json_t *q = c->o->quantize ? ct_bnb_quantization_config(&c->qp, c->o->quantize_output) : NULL;
     const char *td = c->out_dt == CT_BF16 ? "bfloat16" : c->out_dt == CT_F16 ? "float16" : "float32";
     bool ok = j && (!c->o->quantize || q) && json_object_set_new(j, "torch_dtype", json_string(td)) == 0;
     if (ok && q) ok = json_object_set_new(j, "quantization_config", q) == 0, q = NULL;
@@ -509,17 +346,6 @@ static int count_shards(const char *dir) {
 
 /* ------------------------------------------------------------ driver */
 
-/* The scratch file for 4-bit codes: created in the temp directory and
- * unlinked at once, so it vanishes with the process whatever happens. */
-static int open_spill(merge_ctx *c, const char *dir) {
-    char path[CT_PATH_MAX];
-    CT_TRY(ct_path_join(path, sizeof path, dir, ".codes.scratch"));
-    c->spill_fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (c->spill_fd < 0) return ct_errorf(CT_ERUNTIME, "%s: cannot create a scratch file", path);
-    unlink(path);
-    return CT_OK;
-}
-
 /* Everything written into the temp directory `dir`. */
 static int write_all(merge_ctx *c, const ct_hf_config *cfg, const char *dir) {
     ct_st_writer *w = NULL;
@@ -527,7 +353,7 @@ static int write_all(merge_ctx *c, const ct_hf_config *cfg, const char *dir) {
     c->stage = malloc((size_t)CHUNK * sizeof(float));
     c->half = malloc((size_t)CHUNK * sizeof(uint16_t));
     if (rc == CT_OK && (!c->stage || !c->half)) rc = ct_errorf(CT_ERUNTIME, "out of memory");
-    if (rc == CT_OK && c->o->quantize) rc = open_spill(c, dir);
+    if (rc == CT_OK && c->o->quantize) rc = ct_bnb_writer_new(&c->qp, c->out_dt, dir, load_weight, c, &c->bnb);
     if (rc == CT_OK) rc = declare_outputs(c, w);
     uint64_t shard = c->o->max_shard_bytes ? c->o->max_shard_bytes : CT_MERGE_DEFAULT_SHARD;
     if (rc == CT_OK) rc = ct_st_writer_save_sharded(w, dir, "model", shard, fill, c);
@@ -535,6 +361,9 @@ static int write_all(merge_ctx *c, const ct_hf_config *cfg, const char *dir) {
     if (rc == CT_OK) rc = copy_files(c->o->base_dir, dir, &c->rep->n_files);
     c->rep->bytes = c->done;
     c->rep->n_shards = count_shards(dir);
+    c->rep->n_quantized = ct_bnb_writer_count(c->bnb);
+    ct_bnb_writer_free(c->bnb);
+    c->bnb = NULL;
     ct_st_writer_free(w);
     return rc;
 }
@@ -544,25 +373,28 @@ static int prepare(merge_ctx *c, ct_hf_config *cfg, ct_model **m) {
     const ct_merge_options *o = c->o;
     CT_TRY(ct_hf_config_load(o->base_dir, cfg));
     CT_TRY(ct_st_open(o->base_dir, &c->st));
-    CT_TRY(refuse_quantized_base(cfg, c->st, o->base_dir));
+    CT_TRY(refuse_quantized_base(cfg, c->st, o));
     CT_TRY(pick_dtype(o, cfg, c->st, &c->out_dt));
     c->out_st = (ct_st_dtype)ct_st_dtype_from_ct(c->out_dt);
     CT_TRY(ct_model_load(o->base_dir, NULL, m));
     ct_lora *lora = NULL;
-    int rc = ct_adapter_load(o->adapter_dir, *m, false, &lora);
-    if (rc) return ct_error_wrap(rc, "adapter %s does not fit the base model %s", o->adapter_dir, o->base_dir);
-    const ct_lora_config *lc = ct_lora_get_config(lora);
-    c->scale = ct_lora_scale(lc);
-    c->rep->r = lc->r;
-    c->rep->scale = c->scale;
+    if (o->adapter_dir) {
+        int rc = ct_adapter_load(o->adapter_dir, *m, false, &lora);
+        if (rc) return ct_error_wrap(rc, "adapter %s does not fit the base model %s", o->adapter_dir, o->base_dir);
+        const ct_lora_config *lc = ct_lora_get_config(lora);
+        c->scale = ct_lora_scale(lc);
+        c->rep->r = lc->r;
+        c->rep->scale = c->scale;
+    }
     c->n_srcs = ct_st_count(c->st);
     if (!(c->srcs = calloc(c->n_srcs + 1, sizeof *c->srcs))) return ct_errorf(CT_ERUNTIME, "out of memory");
     size_t pairs = 0;
     for (size_t i = 0; i < c->n_srcs; i++) {
         CT_TRY(plan_source(c, lora, ct_st_at(c->st, i), &c->srcs[i]));
         pairs += c->srcs[i].a != NULL;
+        c->rep->src_bytes += c->srcs[i].src->nbytes;
     }
-    if (pairs * 2 != ct_lora_count(lora)) /* only the tied head has slots but no tensor of its own */
+    if (lora && pairs * 2 != ct_lora_count(lora)) /* only the tied head has slots but no tensor of its own */
         return ct_errorf(CT_EINPUT, "%s targets the output head, which %s ties to the embeddings "
                          "(tie_word_embeddings): merging it would change the embeddings too; retrain without "
                          "'output' in target_modules", o->adapter_dir, o->base_dir);
@@ -574,12 +406,17 @@ int ct_merge(const ct_merge_options *o, ct_merge_report *report) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ct_merge_report rep_local;
-    merge_ctx c = {.o = o, .rep = report ? report : &rep_local, .spill_fd = -1};
+    merge_ctx c = {.o = o, .rep = report ? report : &rep_local};
     memset(c.rep, 0, sizeof *c.rep);
-    if (!o->base_dir || !o->adapter_dir || !o->out_dir)
-        return ct_errorf(CT_EINPUT, "merge needs a base model, an adapter and an output directory");
-    if (o->quantize && o->quant_type != CT_QUANT_NF4 && o->quant_type != CT_QUANT_FP4)
+    if (!o->base_dir || !o->out_dir) return ct_errorf(CT_EINPUT, "merge needs a base model and an output directory");
+    c.qp = (ct_quant_params){.type = o->quant_type,
+                             .blocksize = o->blocksize ? o->blocksize : CT_QUANT_DEFAULT_BLOCKSIZE,
+                             .double_quant = !o->no_double_quant};
+    if (o->quantize && c.qp.type != CT_QUANT_NF4 && c.qp.type != CT_QUANT_FP4)
         return ct_errorf(CT_EINPUT, "unknown 4-bit type %d (nf4 or fp4)", (int)o->quant_type);
+    int bs = c.qp.blocksize;
+    if (o->quantize && (bs < 32 || bs > 4096 || (bs & (bs - 1))))
+        return ct_errorf(CT_EINPUT, "4-bit blocksize %d is not a power of two in 32..4096 (bitsandbytes uses 64)", bs);
     CT_TRY(check_out_dir(o->out_dir));
     ct_hf_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -598,10 +435,8 @@ int ct_merge(const ct_merge_options *o, ct_merge_report *report) {
         }
     }
     c.rep->dtype = c.out_dt;
-    for (size_t i = 0; i < c.n_srcs; i++) free(c.srcs[i].nested_absmax);
-    if (c.spill_fd >= 0) close(c.spill_fd);
-    for (size_t i = 0; i < c.n_outs; i++) free(c.outs[i].name);
-    free(c.outs), free(c.by_name), free(c.srcs), free(c.f32), free(c.stage), free(c.half);
+    ct_bnb_writer_free(c.bnb);
+    free(c.by_name), free(c.srcs), free(c.f32), free(c.stage), free(c.half);
     ct_model_free(m);
     ct_st_close(c.st);
     ct_hf_config_free(&cfg);
