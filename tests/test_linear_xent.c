@@ -1,10 +1,12 @@
 /* linear_cross_entropy (CPU): the loss vs a double-precision loop reference and
  * every grad (dx, head dA, dB) vs central differences of it, through the tape
- * (ct_backward with a seed != 1), for f32/bf16/f16 heads, head LoRA with and
- * without dropout, x without grad, ignored labels, chunk boundaries (T not a
- * multiple of the chunk), several weight tiles, norm > 0, all labels ignored,
- * bad labels, eval mode, bit-identical reruns, a lora_linear → loss chain, and
- * a 92544 × 4096 bf16 head within bounded scratch. */
+ * (ct_backward with a seed != 1), for f32/bf16/f16/nf4 heads, head LoRA with and
+ * without dropout (and with A or B frozen), x without grad, ignored labels,
+ * token-block boundaries (trained rows not a multiple of the block), several
+ * vocab tiles, large logits (the online max grows by a lot), norm > 0, all
+ * labels ignored, bad labels, eval mode, bit-identical reruns, a lora_linear →
+ * loss chain, a medium shape (parallel loops, many tiles) vs analytic double
+ * grads under two tilings, and a 92544 × 4096 bf16 head within bounded scratch. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include "autograd/cpu/cpu_kernels.h"
 #include "autograd/ct_inline.h"
 #include "autograd/ops.h"
+#include "autograd/quant.h"
 #include "testutil.h"
 
 #define IGN (-100)
@@ -25,6 +28,8 @@ typedef struct {
     float norm;
     int chunk_rows, tile_rows; /* 0 = defaults */
     const int32_t *labels;     /* [T] */
+    float xscale;              /* scale of the random x (0 = 1) */
+    bool a_frozen, b_frozen;   /* head LoRA factors without grad */
 } xcase;
 
 /* Double reference of the head + loss. */
@@ -83,6 +88,8 @@ typedef struct {
     ct_tensor *x, *w, *a, *b, *lab;
     float *wf; /* [V, D] rounded head as f32 */
     ct_linear head;
+    ct_quant_state qs; /* an nf4 head: w is wq, over qs */
+    ct_tensor wq;
 } xsetup;
 
 static void xsetup_init(const xcase *c, uint64_t seed, xsetup *S) {
@@ -91,18 +98,29 @@ static void xsetup_init(const xcase *c, uint64_t seed, xsetup *S) {
     int64_t xs[2] = {c->T, c->D}, ws[2] = {c->V, c->D}, as[2] = {c->r, c->D}, bs[2] = {c->V, c->r};
     int64_t T = c->T;
     S->x = ct_tensor_new(be, CT_F32, 2, xs, c->x_grad);
-    ct_test_fill(&rng, S->x->data, (int64_t)c->T * c->D, 1.0);
+    ct_test_fill(&rng, S->x->data, (int64_t)c->T * c->D, c->xscale > 0.0f ? c->xscale : 1.0);
     int64_t nw = (int64_t)c->V * c->D;
     S->wf = malloc(sizeof(float) * (size_t)nw);
     ct_test_fill(&rng, S->wf, nw, 0.6);
-    S->w = ct_tensor_new(be, c->wdt, 2, ws, false);
-    S->w->name = "output.weight";
-    ct_convert(S->w->data, c->wdt, S->wf, CT_F32, nw);
-    ct_convert(S->wf, CT_F32, S->w->data, c->wdt, nw);
+    memset(&S->qs, 0, sizeof S->qs);
+    if (c->wdt == CT_NF4) {
+        /* Blocks of 32 with double quantization: blocks span rows (D is not a
+         * multiple of 32), so vocab tiles start inside blocks. */
+        ct_quant_params qp = {CT_QUANT_NF4, 32, true, NULL};
+        CHECK_OK(ct_quant_quantize(&S->qs, S->wf, CT_F32, 2, ws, &qp, "output.weight"));
+        CHECK_OK(ct_quant_tensor(&S->wq, &S->qs, "output.weight"));
+        CHECK_OK(ct_quant_dequantize(&S->qs, 0, nw, S->wf));
+        S->w = &S->wq;
+    } else {
+        S->w = ct_tensor_new(be, c->wdt, 2, ws, false);
+        S->w->name = "output.weight";
+        ct_convert(S->w->data, c->wdt, S->wf, CT_F32, nw);
+        ct_convert(S->wf, CT_F32, S->w->data, c->wdt, nw);
+    }
     S->a = S->b = NULL;
     if (c->lora) {
-        S->a = ct_tensor_new(be, CT_F32, 2, as, true);
-        S->b = ct_tensor_new(be, CT_F32, 2, bs, true);
+        S->a = ct_tensor_new(be, CT_F32, 2, as, !c->a_frozen);
+        S->b = ct_tensor_new(be, CT_F32, 2, bs, !c->b_frozen);
         ct_test_fill(&rng, S->a->data, (int64_t)c->r * c->D, 0.5);
         ct_test_fill(&rng, S->b->data, (int64_t)c->V * c->r, 0.5);
     }
@@ -114,7 +132,10 @@ static void xsetup_init(const xcase *c, uint64_t seed, xsetup *S) {
 static void xsetup_free(xsetup *S) {
     const ct_backend *be = ct_cpu_backend();
     ct_tensor_free(be, S->x);
-    ct_tensor_free(be, S->w);
+    if (S->w == &S->wq)
+        ct_quant_free(&S->qs);
+    else
+        ct_tensor_free(be, S->w);
     ct_tensor_free(be, S->a);
     ct_tensor_free(be, S->b);
     ct_tensor_free(be, S->lab);
@@ -141,14 +162,29 @@ static void xref_free(xref_t *R) {
     free(R->keep);
 }
 
-static void set_sizes(const xcase *c, size_t *prev_chunk, size_t *prev_tile) {
-    *prev_chunk = ct_cpu_set_xent_chunk_bytes((size_t)c->chunk_rows * (size_t)c->V * 4);
-    *prev_tile = ct_cpu_set_weight_tile_bytes((size_t)c->tile_rows * (size_t)c->D * 4);
+/* Vocab tiles of tile_rows rows and logits blocks of chunk_rows tokens × one tile
+ * (0 = the defaults, which hold these small cases whole). */
+typedef struct {
+    size_t chunk, tile, wtile;
+} xsizes;
+
+static xsizes set_sizes(const xcase *c) {
+    int64_t vt = c->tile_rows > 0 && c->tile_rows < c->V ? c->tile_rows : c->V;
+    xsizes prev;
+    prev.chunk = ct_cpu_set_xent_chunk_bytes((size_t)c->chunk_rows * (size_t)vt * 4);
+    prev.tile = ct_cpu_set_xent_tile_bytes((size_t)c->tile_rows * (size_t)c->D * 4);
+    prev.wtile = ct_cpu_set_weight_tile_bytes((size_t)c->tile_rows * (size_t)c->D * 4);
+    return prev;
+}
+
+static void restore_sizes(xsizes prev) {
+    ct_cpu_set_xent_chunk_bytes(prev.chunk);
+    ct_cpu_set_xent_tile_bytes(prev.tile);
+    ct_cpu_set_weight_tile_bytes(prev.wtile);
 }
 
 static void run_case(const xcase *c) {
-    size_t pc, pt;
-    set_sizes(c, &pc, &pt);
+    xsizes prev = set_sizes(c);
     xsetup S;
     xsetup_init(c, 500 + (uint64_t)c->T + (uint64_t)c->wdt * 3, &S);
     ct_tape tp;
@@ -186,6 +222,10 @@ static void run_case(const xcase *c) {
             CHECK(S.x->grad == NULL, "%s: dx computed although x needs no grad", c->name);
             continue;
         }
+        if ((k == 1 && c->a_frozen) || (k == 2 && c->b_frozen)) {
+            CHECK(g[k].t->grad == NULL, "%s: %s computed for a frozen factor", c->name, g[k].n);
+            continue;
+        }
         double *fd = malloc(sizeof(double) * (size_t)g[k].len);
         ct_fd_grad(xref_loss, &R, g[k].ref, g[k].len, 1e-3, fd);
         snprintf(what, sizeof what, "%s: %s vs finite differences", c->name, g[k].n);
@@ -200,8 +240,7 @@ static void run_case(const xcase *c) {
 done:
     ct_tape_free(&tp);
     xsetup_free(&S);
-    ct_cpu_set_xent_chunk_bytes(pc);
-    ct_cpu_set_weight_tile_bytes(pt);
+    restore_sizes(prev);
 }
 
 static const int32_t lab7[7] = {3, IGN, 10, 0, IGN, 5, 5};
@@ -215,7 +254,7 @@ static void test_bad_labels(void) {
     const int32_t *bads[2] = {bad1, bad2};
     const char *pos[2] = {"position 3", "position 2"};
     for (int k = 0; k < 2; k++) {
-        xcase c = {"bad", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 0.0f, 0, 0, bads[k]};
+        xcase c = {"bad", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 0.0f, 0, 0, bads[k], 0.0f, false, false};
         xsetup S;
         xsetup_init(&c, 1, &S);
         ct_tape tp;
@@ -238,7 +277,7 @@ static void test_bad_labels(void) {
 
 /* Eval: nothing recorded, no dropout even with head->dropout > 0. */
 static void test_eval(void) {
-    xcase c = {"eval", 7, 13, 11, 3, CT_F32, 0.4f, true, true, 0.0f, 0, 0, lab7};
+    xcase c = {"eval", 7, 13, 11, 3, CT_F32, 0.4f, true, true, 0.0f, 0, 0, lab7, 0.0f, false, false};
     xsetup S;
     xsetup_init(&c, 2, &S);
     ct_tape tp;
@@ -262,9 +301,8 @@ static void test_eval(void) {
 static void test_repeat(void) {
     int32_t lab[40];
     for (int t = 0; t < 40; t++) lab[t] = t % 7 == 3 ? IGN : (t * 37) % 301;
-    xcase c = {"repeat", 40, 48, 301, 4, CT_BF16, 0.3f, true, true, 0.0f, 6, 64, lab};
-    size_t pc, pt;
-    set_sizes(&c, &pc, &pt);
+    xcase c = {"repeat", 40, 48, 301, 4, CT_BF16, 0.3f, true, true, 0.0f, 6, 64, lab, 0.0f, false, false};
+    xsizes prev = set_sizes(&c);
     float loss_v[2];
     float *grads[2][3];
     for (int k = 0; k < 2; k++) {
@@ -292,8 +330,7 @@ static void test_repeat(void) {
         free(grads[0][i]);
         free(grads[1][i]);
     }
-    ct_cpu_set_xent_chunk_bytes(pc);
-    ct_cpu_set_weight_tile_bytes(pt);
+    restore_sizes(prev);
 }
 
 /* lora_linear → linear_cross_entropy through ct_backward, against the composed
@@ -340,7 +377,7 @@ static void test_chain(void) {
     ct_test_fill(&rng, b1->data, D * r, 0.4);
     ct_linear l1 = {w1, a1, b1, 0.8f, 0.25f, 3};
     /* The head: frozen f16 with a LoRA pair, through the same setup as the cases. */
-    xcase hc = {"chain head", T, D, V, r, CT_F16, 0.0f, true, false, 0.0f, 0, 0, lab};
+    xcase hc = {"chain head", T, D, V, r, CT_F16, 0.0f, true, false, 0.0f, 0, 0, lab, 0.0f, false, false};
     xsetup S;
     xsetup_init(&hc, 77, &S);
 
@@ -395,7 +432,7 @@ static void test_chain(void) {
 
 /* InternLM2-7B's head, 92544 × 4096 in bf16: the loss of 2 tokens (1 trained)
  * and its dx vs double sums, with scratch bounded by the 32 MiB
- * logits chunk plus one 4 MiB weight tile, far below T×V or an f32 head copy. */
+ * logits block plus one 4 MiB weight tile, far below T×V or an f32 head copy. */
 static void test_big_vocab(void) {
     const ct_backend *be = ct_cpu_backend();
     int64_t V = 92544, D = 4096, T = 2;
@@ -469,7 +506,8 @@ out:
 }
 
 /* 300 tokens (200 trained) over a 92544 vocab: full logits would take 106 MiB;
- * the chunked loss keeps scratch within the 32 MiB chunk (3 chunks, the last
+ * the loss keeps scratch within the 32 MiB logits block (a hidden size of 8
+ * makes the whole vocab one tile, so 3 token blocks of 90 rows, the last
  * partial) and still matches the double loss. */
 static void test_bounded_chunk(void) {
     const ct_backend *be = ct_cpu_backend();
@@ -521,22 +559,157 @@ static void test_bounded_chunk(void) {
     ct_tensor_free(be, labels);
 }
 
+
+/* Loss (seed_scale·nll_sum/norm) and its analytic grads in double: dx [T,D],
+ * dA [r,D], dB [V,r] (dA/dB only with LoRA). For shapes too big for finite
+ * differences. dL = k·(softmax - onehot), k = seed_scale/norm. */
+static double xref_grads(const xref_t *R, double *dx, double *da, double *db) {
+    int T = R->T, D = R->D, V = R->V, r = R->r, n = 0;
+    for (int t = 0; t < T; t++) n += R->lab[t] != IGN;
+    memset(dx, 0, sizeof(double) * (size_t)T * (size_t)D);
+    if (R->lora) {
+        memset(da, 0, sizeof(double) * (size_t)r * (size_t)D);
+        memset(db, 0, sizeof(double) * (size_t)V * (size_t)r);
+    }
+    if (n == 0) return 0.0;
+    double k = R->seed_scale / (R->norm > 0 ? R->norm : (double)n), sum = 0.0;
+    double *l = malloc(sizeof(double) * (size_t)V), *xd = malloc(sizeof(double) * (size_t)D);
+    double u[64], g[64];
+    for (int t = 0; t < T; t++) {
+        int y = R->lab[t];
+        if (y == IGN) continue;
+        const double *xt = R->x + (size_t)t * D;
+        for (int i = 0; i < D; i++) xd[i] = R->keep[(size_t)t * D + i] ? xt[i] * R->keep_scale : 0.0;
+        for (int q = 0; q < r && R->lora; q++) {
+            u[q] = 0.0;
+            for (int i = 0; i < D; i++) u[q] += xd[i] * R->a[(size_t)q * D + i];
+            g[q] = 0.0;
+        }
+        double mx = -INFINITY, se = 0.0;
+        for (int v = 0; v < V; v++) {
+            double acc = 0.0;
+            for (int i = 0; i < D; i++) acc += xt[i] * R->w[(size_t)v * D + i];
+            for (int q = 0; q < r && R->lora; q++) acc += R->s * u[q] * R->b[(size_t)v * r + q];
+            l[v] = acc;
+            mx = fmax(mx, acc);
+        }
+        for (int v = 0; v < V; v++) se += exp(l[v] - mx);
+        sum += mx + log(se) - l[y];
+        double *dxt = dx + (size_t)t * D;
+        for (int v = 0; v < V; v++) {
+            double dl = k * (exp(l[v] - mx) / se - (v == y));
+            for (int i = 0; i < D; i++) dxt[i] += dl * R->w[(size_t)v * D + i];
+            for (int q = 0; q < r && R->lora; q++) {
+                g[q] += R->s * dl * R->b[(size_t)v * r + q];
+                db[(size_t)v * r + q] += R->s * dl * u[q];
+            }
+        }
+        for (int q = 0; q < r && R->lora; q++)
+            for (int i = 0; i < D; i++) {
+                da[(size_t)q * D + i] += g[q] * xd[i];
+                if (R->keep[(size_t)t * D + i]) dxt[i] += g[q] * R->a[(size_t)q * D + i] * R->keep_scale;
+            }
+    }
+    free(l);
+    free(xd);
+    return sum / (R->norm > 0 ? R->norm : (double)n);
+}
+
+/* 300 tokens (240 trained) × 2000 vocab × 64 hidden with a head LoRA (r = 8,
+ * dropout): large enough for the parallel row loops, many tiles and a partial
+ * last tile. Runs with the default sizes (one tile, all rows in one block)
+ * twice — bit-identical — and with 64-row tiles and 7-row token blocks; each
+ * against the analytic double grads. xscale > 1 gives logits of tens, so the
+ * running max grows by a lot across tiles. */
+static void test_medium(const char *name, ct_dtype wdt, float xscale, float p) {
+    enum { T = 300, D = 64, V = 2000, R_ = 8 };
+    int32_t lab[T];
+    for (int t = 0; t < T; t++) lab[t] = t % 5 == 2 ? IGN : (int32_t)((t * 7919) % V);
+    xcase c = {name, T, D, V, R_, wdt, p, true, true, 0.0f, 0, 0, lab, xscale, false, false};
+    xsetup S;
+    xsetup_init(&c, 41, &S);
+    xref_t R;
+    xref_init(&c, &S, ct_mix64(31 ^ ct_mix64(7)), p, &R);
+    const float seed = 0.7f;
+    R.seed_scale = seed;
+    double *ref[3] = {malloc(sizeof(double) * T * D), malloc(sizeof(double) * R_ * D),
+                      malloc(sizeof(double) * V * R_)};
+    double want = xref_grads(&R, ref[0], ref[1], ref[2]) ;
+    int64_t len[3] = {(int64_t)T * D, (int64_t)R_ * D, (int64_t)V * R_};
+    ct_tensor *ts[3] = {S.x, S.a, S.b};
+    float *got[3][3] = {{NULL}};
+    float loss_v[3] = {NAN, NAN, NAN};
+    for (int run = 0; run < 3; run++) {
+        xcase sz = c;
+        sz.tile_rows = run == 2 ? 64 : 0;
+        sz.chunk_rows = run == 2 ? 7 : 0;
+        xsizes prev = set_sizes(&sz);
+        for (int i = 0; i < 3; i++) memset(ts[i]->grad->data, 0, ct_nbytes(ts[i]->grad));
+        ct_tape tp;
+        ct_tape_init(&tp, ct_cpu_backend(), (size_t)1 << 20);
+        tp.step_seed = 31;
+        ct_tensor *loss = ct_linear_cross_entropy(&tp, S.x, &S.head, S.lab, 0.0f, NULL);
+        CHECK_PTR(loss);
+        if (loss) {
+            loss_v[run] = ((float *)loss->data)[0];
+            CHECK_OK(ct_backward(&tp, loss, seed));
+        }
+        char what[160];
+        snprintf(what, sizeof what, "%s (%s): loss", name, run == 2 ? "tiled" : "defaults");
+        ct_check_close(what, &loss_v[run], &want, 1, 1e-5, 2e-6);
+        const char *gn[3] = {"dx", "dA", "dB"};
+        for (int i = 0; i < 3; i++) {
+            got[run][i] = malloc(ct_nbytes(ts[i]->grad));
+            memcpy(got[run][i], ts[i]->grad->data, ct_nbytes(ts[i]->grad));
+            double mx = 0.0;
+            for (int64_t e = 0; e < len[i]; e++) mx = fmax(mx, fabs(ref[i][e]));
+            snprintf(what, sizeof what, "%s (%s): %s vs analytic", name, run == 2 ? "tiled" : "defaults", gn[i]);
+            ct_check_close(what, got[run][i], ref[i], len[i], 2e-5 * mx, 1e-4);
+            if (run != 1)
+                printf("%-30s %s %s max |err| %.2e (max |g| %.2e)\n", name, run == 2 ? "tiled" : "one tile",
+                       gn[i], max_err(got[run][i], ref[i], len[i]), mx);
+        }
+        ct_tape_free(&tp);
+        restore_sizes(prev);
+    }
+    CHECK(memcmp(&loss_v[0], &loss_v[1], sizeof(float)) == 0, "%s: rerun loss %.9g vs %.9g", name,
+          loss_v[0], loss_v[1]);
+    for (int i = 0; i < 3; i++) {
+        CHECK(memcmp(got[0][i], got[1][i], sizeof(float) * (size_t)len[i]) == 0, "%s: rerun grad %d differs",
+              name, i);
+        for (int run = 0; run < 3; run++) free(got[run][i]);
+        free(ref[i]);
+    }
+    printf("%-30s loss %.6f |err| %.2e (tiled |err| %.2e)\n", name, loss_v[0], fabs(loss_v[0] - want),
+           fabs(loss_v[2] - want));
+    xref_free(&R);
+    xsetup_free(&S);
+}
+
 int main(void) {
     const xcase cases[] = {
-        {"f32 chunks of 3", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 0.0f, 3, 0, lab7},
-        {"f32 chunk 1 norm=4", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 4.0f, 1, 0, lab7},
-        {"bf16 lora tiles", 7, 13, 11, 3, CT_BF16, 0.0f, true, true, 0.0f, 3, 4, lab7},
-        {"bf16 lora p=0.3 norm=5", 7, 13, 11, 3, CT_BF16, 0.3f, true, true, 5.0f, 2, 4, lab7},
-        {"f16 lora p=0.3 no dx", 7, 13, 11, 3, CT_F16, 0.3f, true, false, 0.0f, 4, 1, lab7},
-        {"f32 lora one chunk", 9, 13, 11, 3, CT_F32, 0.0f, true, true, 0.0f, 0, 0, lab9},
-        {"all ignored", 7, 13, 11, 3, CT_BF16, 0.3f, true, true, 0.0f, 3, 4, lab7_none},
-        {"all ignored norm=3", 7, 13, 11, 3, CT_F32, 0.0f, true, true, 3.0f, 3, 0, lab7_none},
+        {"f32 chunks of 3", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 0.0f, 3, 0, lab7, 0.0f, false, false},
+        {"f32 chunk 1 norm=4", 7, 13, 11, 3, CT_F32, 0.0f, false, true, 4.0f, 1, 0, lab7, 0.0f, false, false},
+        {"bf16 lora tiles", 7, 13, 11, 3, CT_BF16, 0.0f, true, true, 0.0f, 3, 4, lab7, 0.0f, false, false},
+        {"bf16 lora p=0.3 norm=5", 7, 13, 11, 3, CT_BF16, 0.3f, true, true, 5.0f, 2, 4, lab7, 0.0f, false, false},
+        {"f16 lora p=0.3 no dx", 7, 13, 11, 3, CT_F16, 0.3f, true, false, 0.0f, 4, 1, lab7, 0.0f, false, false},
+        {"f32 lora one chunk", 9, 13, 11, 3, CT_F32, 0.0f, true, true, 0.0f, 0, 0, lab9, 0.0f, false, false},
+        {"all ignored", 7, 13, 11, 3, CT_BF16, 0.3f, true, true, 0.0f, 3, 4, lab7_none, 0.0f, false, false},
+        {"all ignored norm=3", 7, 13, 11, 3, CT_F32, 0.0f, true, true, 3.0f, 3, 0, lab7_none, 0.0f, false, false},
+        {"nf4 tiles of 3 chunks of 2", 7, 13, 11, 3, CT_NF4, 0.0f, false, true, 0.0f, 2, 3, lab7, 0.0f, false, false},
+        {"nf4 lora p=0.3 tiles", 9, 13, 11, 3, CT_NF4, 0.3f, true, true, 0.0f, 4, 4, lab9, 0.0f, false, false},
+        {"bf16 lora large logits", 9, 13, 11, 3, CT_BF16, 0.0f, true, true, 0.0f, 2, 2, lab9, 6.0f, false, false},
+        {"f32 lora A frozen p=0.2", 7, 13, 11, 3, CT_F32, 0.2f, true, true, 0.0f, 3, 4, lab7, 0.0f, true, false},
+        {"bf16 lora B frozen no dx", 7, 13, 11, 3, CT_BF16, 0.2f, true, false, 0.0f, 3, 4, lab7, 0.0f, false, true},
+        {"f16 lora only dB", 9, 13, 11, 3, CT_F16, 0.2f, true, false, 0.0f, 2, 3, lab9, 0.0f, true, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
     test_bad_labels();
     test_eval();
     test_repeat();
     test_chain();
+    test_medium("medium bf16 lora p=0.2", CT_BF16, 1.0f, 0.2f);
+    test_medium("medium f32 large logits", CT_F32, 5.0f, 0.0f);
     test_bounded_chunk();
     test_big_vocab();
     return ct_test_finish();

@@ -1,30 +1,62 @@
-/* linear_cross_entropy on the CPU: logits = x·Wᵀ (+ s·(drop(x)·Aᵀ)·Bᵀ), NLL of the
- * labels, and (when asked) the gradient, all in one pass over token chunks.
+/* linear_cross_entropy on the CPU: logits = x·Wᵀ (+ s·(drop(x)·Aᵀ)·Bᵀ), the NLL
+ * of the labels and (when asked) its gradient, in one pass over the vocabulary.
  *
- * Only trained tokens (label != -100) are gathered; they are processed `C` at a
- * time so just a [C, V] logits buffer exists (C from xent_chunk_bytes, 32 MiB by
- * default: 90 rows for V = 92544). Per chunk (Liger-kernel style):
- *   L = xc·Wᵀ (+ LoRA)                               [C, V]
- *   nll_j = logsumexp(L_j) - L_j[label_j]
- *   dL = grad_scale·(softmax(L) - onehot(label))    (in place in L)
- *   dxc = dL·W (+ (g·A) ⊙ mask/(1-p)), g = s·dL·B    [C, D], scattered into dx
- *   dB += s·dLᵀ·u,  dA += gᵀ·drop(xc),  u = drop(xc)·Aᵀ
- * The dropout seed of the head's LoRA path is head->id (the op passes the mixed
- * step seed there); mask element (t, i) uses index t*D + i with t the token.
+ * Why the vocabulary is the outer loop: a 16-bit or NF4 head must be converted
+ * to f32 before sgemm. With token chunks outside, every chunk converted the
+ * whole [V, D] head again, for the logits and again for dx. Here each vocab tile
+ * W_v [Vt, D] (xent_tile_bytes of f32, 4 MiB by default) is converted once per
+ * call and used by every trained token while it is hot in cache, with an
+ * online softmax as in flash attention (k = grad_scale). An f32 head is used
+ * in place, so its tiles are as wide as the logits block allows instead.
  *
- * Determinism: per-row statistics are computed by one thread each, the NLL sum
- * runs over rows in order, and every GEMM accumulates chunks in order. */
+ *   for each vocab tile v:
+ *     for each token block c (Tc rows, [Tc, Vt] within xent_chunk_bytes;
+ *                             usually all trained rows at once):
+ *       L = x_c·W_vᵀ (+ s·u_c·B_vᵀ)                                    [Tc, Vt]
+ *       per row t: m' = max(m_t, max L_t), P_t = exp(L_t - m'),
+ *         s_t = s_t·e^(m_t-m') + ΣP_t, acc_t and gb_t ×= e^(m_t-m') (only
+ *         when the max grew); when y_t is in the tile: its logit is kept and
+ *         dx_t -= k·W[y_t] (the one-hot part of dL·W, independent of s_t)
+ *       acc_c += P·W_v   [Tc, D]          gb_c += P·B_v   [Tc, r]
+ *   nll_t = m_t + log s_t - L[t, y_t]
+ *   dx_t += k·acc_t/s_t + (g_t·A) ⊙ mask_t/(1-p)       (so dx = dL·W + LoRA term)
+ *   g_t   = s·k·(gb_t/s_t - B[y_t])   (= s·dL_t·B)      dA += gᵀ·drop(x)
+ *
+ * dB_v = s·Σ_t dL_tv·u_t (u = drop(x)·Aᵀ) needs every token's final softmax,
+ * known only after the last tile, and cannot be rescaled afterwards (the
+ * factor differs per token inside the sum over t). So when B is trainable a
+ * second pass over the tiles recomputes L and adds s·dL_vᵀ·u: one more logits
+ * GEMM (and tile conversion) per tile, only for a trainable head LoRA, which
+ * is rare (PEFT's all-linear leaves the head out).
+ *
+ * Only trained rows (label != -100) are computed at all; they are gathered
+ * first unless every row is trained. Scratch: the gathered rows and acc (n × D
+ * each, n trained rows: at most the size of x), one f32 weight tile, the
+ * [Tc, Vt] logits block, [n, r] LoRA rows, with LoRA dropout an 8 MiB buffer,
+ * and per-row statistics; nothing T×V.
+ *
+ * Dropout of the head's LoRA input: seed head->id (the op passes the mixed step
+ * seed there); mask element (t, i) uses index t*D + i with t the token.
+ *
+ * Determinism: each row's statistics are updated by one thread in vocab order,
+ * the NLL sum runs over rows in order, and every GEMM accumulates tiles and
+ * token blocks in a fixed order, so results repeat bit for bit for a given
+ * thread count. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 #include "../ct_error.h"
+#include "../ct_inline.h"
 #include "cpu_kernels.h"
 
 #define DEFAULT_CHUNK_BYTES ((size_t)32 << 20)
+#define DEFAULT_TILE_BYTES ((size_t)4 << 20)
+#define DROP_CHUNK_BYTES ((size_t)8 << 20)
 #define IGNORE_INDEX (-100)
 
 static size_t xent_chunk_bytes = DEFAULT_CHUNK_BYTES;
+static size_t xent_tile_bytes = DEFAULT_TILE_BYTES;
 
 size_t ct_cpu_set_xent_chunk_bytes(size_t bytes) {
     size_t prev = xent_chunk_bytes;
@@ -32,141 +64,327 @@ size_t ct_cpu_set_xent_chunk_bytes(size_t bytes) {
     return prev;
 }
 
-/* Buffers of one chunk, all from scratch. */
-typedef struct {
-    int64_t C;   /* rows per chunk */
-    float *xc;   /* [C, D] gathered inputs */
-    float *xdc;  /* [C, D] drop(xc); also the (g·A) temporary of dx; NULL without dropout */
-    float *L;    /* [C, V] logits, then dL */
-    double *nll; /* [C] */
-    float *uc;   /* [C, r] drop(xc)·Aᵀ; NULL without LoRA */
-    float *gc;   /* [C, r] s·dL·B; NULL unless dA or dx with LoRA */
-    float *dxc;  /* [C, D] gradient of the gathered rows; NULL unless dx */
-} chunk_bufs;
-
-static float *alloc_f(ct_arena *a, int64_t rows, int64_t cols) {
-    return ct_arena_alloc(a, (size_t)rows * (size_t)cols * sizeof(float));
+size_t ct_cpu_set_xent_tile_bytes(size_t bytes) {
+    size_t prev = xent_tile_bytes;
+    xent_tile_bytes = bytes ? bytes : DEFAULT_TILE_BYTES;
+    return prev;
 }
 
-/* Rows of L get their NLL in nll[]; with grads, L becomes grad_scale·(softmax - onehot).
- * One thread per row: each row's sums run in index order. */
-static void softmax_rows(float *L, int64_t m, int64_t V, const int32_t *lab,
-                         const int64_t *rows, bool grad, float grad_scale, double *nll) {
-#pragma omp parallel for schedule(static) if (m * V > 65536)
+/* Rows of a [rows, cols] f32 buffer within `bytes` (at least 1, at most rows). */
+static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
+    int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
+    if (n < 1) n = 1;
+    return n < rows ? n : rows;
+}
+
+/* What one call works on. Buffers come from scratch; row t is the t-th trained
+ * row (token tok[t]). */
+typedef struct {
+    const ct_linear *h;
+    int64_t n, D, V, r; /* trained rows, hidden size, vocab, LoRA rank (0: none) */
+    int64_t Vt, Tc, Rc; /* vocab tile rows, token rows per logits block, rows per drop chunk */
+    float k;            /* grad_scale */
+    const int64_t *tok; /* [n] token of each trained row */
+    const int32_t *y;   /* [n] label of each trained row */
+    const float *x;     /* [n, D] the trained rows of x (x itself when all are trained) */
+    float *dx;          /* [T, D] the caller's dx, or NULL */
+    float *wt;          /* [Vt, D] converted weight tile; NULL for an f32 head */
+    float *L;           /* [Tc, Vt] logits block, then P (dL in the dB pass) */
+    float *mx;          /* [n] running max of each row's logits */
+    double *se;         /* [n] running Σ exp(logit - mx) */
+    float *ly;          /* [n] label logit */
+    float *acc;         /* [n, D] Σ P·W (rescaled), then k·acc/s; NULL without dx */
+    float *u;           /* [n, r] drop(x)·Aᵀ; NULL without LoRA */
+    float *gb;          /* [n, r] Σ P·B (rescaled), then g = s·dL·B; NULL unless dA or dx with LoRA */
+    float *drop;        /* [Rc, D] dropout temporaries; NULL unless LoRA with p > 0 */
+} xent_ctx;
+
+/* W_v [nv, D] as f32: a view into an f32 head, else converted into c->wt. */
+static int tile_weight(const xent_ctx *c, int64_t v0, int64_t nv, const float **wv) {
+    const ct_tensor *w = c->h->w;
+    if (w->dtype == CT_F32) {
+        *wv = (const float *)w->data + (size_t)v0 * (size_t)c->D;
+        return CT_OK;
+    }
+    CT_TRY(ct_cpu_weight_rows_f32(w, v0, nv, c->wt));
+    *wv = c->wt;
+    return CT_OK;
+}
+
+/* c->L [m, nv] = logits of rows [c0, c0+m) against vocab [v0, v0+nv). */
+static void block_logits(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, int64_t nv,
+                         const float *wv) {
+    int64_t D = c->D, r = c->r;
+    /* L = x_c·W_vᵀ   (m×D)·(D×nv) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nv, (int)D, 1.0f,
+                c->x + (size_t)c0 * (size_t)D, (int)D, wv, (int)D, 0.0f, c->L, (int)nv);
+    if (c->u) /* L += s·u_c·B_vᵀ   (m×r)·(r×nv) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nv, (int)r, c->h->scale,
+                    c->u + (size_t)c0 * (size_t)r, (int)r,
+                    (const float *)c->h->b->data + (size_t)v0 * (size_t)r, (int)r, 1.0f, c->L,
+                    (int)nv);
+}
+
+/* The online-softmax step of rows [c0, c0+m) over the tile in c->L (see the top
+ * of the file); with keep_p, L becomes P = exp(L - m'). One thread per row, each
+ * row's sums in vocab order. */
+static void block_online(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, int64_t nv,
+                         const float *wv, bool keep_p) {
+    int64_t D = c->D, r = c->r;
+#pragma omp parallel for schedule(static) if (m * nv > 32768)
     for (int64_t j = 0; j < m; j++) {
-        float *l = L + (size_t)j * (size_t)V;
-        int32_t y = lab[rows[j]];
-        float mx = l[0];
-        for (int64_t i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
-        float ly = l[y];
+        int64_t t = c0 + j;
+        float *l = c->L + (size_t)j * (size_t)nv; /* [nv] */
+        int64_t yi = (int64_t)c->y[t] - v0;
+        if (yi >= 0 && yi < nv) {
+            c->ly[t] = l[yi];
+            if (c->dx) { /* dx_t -= k·W[y_t]: the one-hot part of dL·W */
+                float *d = c->dx + (size_t)c->tok[t] * (size_t)D;
+                const float *wy = wv + (size_t)yi * (size_t)D;
+                for (int64_t i = 0; i < D; i++) d[i] -= c->k * wy[i];
+            }
+        }
+        /* simd loops (ct_expf vectorizes, libm's expf does not); their
+         * reduction order is fixed at compile time, so it repeats. */
+        float bm = l[0];
+#pragma omp simd reduction(max : bm)
+        for (int64_t i = 1; i < nv; i++) bm = l[i] > bm ? l[i] : bm;
+        float m_old = c->mx[t], m_new = bm > m_old ? bm : m_old;
         double sum = 0.0;
-        if (grad) {
-            for (int64_t i = 0; i < V; i++) {
-                float e = expf(l[i] - mx);
+        if (keep_p) {
+#pragma omp simd reduction(+ : sum)
+            for (int64_t i = 0; i < nv; i++) {
+                float e = ct_expf(l[i] - m_new);
                 l[i] = e;
                 sum += (double)e;
             }
-            float k = (float)((double)grad_scale / sum);
-            for (int64_t i = 0; i < V; i++) l[i] *= k;
-            l[y] -= grad_scale;
         } else {
-            for (int64_t i = 0; i < V; i++) sum += (double)expf(l[i] - mx);
+#pragma omp simd reduction(+ : sum)
+            for (int64_t i = 0; i < nv; i++) sum += (double)ct_expf(l[i] - m_new);
         }
-        nll[j] = (double)mx + log(sum) - (double)ly;
+        if (m_new > m_old && m_old != -INFINITY) {
+            /* The max grew: what was summed so far is relative to the old one. On
+             * the first tile (m_old = -inf) everything is still 0. */
+            float f = ct_expf(m_old - m_new);
+            c->se[t] *= (double)f;
+            if (c->acc) {
+                float *a = c->acc + (size_t)t * (size_t)D;
+                for (int64_t i = 0; i < D; i++) a[i] *= f;
+            }
+            if (c->gb) {
+                float *g = c->gb + (size_t)t * (size_t)r;
+                for (int64_t i = 0; i < r; i++) g[i] *= f;
+            }
+        }
+        c->se[t] += sum;
+        c->mx[t] = m_new;
     }
 }
 
-/* Backward part of one chunk: dL [m, V] is in b->L. */
-static int chunk_grads(const ct_linear *h, int64_t m, int64_t D, int64_t V, const int64_t *rows,
-                       chunk_bufs *b, float *dxs, float *das, float *dbs, ct_arena *scratch) {
-    const float *xl = b->xdc ? b->xdc : b->xc; /* the LoRA input, [m, D] */
-    if (dxs) {
-        memset(b->dxc, 0, (size_t)m * (size_t)D * sizeof(float));
-        /* dxc = dL·W   (m×V)·(V×D) */
-        CT_TRY(ct_cpu_gemm_gw(m, b->L, V, h->w, 1.0f, b->dxc, D, scratch));
-    }
-    if (h->a) {
-        int64_t r = h->a->shape[0];
-        float s = h->scale, p = h->dropout;
-        if (dbs) /* dB += s·dLᵀ·u   (V×m)·(m×r) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)r, (int)m, s, b->L,
-                        (int)V, b->uc, (int)r, 1.0f, dbs, (int)r);
-        if (das || dxs) /* g = s·dL·B   (m×V)·(V×r) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)V, s, b->L,
-                        (int)V, (const float *)h->b->data, (int)r, 0.0f, b->gc, (int)r);
-        if (das) /* dA += gᵀ·drop(xc)   (r×m)·(m×D) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)D, (int)m, 1.0f,
-                        b->gc, (int)r, xl, (int)D, 1.0f, das, (int)D);
-        if (dxs && p <= 0.0f) /* dxc += g·A   (m×r)·(r×D) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)r, 1.0f,
-                        b->gc, (int)r, (const float *)h->a->data, (int)D, 1.0f, b->dxc, (int)D);
-        if (dxs && p > 0.0f) {
-            /* xdc (no longer needed as input) = g·A   (m×r)·(r×D), then ⊙ mask/(1-p) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)r, 1.0f,
-                        b->gc, (int)r, (const float *)h->a->data, (int)D, 0.0f, b->xdc, (int)D);
-            ct_cpu_dropout_rows(b->xdc, b->xdc, m, D, rows, 0, h->id, p);
-            size_t cnt = (size_t)m * (size_t)D;
-#pragma omp parallel for simd schedule(static) if (cnt > 32768)
-            for (size_t i = 0; i < cnt; i++) b->dxc[i] += b->xdc[i];
-        }
-    }
-    if (dxs) {
-        /* Scatter: rows are distinct tokens, so no two threads touch one row. */
-#pragma omp parallel for schedule(static) if (m * D > 32768)
-        for (int64_t j = 0; j < m; j++) {
-            float *dst = dxs + (size_t)rows[j] * (size_t)D;
-            const float *src = b->dxc + (size_t)j * (size_t)D;
-            for (int64_t i = 0; i < D; i++) dst[i] += src[i];
+/* Pass 1: running max, sum and label logit of every row, and acc / gb. */
+static int pass_online(const xent_ctx *c) {
+    int64_t n = c->n, D = c->D, r = c->r;
+    bool keep_p = c->acc || c->gb;
+    for (int64_t v0 = 0; v0 < c->V; v0 += c->Vt) {
+        int64_t nv = c->V - v0 < c->Vt ? c->V - v0 : c->Vt;
+        const float *wv;
+        CT_TRY(tile_weight(c, v0, nv, &wv));
+        for (int64_t c0 = 0; c0 < n; c0 += c->Tc) {
+            int64_t m = n - c0 < c->Tc ? n - c0 : c->Tc;
+            block_logits(c, c0, m, v0, nv, wv);
+            block_online(c, c0, m, v0, nv, wv, keep_p);
+            if (c->acc) /* acc_c += P·W_v   (m×nv)·(nv×D) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)nv,
+                            1.0f, c->L, (int)nv, wv, (int)D, 1.0f,
+                            c->acc + (size_t)c0 * (size_t)D, (int)D);
+            if (c->gb) /* gb_c += P·B_v   (m×nv)·(nv×r) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)nv,
+                            1.0f, c->L, (int)nv,
+                            (const float *)c->h->b->data + (size_t)v0 * (size_t)r, (int)r, 1.0f,
+                            c->gb + (size_t)c0 * (size_t)r, (int)r);
         }
     }
     return CT_OK;
 }
 
-static int xent_chunks(const float *xs, int64_t D, int64_t V, const ct_linear *h,
-                       const int32_t *lab, const int64_t *idx, int64_t n, float grad_scale,
-                       double *nll_sum, float *dxs, float *das, float *dbs, ct_arena *scratch) {
-    bool grad = dxs || das || dbs;
-    bool lora = h->a != NULL;
-    int64_t r = lora ? h->a->shape[0] : 0;
-    float p = lora ? h->dropout : 0.0f;
-    chunk_bufs b = {0};
-    b.C = (int64_t)(xent_chunk_bytes / ((size_t)V * sizeof(float)));
-    if (b.C < 1) b.C = 1;
-    if (b.C > n) b.C = n;
-    b.xc = alloc_f(scratch, b.C, D);
-    b.L = alloc_f(scratch, b.C, V);
-    b.nll = ct_arena_alloc(scratch, (size_t)b.C * sizeof(double));
-    if (!b.xc || !b.L || !b.nll) return CT_ERUNTIME;
-    if (lora && (!(b.uc = alloc_f(scratch, b.C, r)) || !(b.gc = alloc_f(scratch, b.C, r))))
-        return CT_ERUNTIME;
-    if (p > 0.0f && !(b.xdc = alloc_f(scratch, b.C, D))) return CT_ERUNTIME;
-    if (dxs && !(b.dxc = alloc_f(scratch, b.C, D))) return CT_ERUNTIME;
-
-    double total = 0.0;
-    for (int64_t c0 = 0; c0 < n; c0 += b.C) {
-        int64_t m = n - c0 < b.C ? n - c0 : b.C;
-        const int64_t *rows = idx + c0; /* token of each chunk row */
-#pragma omp parallel for schedule(static) if (m * D > 32768)
-        for (int64_t j = 0; j < m; j++)
-            memcpy(b.xc + (size_t)j * (size_t)D, xs + (size_t)rows[j] * (size_t)D,
-                   (size_t)D * sizeof(float));
-        /* L = xc·Wᵀ   (m×D)·(D×V) */
-        CT_TRY(ct_cpu_gemm_xwt(m, b.xc, D, h->w, 1.0f, 0.0f, b.L, V, scratch));
-        if (lora) {
-            if (p > 0.0f) ct_cpu_dropout_rows(b.xc, b.xdc, m, D, rows, 0, h->id, p);
-            const float *xl = p > 0.0f ? b.xdc : b.xc;
-            /* u = drop(xc)·Aᵀ   (m×D)·(D×r) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)r, (int)D, 1.0f, xl,
-                        (int)D, (const float *)h->a->data, (int)D, 0.0f, b.uc, (int)r);
-            /* L += s·u·Bᵀ   (m×r)·(r×V) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)V, (int)r, h->scale,
-                        b.uc, (int)r, (const float *)h->b->data, (int)r, 1.0f, b.L, (int)V);
+/* Pass 2, only for a trainable B: dB_v += s·dL_vᵀ·u with dL = k·(softmax - onehot)
+ * from the final statistics. */
+static int pass_db(const xent_ctx *c, float *dbs) {
+    int64_t n = c->n, r = c->r;
+    for (int64_t v0 = 0; v0 < c->V; v0 += c->Vt) {
+        int64_t nv = c->V - v0 < c->Vt ? c->V - v0 : c->Vt;
+        const float *wv;
+        CT_TRY(tile_weight(c, v0, nv, &wv));
+        for (int64_t c0 = 0; c0 < n; c0 += c->Tc) {
+            int64_t m = n - c0 < c->Tc ? n - c0 : c->Tc;
+            block_logits(c, c0, m, v0, nv, wv);
+#pragma omp parallel for schedule(static) if (m * nv > 32768)
+            for (int64_t j = 0; j < m; j++) {
+                int64_t t = c0 + j;
+                float *l = c->L + (size_t)j * (size_t)nv; /* [nv] */
+                float mt = c->mx[t], kt = (float)((double)c->k / c->se[t]);
+#pragma omp simd
+                for (int64_t i = 0; i < nv; i++) l[i] = ct_expf(l[i] - mt) * kt;
+                int64_t yi = (int64_t)c->y[t] - v0;
+                if (yi >= 0 && yi < nv) l[yi] -= c->k;
+            }
+            /* dB_v += s·dLᵀ·u_c   (nv×m)·(m×r) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nv, (int)r, (int)m,
+                        c->h->scale, c->L, (int)nv, c->u + (size_t)c0 * (size_t)r, (int)r, 1.0f,
+                        dbs + (size_t)v0 * (size_t)r, (int)r);
         }
-        softmax_rows(b.L, m, V, lab, rows, grad, grad_scale, b.nll);
-        for (int64_t j = 0; j < m; j++) total += b.nll[j];
-        if (grad) CT_TRY(chunk_grads(h, m, D, V, rows, &b, dxs, das, dbs, scratch));
     }
+    return CT_OK;
+}
+
+/* u [n, r] = drop(x)·Aᵀ, the dropped copy made Rc rows at a time. */
+static void lora_down(const xent_ctx *c) {
+    int64_t n = c->n, D = c->D, r = c->r;
+    const float *as = c->h->a->data; /* [r, D] */
+    float p = c->h->dropout;
+    if (p <= 0.0f) {
+        /* u = x·Aᵀ   (n×D)·(D×r) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)r, (int)D, 1.0f, c->x,
+                    (int)D, as, (int)D, 0.0f, c->u, (int)r);
+        return;
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += c->Rc) {
+        int64_t m = n - r0 < c->Rc ? n - r0 : c->Rc;
+        ct_cpu_dropout_rows(c->x + (size_t)r0 * (size_t)D, c->drop, m, D, c->tok + r0, 0, c->h->id, p);
+        /* u[r0:r0+m] = drop(x[r0:r0+m])·Aᵀ   (m×D)·(D×r) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)r, (int)D, 1.0f, c->drop,
+                    (int)D, as, (int)D, 0.0f, c->u + (size_t)r0 * (size_t)r, (int)r);
+    }
+}
+
+/* After pass 1: g from gb, dA += gᵀ·drop(x), and dx += k·acc/s + (g·A) ⊙ mask/(1-p). */
+static void finish_grads(const xent_ctx *c, float *das) {
+    int64_t n = c->n, D = c->D, r = c->r;
+    float p = c->h->dropout;
+    if (c->acc) { /* acc_t = k·acc_t/s_t: the softmax part of dL·W */
+#pragma omp parallel for schedule(static) if (n * D > 32768)
+        for (int64_t t = 0; t < n; t++) {
+            float f = (float)((double)c->k / c->se[t]);
+            float *a = c->acc + (size_t)t * (size_t)D;
+            for (int64_t i = 0; i < D; i++) a[i] *= f;
+        }
+    }
+    if (c->gb) { /* g_t = s·k·(gb_t/s_t - B[y_t]) */
+        const float *bs = c->h->b->data; /* [V, r] */
+        float sk = c->h->scale * c->k;
+#pragma omp parallel for schedule(static) if (n * r > 32768)
+        for (int64_t t = 0; t < n; t++) {
+            float f = (float)(1.0 / c->se[t]);
+            float *g = c->gb + (size_t)t * (size_t)r;
+            const float *by = bs + (size_t)c->y[t] * (size_t)r;
+            for (int64_t i = 0; i < r; i++) g[i] = sk * (g[i] * f - by[i]);
+        }
+        const float *as = c->h->a->data; /* [r, D] */
+        if (p <= 0.0f) {
+            if (das) /* dA += gᵀ·x   (r×n)·(n×D) */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)D, (int)n, 1.0f,
+                            c->gb, (int)r, c->x, (int)D, 1.0f, das, (int)D);
+            if (c->acc) /* acc += g·A   (n×r)·(r×D) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)D, (int)r, 1.0f,
+                            c->gb, (int)r, as, (int)D, 1.0f, c->acc, (int)D);
+        } else {
+            for (int64_t r0 = 0; r0 < n; r0 += c->Rc) {
+                int64_t m = n - r0 < c->Rc ? n - r0 : c->Rc;
+                const float *gc = c->gb + (size_t)r0 * (size_t)r; /* [m, r] */
+                if (das) {
+                    ct_cpu_dropout_rows(c->x + (size_t)r0 * (size_t)D, c->drop, m, D, c->tok + r0,
+                                        0, c->h->id, p);
+                    /* dA += g_cᵀ·drop(x_c)   (r×m)·(m×D) */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)D, (int)m,
+                                1.0f, gc, (int)r, c->drop, (int)D, 1.0f, das, (int)D);
+                }
+                if (c->acc) {
+                    /* drop = g_c·A   (m×r)·(r×D), then ⊙ mask/(1-p) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)r,
+                                1.0f, gc, (int)r, as, (int)D, 0.0f, c->drop, (int)D);
+                    ct_cpu_dropout_rows(c->drop, c->drop, m, D, c->tok + r0, 0, c->h->id, p);
+                    float *ac = c->acc + (size_t)r0 * (size_t)D;
+                    size_t cnt = (size_t)m * (size_t)D;
+#pragma omp parallel for simd schedule(static) if (cnt > 32768)
+                    for (size_t i = 0; i < cnt; i++) ac[i] += c->drop[i];
+                }
+            }
+        }
+    }
+    if (c->acc) {
+        /* Scatter: rows are distinct tokens, so no two threads touch one row. */
+#pragma omp parallel for schedule(static) if (n * D > 32768)
+        for (int64_t t = 0; t < n; t++) {
+            float *dst = c->dx + (size_t)c->tok[t] * (size_t)D;
+            const float *src = c->acc + (size_t)t * (size_t)D;
+            for (int64_t i = 0; i < D; i++) dst[i] += src[i];
+        }
+    }
+}
+
+static float *alloc_f(ct_arena *a, int64_t rows, int64_t cols) {
+    return ct_arena_alloc(a, (size_t)rows * (size_t)cols * sizeof(float));
+}
+
+/* Buffers and the two passes for n > 0 trained rows idx[0..n). */
+static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_linear *h,
+                    const int32_t *lab, const int64_t *idx, int64_t n, float grad_scale,
+                    double *nll_sum, float *dxs, float *das, float *dbs, ct_arena *scratch) {
+    bool lora = h->a != NULL;
+    float p = lora ? h->dropout : 0.0f;
+    xent_ctx c = {.h = h, .n = n, .D = D, .V = V, .r = lora ? h->a->shape[0] : 0, .k = grad_scale,
+                  .tok = idx, .dx = dxs};
+    c.Vt = rows_within(xent_tile_bytes, D, V);
+    if (h->w->dtype == CT_F32) {
+        /* No converted copy to bound: tiles as wide as the logits block allows
+         * for all n rows, so fewer and larger GEMMs (each call and parallel
+         * region is a synchronisation point). */
+        int64_t vb = rows_within(xent_chunk_bytes, n, V);
+        if (vb > c.Vt) c.Vt = vb;
+    }
+    c.Tc = rows_within(xent_chunk_bytes, c.Vt, n);
+    c.Rc = rows_within(DROP_CHUNK_BYTES, D, n);
+
+    int32_t *y = ct_arena_alloc(scratch, (size_t)n * sizeof(int32_t)); /* [n] */
+    c.mx = alloc_f(scratch, n, 1);
+    c.ly = alloc_f(scratch, n, 1);
+    c.se = ct_arena_alloc(scratch, (size_t)n * sizeof(double)); /* [n] */
+    c.L = alloc_f(scratch, c.Tc, c.Vt);
+    if (!y || !c.mx || !c.ly || !c.se || !c.L) return CT_ERUNTIME;
+    if (h->w->dtype != CT_F32 && !(c.wt = alloc_f(scratch, c.Vt, D))) return CT_ERUNTIME;
+    if (n == T) {
+        c.x = xs; /* every row is trained: idx is the identity */
+    } else {
+        float *xc = alloc_f(scratch, n, D); /* [n, D] */
+        if (!xc) return CT_ERUNTIME;
+#pragma omp parallel for schedule(static) if (n * D > 32768)
+        for (int64_t t = 0; t < n; t++)
+            memcpy(xc + (size_t)t * (size_t)D, xs + (size_t)idx[t] * (size_t)D,
+                   (size_t)D * sizeof(float));
+        c.x = xc;
+    }
+    if (dxs && !(c.acc = alloc_f(scratch, n, D))) return CT_ERUNTIME;
+    if (lora) {
+        if (!(c.u = alloc_f(scratch, n, c.r))) return CT_ERUNTIME;
+        if ((dxs || das) && !(c.gb = alloc_f(scratch, n, c.r))) return CT_ERUNTIME;
+        if (p > 0.0f && !(c.drop = alloc_f(scratch, c.Rc, D))) return CT_ERUNTIME;
+    }
+    for (int64_t t = 0; t < n; t++) {
+        y[t] = lab[idx[t]];
+        c.mx[t] = -INFINITY;
+        c.se[t] = 0.0;
+    }
+    c.y = y;
+    if (c.acc) memset(c.acc, 0, (size_t)n * (size_t)D * sizeof(float));
+    if (c.gb) memset(c.gb, 0, (size_t)n * (size_t)c.r * sizeof(float));
+
+    if (lora) lora_down(&c);
+    CT_TRY(pass_online(&c));
+    double total = 0.0;
+    for (int64_t t = 0; t < n; t++) total += (double)c.mx[t] + log(c.se[t]) - (double)c.ly[t];
     *nll_sum = total;
+    finish_grads(&c, das);
+    if (dbs) CT_TRY(pass_db(&c, dbs));
     return CT_OK;
 }
 
@@ -194,8 +412,8 @@ int ct_cpu_linear_xent_fwd(const ct_tensor *x, const ct_linear *head, const ct_t
         idx[n++] = t;
     }
     if (!rc && n > 0)
-        rc = xent_chunks(x->data, D, V, head, lab, idx, n, grad_scale, nll_sum,
-                         dx ? dx->data : NULL, da ? da->data : NULL, db ? db->data : NULL, scratch);
+        rc = xent_run(x->data, T, D, V, head, lab, idx, n, grad_scale, nll_sum,
+                      dx ? dx->data : NULL, da ? da->data : NULL, db ? db->data : NULL, scratch);
     if (!rc) *n_trained = n;
     ct_arena_rewind(scratch, mark);
     return rc;
