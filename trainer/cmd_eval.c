@@ -25,6 +25,7 @@
 
 #include "autograd/ct_error.h"
 #include "datasets/dataset.h"
+#include "datasets/packing.h"
 #include "datasets/template.h"
 #include "datasets/tokenizer.h"
 #include "trainer/adapter.h"
@@ -81,11 +82,11 @@ static int run_group(const ct_model *m, ct_tape *tape, const ct_dataset *ds, int
                                  (long long)i, id, (long long)V);
             ids[T + i] = id;
             seg[T + i] = (int32_t)(s - s0);
-            /* shift once: position i predicts token i+1 of the same sample */
-            lab[T + i] = i + 1 < len ? ds->labels[a + i + 1] : -100;
+            lab[T + i] = ds->labels[a + i];
         }
         T += len;
     }
+    ct_labels_shift(lab, seg, T, lab); /* once: position i predicts token i+1 of the same sample */
     CT_TRY(ct_model_nll(m, tape, ids, lab, seg, T, (int)(s1 - s0), r->nll + s0, r->count + s0));
     for (int64_t s = s0; s < s1; s++) r->nll_total += r->nll[s], r->scored += r->count[s];
     r->tokens += T;

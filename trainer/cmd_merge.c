@@ -2,9 +2,7 @@
  * Face model directory (trainer/merge.h does the work). Ctrl-C (SIGINT/SIGTERM)
  * stops the merge at the next tensor and removes the temp directory, so no
  * partial output is left; the command then fails with exit code 1. */
-#include <signal.h>
 #include <stdio.h>
-#include <string.h>
 #include <sys/resource.h>
 
 #include "autograd/ct_error.h"
@@ -12,18 +10,6 @@
 #include "trainer/commands.h"
 #include "trainer/merge.h"
 #include "trainer/safetensors.h"
-
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig) { g_stop = sig; }
-
-static int check_stop(void *ctx, const char *tensor, uint64_t done, uint64_t total) {
-    (void)ctx, (void)done, (void)total;
-    if (g_stop) return ct_errorf(CT_ERUNTIME, "interrupted (signal %d) before %s; nothing was written", (int)g_stop, tensor);
-    return CT_OK;
-}
-
-static const char *out_dtype_name(ct_dtype dt) { return dt == CT_BF16 ? "bf16" : dt == CT_F16 ? "fp16" : "fp32"; }
 
 int ct_cmd_merge(int argc, char **argv) {
     const char *base = NULL, *adapter = NULL, *out = NULL, *dtype = NULL, *shard = "2GB", *quant = NULL;
@@ -46,13 +32,8 @@ int ct_cmd_merge(int argc, char **argv) {
     if (!base) return ct_errorf(CT_EINPUT, "--base MODEL_DIR is required (see 'ctuner merge --help')");
     if (!adapter) return ct_errorf(CT_EINPUT, "--adapter ADAPTER_DIR is required (see 'ctuner merge --help')");
     if (!out) return ct_errorf(CT_EINPUT, "--out OUT_DIR is required (see 'ctuner merge --help')");
-    ct_merge_options o = {.base_dir = base, .adapter_dir = adapter, .out_dir = out, .dtype = -1,
-                          .progress = check_stop};
-    if (dtype) {
-        o.dtype = ct_dtype_from_name(dtype);
-        if (o.dtype != CT_F32 && o.dtype != CT_BF16 && o.dtype != CT_F16)
-            return ct_errorf(CT_EINPUT, "--dtype '%s' is not one of bf16, fp16, fp32", dtype);
-    }
+    ct_merge_options o = {.base_dir = base, .adapter_dir = adapter, .out_dir = out, .dtype = -1};
+    if (dtype) CT_TRY(ct_merge_parse_dtype(dtype, &o));
     CT_TRY(ct_st_parse_size(shard, &o.max_shard_bytes));
     if (quant) {
         int q = ct_quant_type_from_name(quant);
@@ -60,24 +41,14 @@ int ct_cmd_merge(int argc, char **argv) {
         o.quantize = true;
         o.quant_type = (ct_quant_type)q;
     }
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    g_stop = 0;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
     ct_merge_report r;
-    int rc = ct_merge(&o, &r);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    if (rc) return rc;
+    CT_TRY(ct_merge_until_signal(&o, &r));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("merge: wrote %s: %d weights merged (r=%d, scale %g), %d copied, %d converted", out, r.n_merged, r.r,
            (double)r.scale, r.n_copied, r.n_converted);
     if (o.quantize) printf(", %d quantized to %s", r.n_quantized, ct_quant_type_name(o.quant_type));
-    printf("; %s, %d shard%s, %.1f MB, %d other files; %.2f s, peak RSS %.1f MiB\n", out_dtype_name(r.dtype),
+    printf("; %s, %d shard%s, %.1f MB, %d other files; %.2f s, peak RSS %.1f MiB\n", ct_merge_dtype_label(r.dtype),
            r.n_shards, r.n_shards == 1 ? "" : "s", (double)r.bytes / 1e6, r.n_files, r.seconds,
            (double)ru.ru_maxrss / 1024.0);
     return CT_OK;

@@ -3,9 +3,7 @@
  * trainer/bnb_write.h) that transformers + bitsandbytes and ctuner load without
  * re-quantizing. It is trainer/merge.h without an adapter. Ctrl-C stops at the
  * next tensor and removes the temp directory (exit 1, nothing written). */
-#include <signal.h>
 #include <stdio.h>
-#include <string.h>
 #include <sys/resource.h>
 
 #include "autograd/ct_error.h"
@@ -13,19 +11,6 @@
 #include "trainer/commands.h"
 #include "trainer/merge.h"
 #include "trainer/safetensors.h"
-
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig) { g_stop = sig; }
-
-static int check_stop(void *ctx, const char *tensor, uint64_t done, uint64_t total) {
-    (void)ctx, (void)done, (void)total;
-    if (g_stop)
-        return ct_errorf(CT_ERUNTIME, "interrupted (signal %d) before %s; nothing was written", (int)g_stop, tensor);
-    return CT_OK;
-}
-
-static const char *dtype_label(ct_dtype dt) { return dt == CT_BF16 ? "bf16" : dt == CT_F16 ? "fp16" : "fp32"; }
 
 /* The flags into merge options (CT_EINPUT naming the flag when one is bad). */
 static int read_flags(const char *qtype, bool dq, bool no_dq, int64_t blocksize, const char *dtype,
@@ -39,11 +24,7 @@ static int read_flags(const char *qtype, bool dq, bool no_dq, int64_t blocksize,
         return ct_errorf(CT_EINPUT, "--blocksize %lld is not a power of two in 32..4096 (bitsandbytes uses 64)",
                          (long long)blocksize);
     o->blocksize = (int)blocksize;
-    if (dtype) {
-        o->dtype = ct_dtype_from_name(dtype);
-        if (o->dtype != CT_F32 && o->dtype != CT_BF16 && o->dtype != CT_F16)
-            return ct_errorf(CT_EINPUT, "--dtype '%s' is not one of bf16, fp16, fp32", dtype);
-    }
+    if (dtype) CT_TRY(ct_merge_parse_dtype(dtype, o));
     return ct_st_parse_size(shard, &o->max_shard_bytes);
 }
 
@@ -73,27 +54,17 @@ int ct_cmd_quantize(int argc, char **argv) {
     CT_TRY(ct_args_parse(&a, argc, argv));
     if (!out) return ct_errorf(CT_EINPUT, "--out OUT_DIR is required (see 'ctuner quantize --help')");
     ct_merge_options o = {.base_dir = a.positional[0], .out_dir = out, .dtype = -1, .quantize = true,
-                          .quantize_output = qout, .progress = check_stop};
+                          .quantize_output = qout};
     CT_TRY(read_flags(qtype, dq, no_dq, blocksize, dtype, shard, &o));
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    g_stop = 0;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
     ct_merge_report r;
-    int rc = ct_merge(&o, &r);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    if (rc) return rc;
+    CT_TRY(ct_merge_until_signal(&o, &r));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("quantize: wrote %s: %d weights to %s (%s, blocksize %d, head %s); %.2f MB -> %.2f MB (%.2fx); %s, "
            "%d shard%s, %d other files; %.2f s, peak RSS %.1f MiB\n",
            out, r.n_quantized, ct_quant_type_name(o.quant_type), o.no_double_quant ? "no double quant" : "double quant",
            o.blocksize, qout ? "quantized" : "unquantized", (double)r.src_bytes / 1e6, (double)r.bytes / 1e6,
-           r.bytes ? (double)r.src_bytes / (double)r.bytes : 0.0, dtype_label(r.dtype), r.n_shards,
+           r.bytes ? (double)r.src_bytes / (double)r.bytes : 0.0, ct_merge_dtype_label(r.dtype), r.n_shards,
            r.n_shards == 1 ? "" : "s", r.n_files, r.seconds, (double)ru.ru_maxrss / 1024.0);
     return CT_OK;
 }

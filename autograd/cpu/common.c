@@ -37,6 +37,12 @@ int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst
     }
 }
 
+int64_t ct_cpu_rows_within(size_t bytes, int64_t cols, int64_t rows) {
+    int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
+    if (n < 1) n = 1;
+    return n < rows ? n : rows;
+}
+
 int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y) {
     const float *xs = x->data;
     float *ys = y->data;

@@ -8,8 +8,12 @@
 /* Reads element i of a frozen float tensor (f32/bf16/f16) as f32. */
 float ct_cpu_load(const ct_tensor *t, int64_t i);
 /* Converts rows [r0, r0+n) of a frozen [rows, cols] weight (f32/bf16/f16) to f32
- * in dst [n, cols]. (nf4/fp4 arrive with the quantization issue.) */
+ * in dst [n, cols]; nf4/fp4 weights are dequantized (their ct_quant_state). */
 int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst);
+
+/* Rows of a [rows, cols] f32 buffer that fit in `bytes` (at least 1, at most
+ * rows): how weight tiles and logits blocks are sized. */
+int64_t ct_cpu_rows_within(size_t bytes, int64_t cols, int64_t rows);
 
 int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
 int ct_cpu_add_fwd(const ct_tensor *a, const ct_tensor *b, ct_tensor *y); /* cpu/add.c */

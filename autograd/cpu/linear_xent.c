@@ -70,13 +70,6 @@ size_t ct_cpu_set_xent_tile_bytes(size_t bytes) {
     return prev;
 }
 
-/* Rows of a [rows, cols] f32 buffer within `bytes` (at least 1, at most rows). */
-static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
-    int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
-    if (n < 1) n = 1;
-    return n < rows ? n : rows;
-}
-
 /* What one call works on. Buffers come from scratch; row t is the t-th trained
  * row (token tok[t]). */
 typedef struct {
@@ -334,16 +327,16 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     float p = lora ? h->dropout : 0.0f;
     xent_ctx c = {.h = h, .n = n, .D = D, .V = V, .r = lora ? h->a->shape[0] : 0, .k = grad_scale,
                   .tok = idx, .dx = dxs};
-    c.Vt = rows_within(xent_tile_bytes, D, V);
+    c.Vt = ct_cpu_rows_within(xent_tile_bytes, D, V);
     if (h->w->dtype == CT_F32) {
         /* No converted copy to bound: tiles as wide as the logits block allows
          * for all n rows, so fewer and larger GEMMs (each call and parallel
          * region is a synchronisation point). */
-        int64_t vb = rows_within(xent_chunk_bytes, n, V);
+        int64_t vb = ct_cpu_rows_within(xent_chunk_bytes, n, V);
         if (vb > c.Vt) c.Vt = vb;
     }
-    c.Tc = rows_within(xent_chunk_bytes, c.Vt, n);
-    c.Rc = rows_within(DROP_CHUNK_BYTES, D, n);
+    c.Tc = ct_cpu_rows_within(xent_chunk_bytes, c.Vt, n);
+    c.Rc = ct_cpu_rows_within(DROP_CHUNK_BYTES, D, n);
 
     int32_t *y = ct_arena_alloc(scratch, (size_t)n * sizeof(int32_t)); /* [n] */
     c.mx = alloc_f(scratch, n, 1);

@@ -35,13 +35,6 @@ size_t ct_cpu_set_weight_tile_bytes(size_t bytes) {
     return prev;
 }
 
-/* Rows of a [rows, cols] f32 tile within `bytes` (at least 1, at most rows). */
-static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
-    int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
-    if (n < 1) n = 1;
-    return n < rows ? n : rows;
-}
-
 /* Few input rows (token-by-token decoding): a GEMM would re-pack the whole
  * weight for one row. Instead each thread takes a range of weight rows, brings
  * each row to f32 once (in place for f32 weights) and dots it with the M input
@@ -95,7 +88,7 @@ static int gemv_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, 
 static int tiled_gemm(bool gw, int64_t M, const float *a, int64_t lda, const ct_tensor *w, float alpha,
                       float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
-    int64_t tile = rows_within(weight_tile_bytes, K, N);
+    int64_t tile = ct_cpu_rows_within(weight_tile_bytes, K, N);
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     float *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)); /* [tile, K] */
     int rc = wt ? CT_OK : CT_ERUNTIME;
@@ -166,7 +159,7 @@ static int lora_down(const float *xs, int64_t T, int64_t in, const ct_linear *li
                     (int)in, as, (int)in, 0.0f, us, (int)r);
         return CT_OK;
     }
-    int64_t tc = rows_within(DROP_CHUNK_BYTES, in, T);
+    int64_t tc = ct_cpu_rows_within(DROP_CHUNK_BYTES, in, T);
     float *xd = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
     if (!xd) return CT_ERUNTIME;
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
@@ -226,7 +219,7 @@ static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const c
         return CT_OK;
     }
     /* With dropout the mask is regenerated per token chunk into buf. */
-    int64_t tc = rows_within(DROP_CHUNK_BYTES, in, T);
+    int64_t tc = ct_cpu_rows_within(DROP_CHUNK_BYTES, in, T);
     float *buf = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
     if (!buf) return CT_ERUNTIME;
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
