@@ -1,0 +1,474 @@
+/* bf16 GEMMs with fp32 accumulation (contract and summation order in gemm_bf16.h).
+ *
+ * Fast path (AVX512-BF16): a GotoBLAS-style blocked GEMM around VDPBF16PS,
+ * which multiplies 16 pairs of bf16 by 16 pairs and adds both products to 16
+ * fp32 lanes. Both operands are packed as u32 "pairs" bf16(x[k]) | bf16(x[k+1]) << 16
+ * (k even; a zero pads an odd K):
+ *   A, once per M chunk, rounded f32 -> bf16 (RNE) as it is packed:
+ *     [K block q][MR-row micro-panel i][pair p][MR]       (shared by the threads)
+ *   B, once per (K block, NC-column block), by the thread that owns the columns:
+ *     [NR-column micro-panel j][pair p][NR]               (per thread)
+ * The microkernel keeps an MR×NR tile of C in MR·NR/16 zmm accumulators and, per
+ * pair, loads NR/16 zmm of B and broadcasts one u32 of A per row. Loop nest per
+ * thread, over the rows and the NR-column panels it owns:
+ *   for NC-column block: for K block: pack B  ->  for MR panel: for NR panel: kernel
+ * The packed B block [NC/NR][KCP][NR] (512 KiB) stays in L2 and an A micro-panel
+ * [KCP][MR] (48 KiB) is reused from L1/L2 across the NR panels; the packed A of
+ * all rows (M·K·2 bytes, one chunk for T = 512 and K up to 16384) is read once
+ * per (NC block, K block). VDPBF16PS zmm issues one per cycle with latency ~6
+ * (Zen 4): the 24 independent accumulators of the 12×32 tile hide the latency
+ * with room to spare, and the loads (2 zmm + 12 broadcasts per 24 VDPBF16PS) stay
+ * well below the load ports' rate. KCP covers K <= 2048 in one block: larger
+ * tiles and K blocks measured within noise of each other (~95% of the
+ * instruction's peak), smaller K blocks slower (partial sums to and from C).
+ * Between K blocks a tile's partial sums go to C itself when beta == 0 (old
+ * contents are ignored anyway), else to a per-thread buffer so the old C
+ * survives for the final c = alpha·sum + beta·c. Storing and reloading an fp32
+ * partial is exact: every output is one fixed-order chain over k, whatever the
+ * thread count or the partitioning.
+ *
+ * Fallback: A rounded to bf16-valued f32 and B widened to f32 in bounded tiles
+ * (TILE_BYTES each, any shape), then cblas_sgemm: the same products, summed in
+ * OpenBLAS's order. */
+#include "gemm_bf16.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "../ct_error.h"
+#include "../ct_inline.h"
+#include "cpu_kernels.h"
+
+#define TILE_BYTES ((size_t)4 << 20) /* fallback: one converted A chunk / B tile (f32) */
+
+/* One GEMM's arguments: C [M, N] = alpha·bf16(A)·op(B) + beta·C, op(B) = Bᵀ (nt)
+ * or B (nn). */
+typedef struct {
+    bool nn;
+    int64_t M, N, K;
+    float alpha, beta;
+    const float *a;    /* [M, K] (lda) */
+    int64_t lda;
+    const uint16_t *b; /* nt: [N, K] (ldb); nn: [K, N] (ldb) */
+    int64_t ldb;
+    float *c;          /* [M, N] (ldc) */
+    int64_t ldc;
+} gemm_args;
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- dispatch ---- */
+
+static int dot_supported = -1; /* -1 until probed, then 0/1 */
+static bool forced_fallback;
+
+bool ct_cpu_bf16_dot_supported(void) {
+    int s = __atomic_load_n(&dot_supported, __ATOMIC_RELAXED);
+    if (s < 0) {
+        s = 0;
+#if defined(__x86_64__)
+        __builtin_cpu_init();
+        /* libgcc reports AVX-512 features only when XCR0 shows that the OS
+         * saves the opmask and zmm state, so this covers the OS check too. */
+        s = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+#endif
+        const char *env = getenv("CT_NO_BF16_DOT");
+        if (env && *env && strcmp(env, "0") != 0) s = 0;
+        __atomic_store_n(&dot_supported, s, __ATOMIC_RELAXED);
+    }
+    return s;
+}
+
+bool ct_bf16_force_fallback(bool on) {
+    bool prev = forced_fallback;
+    forced_fallback = on;
+    return prev;
+}
+
+/* ---- fallback: f32 copies in bounded tiles + cblas_sgemm ---- */
+
+static int fallback_gemm(const gemm_args *g, ct_arena *scratch) {
+    int64_t M = g->M, N = g->N, K = g->K;
+    int64_t mch = ct_cpu_rows_within(TILE_BYTES, K, M); /* rows of A per chunk */
+    int64_t tile = ct_cpu_rows_within(TILE_BYTES, K, N); /* columns of op(B) per tile */
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    float *ar = ct_arena_alloc(scratch, (size_t)mch * (size_t)K * sizeof(float)); /* [mch, K] */
+    /* nt: [tile, K] rows n of B; nn: [K, tile] columns n of B */
+    float *bt = ar ? ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float)) : NULL;
+    if (!bt) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "bf16 gemm %lldx%lldx%lld: fallback buffers",
+                             (long long)M, (long long)N, (long long)K);
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += mch) {
+        int64_t mc = min64(mch, M - m0);
+#pragma omp parallel for schedule(static) if (mc * K > 65536)
+        for (int64_t i = 0; i < mc; i++) {
+            const float *src = g->a + (size_t)(m0 + i) * (size_t)g->lda;
+            float *dst = ar + (size_t)i * (size_t)K;
+            for (int64_t k = 0; k < K; k++) dst[k] = ct_bf16_to_f32(ct_f32_to_bf16(src[k]));
+        }
+        float *cm = g->c + (size_t)m0 * (size_t)g->ldc;
+        for (int64_t n0 = 0; n0 < N; n0 += tile) {
+            int64_t nc = min64(tile, N - n0);
+            if (g->nn) {
+#pragma omp parallel for schedule(static) if (nc * K > 65536)
+                for (int64_t k = 0; k < K; k++) {
+                    const uint16_t *src = g->b + (size_t)k * (size_t)g->ldb + (size_t)n0;
+                    float *dst = bt + (size_t)k * (size_t)nc;
+                    for (int64_t j = 0; j < nc; j++) dst[j] = ct_bf16_to_f32(src[j]);
+                }
+                /* C[m0.., n0..] = alpha·Ar·Bt + beta·C   (mc×K)·(K×nc) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)mc, (int)nc, (int)K,
+                            g->alpha, ar, (int)K, bt, (int)nc, g->beta, cm + n0, (int)g->ldc);
+            } else {
+#pragma omp parallel for schedule(static) if (nc * K > 65536)
+                for (int64_t j = 0; j < nc; j++) {
+                    const uint16_t *src = g->b + (size_t)(n0 + j) * (size_t)g->ldb;
+                    float *dst = bt + (size_t)j * (size_t)K;
+                    for (int64_t k = 0; k < K; k++) dst[k] = ct_bf16_to_f32(src[k]);
+                }
+                /* C[m0.., n0..] = alpha·Ar·Btᵀ + beta·C   (mc×K)·(K×nc) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mc, (int)nc, (int)K,
+                            g->alpha, ar, (int)K, bt, (int)K, g->beta, cm + n0, (int)g->ldc);
+            }
+        }
+    }
+    ct_arena_rewind(scratch, mark);
+    return CT_OK;
+}
+
+/* ---- fast path: AVX512-BF16 ---- */
+#if defined(__x86_64__)
+
+#define CT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+#define MR 12        /* rows of A per micro-panel: one broadcast per row and pair */
+#define NV 2         /* zmm of accumulators per row */
+#define NR (16 * NV) /* columns of B per micro-panel */
+#define KCP 1024     /* pairs per K block: K <= 2048 is one block (no partial sums) */
+#define NC 128       /* columns per packed B block [NC/NR][KCP][NR] u32 = 512 KiB (L2) */
+#define PF_AHEAD 8   /* pack_b_nt prefetches this many 64-byte steps ahead */
+#define A_CHUNK_BYTES ((size_t)16 << 20) /* packed A of one M chunk, at most (= M·K·2 bytes) */
+#define MAX_CHUNK_ROWS 2048             /* bounds the per-thread partial-sum buffer */
+
+_Static_assert(NC % NR == 0 && KCP % 16 == 0, "blocking");
+_Static_assert(CT_ARENA_ALIGN % 64 == 0, "packed panels need 64-byte aligned scratch");
+
+/* Kernel flags: LOAD starts from the partial sums in `part` (else from zero);
+ * FINAL writes c = alpha·acc + beta·c (else stores the partial sums to `part`). */
+enum { K_LOAD = 1, K_FINAL = 2 };
+
+/* Masks of the valid lanes of each accumulator column group for nr valid columns. */
+CT_AVX512BF16 static inline __mmask16 col_mask(int nr, int v) {
+    int left = nr - 16 * v;
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
+}
+
+/* The MR×NR tile of C: rows [0, mr), columns [0, nr) are real (the packed
+ * panels are zero-padded beyond). a [kc][MR], b [kc][NR] (64-byte aligned). */
+CT_AVX512BF16 static void kernel(int64_t kc, const uint32_t *a, const uint32_t *b, float *part,
+                                 int64_t ldp, int flags, float *c, int64_t ldc, float alpha,
+                                 float beta, int mr, int nr) {
+    __m512 acc[MR][NV];
+    __mmask16 mask[NV];
+    for (int v = 0; v < NV; v++) mask[v] = col_mask(nr, v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = (flags & K_LOAD) && r < mr
+                            ? _mm512_maskz_loadu_ps(mask[v], part + (size_t)r * (size_t)ldp + 16 * v)
+                            : _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; p++) {
+        __m512bh bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = (__m512bh)_mm512_load_si512(b + p * NR + 16 * v);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[p * MR + r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], bv[v], av);
+        }
+    }
+    if (flags & K_FINAL) {
+        __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+        for (int r = 0; r < mr; r++)
+            for (int v = 0; v < NV; v++) {
+                float *cp = c + (size_t)r * (size_t)ldc + 16 * v;
+                __m512 y = _mm512_mul_ps(va, acc[r][v]); /* beta == 0: C is not read */
+                if (beta != 0.0f)
+                    y = _mm512_fmadd_ps(va, acc[r][v],
+                                        _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask[v], cp)));
+                _mm512_mask_storeu_ps(cp, mask[v], y);
+            }
+    } else {
+        for (int r = 0; r < mr; r++)
+            for (int v = 0; v < NV; v++)
+                _mm512_mask_storeu_ps(part + (size_t)r * (size_t)ldp + 16 * v, mask[v], acc[r][v]);
+    }
+}
+
+/* 16 pairs of one f32 row from k (even), rounded to bf16: lane j = bf16(x[k+2j]) |
+ * bf16(x[k+2j+1]) << 16; elements at or past K read as zero. */
+CT_AVX512BF16 static inline __m512i row_pairs_f32(const float *row, int64_t k, int64_t K) {
+    int64_t left = K - k;
+    __m512 lo, hi;
+    if (left >= 32) {
+        lo = _mm512_loadu_ps(row + k);
+        hi = _mm512_loadu_ps(row + k + 16);
+    } else {
+        __mmask16 ml = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __mmask16 mh = left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : (__mmask16)0;
+        lo = _mm512_maskz_loadu_ps(ml, row + k);
+        hi = _mm512_maskz_loadu_ps(mh, row + k + 16);
+    }
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); /* low half from lo: lane j = pair j */
+}
+
+/* Transposes 16×16 u32 in registers: afterwards x[j] holds element j of the
+ * 16 former rows (unpack within 128-bit lanes, then move the lanes). */
+CT_AVX512BF16 static inline void transpose16(__m512i x[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);     /* rows i, i+1: columns 0,1 | 4,5 | ... */
+        t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]); /* columns 2,3 | 6,7 | ... */
+    }
+    for (int i = 0; i < 16; i += 4) { /* u[i+c], lane L: rows i..i+3 of column 4L+c */
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88); /* lanes 0, 2 of each */
+        __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd); /* lanes 1, 3 */
+        __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        x[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        x[c + 4] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        x[c + 8] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        x[c + 12] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+}
+
+/* A micro-panel: rows [0, mr) of a (row stride lda), pairs [p0, p0+kc), into
+ * out [kc][MR]; rows >= mr are zero. 16 pairs of every row at a time, turned
+ * into 16 pairs-major rows by transpose16. */
+CT_AVX512BF16 static void pack_a(const float *a, int64_t lda, int mr, int64_t K, int64_t p0,
+                                 int64_t kc, uint32_t *out) {
+    const __mmask16 rows = (__mmask16)((1u << MR) - 1u);
+    for (int64_t p = 0; p < kc; p += 16) {
+        __m512i x[16]; /* x[r]: pairs p .. p+15 of row r */
+        for (int r = 0; r < 16; r++)
+            x[r] = r < mr ? row_pairs_f32(a + (size_t)r * (size_t)lda, 2 * (p0 + p), K)
+                          : _mm512_setzero_si512();
+        transpose16(x);
+        int64_t n = min64(16, kc - p);
+        for (int64_t j = 0; j < n; j++) _mm512_mask_storeu_epi32(out + (p + j) * MR, rows, x[j]);
+    }
+}
+_Static_assert(MR <= 16, "pack_a moves 16 rows per step");
+
+/* nt: B [N, K] bf16, rows n = columns of op(B). Columns [0, nc) of b (row
+ * stride ldb), pairs [p0, p0+kc), into panels [ceil(nc/NR)][kc][NR]; a pair is
+ * one u32 of a row, columns >= nc are zero. 16 columns × 16 pairs at a time,
+ * transposed in registers. */
+CT_AVX512BF16 static void pack_b_nt(const uint16_t *b, int64_t ldb, int64_t nc, int64_t K,
+                                    int64_t p0, int64_t kc, uint32_t *out) {
+    for (int64_t j0 = 0; j0 < (nc + NR - 1) / NR * NR; j0 += 16) { /* the last panel's padding too */
+        uint32_t *o = out + (size_t)(j0 / NR) * (size_t)kc * NR + j0 % NR;
+        for (int64_t p = 0; p < kc; p += 16) {
+            int64_t k = 2 * (p0 + p), left = K - k;
+            __mmask32 m = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1u);
+            __m512i x[16]; /* x[i]: pairs p .. p+15 of column j0+i */
+            for (int i = 0; i < 16; i++) {
+                if (j0 + i >= nc) {
+                    x[i] = _mm512_setzero_si512();
+                    continue;
+                }
+                const uint16_t *row = b + (size_t)(j0 + i) * (size_t)ldb + k;
+                /* 16 row streams at once: the hardware prefetchers need help */
+                if (left > 32 * PF_AHEAD)
+                    _mm_prefetch((const char *)(row + 32 * PF_AHEAD), _MM_HINT_T0);
+                x[i] = _mm512_maskz_loadu_epi16(m, row);
+            }
+            transpose16(x);
+            int64_t n = min64(16, kc - p);
+            for (int64_t j = 0; j < n; j++) _mm512_store_si512(o + (p + j) * NR, x[j]);
+        }
+    }
+}
+
+/* nn: B [K, N] bf16. Columns [0, nc) of b (row stride ldb), pairs [p0, p0+kc),
+ * into panels [ceil(nc/NR)][kc][NR]: rows 2p and 2p+1 interleaved. Row pair by
+ * row pair, across all nc columns (long contiguous reads, few pages touched). */
+CT_AVX512BF16 static void pack_b_nn(const uint16_t *b, int64_t ldb, int64_t nc, int64_t K,
+                                    int64_t p0, int64_t kc, uint32_t *out) {
+    /* unpacklo/hi_epi16 interleave within 128-bit lanes: lo holds the pairs of
+     * columns 0-3, 8-11, 16-19, 24-27, hi those of 4-7, 12-15, ...; these
+     * qword indices put them back in column order. */
+    const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    int64_t width = (nc + NR - 1) / NR * NR; /* the last panel's padding too */
+    for (int64_t p = 0; p < kc; p++) {
+        int64_t k = 2 * (p0 + p);
+        const uint16_t *r0 = b + (size_t)k * (size_t)ldb, *r1 = k + 1 < K ? r0 + ldb : NULL;
+        for (int64_t j0 = 0; j0 < width; j0 += 32) { /* 32 columns per step */
+            int64_t left = nc - j0;
+            __mmask32 m = left >= 32 ? (__mmask32)0xffffffffu
+                          : left <= 0 ? (__mmask32)0
+                                      : (__mmask32)((1u << left) - 1u);
+            __m512i x0 = _mm512_maskz_loadu_epi16(m, r0 + j0);
+            __m512i x1 = r1 ? _mm512_maskz_loadu_epi16(m, r1 + j0) : _mm512_setzero_si512();
+            __m512i lo = _mm512_unpacklo_epi16(x0, x1), hi = _mm512_unpackhi_epi16(x0, x1);
+            uint32_t *o = out + (size_t)(j0 / NR) * (size_t)kc * NR + (size_t)p * NR + j0 % NR;
+            _mm512_store_si512(o, _mm512_permutex2var_epi64(lo, first, hi));
+            _mm512_store_si512(o + 16, _mm512_permutex2var_epi64(lo, second, hi));
+        }
+    }
+}
+_Static_assert(NV % 2 == 0, "pack_b_nn moves 32 columns per step");
+
+/* Column groups tn (a divisor of nt) of the nt threads' tm × tn grid over mp
+ * row panels and npan column panels: the fewest MR×NR tiles for the busiest
+ * thread; ties go to more column groups (each row group packs its own B). */
+static int pick_tn(int nt, int64_t mp, int64_t npan) {
+    int best = 1;
+    int64_t best_tiles = INT64_MAX;
+    for (int d = 1; d <= nt; d++) {
+        if (nt % d) continue;
+        int64_t tiles = (npan + d - 1) / d * ((mp + nt / d - 1) / (nt / d));
+        if (tiles <= best_tiles) best = d, best_tiles = tiles;
+    }
+    return best;
+}
+
+static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
+    int64_t M = g->M, N = g->N, K = g->K;
+    int64_t kp = (K + 1) / 2, nq = (kp + KCP - 1) / KCP; /* pairs, K blocks */
+    /* M chunk: packed A [mch, kp] u32 within A_CHUNK_BYTES, a multiple of MR rows. */
+    int64_t mch = (int64_t)(A_CHUNK_BYTES / ((size_t)kp * sizeof(uint32_t))) / MR * MR;
+    mch = mch < MR ? MR : mch > MAX_CHUNK_ROWS ? MAX_CHUNK_ROWS : mch;
+    mch = min64(mch, (M + MR - 1) / MR * MR);
+    bool own_part = g->beta != 0.0f && nq > 1; /* partial sums can't live in C */
+    int nthreads = omp_get_max_threads();
+    size_t bp_words = (size_t)NC * KCP;                      /* per thread: [NC/NR][KCP][NR] */
+    size_t part_floats = own_part ? (size_t)mch * NC : 0;   /* per thread: [rows, NC] */
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    uint32_t *ap = ct_arena_alloc(scratch, (size_t)mch * (size_t)kp * sizeof(uint32_t));
+    uint32_t *bp_all =
+        ap ? ct_arena_alloc(scratch, (size_t)nthreads * bp_words * sizeof(uint32_t)) : NULL;
+    float *part_all = bp_all && own_part
+                          ? ct_arena_alloc(scratch, (size_t)nthreads * part_floats * sizeof(float))
+                          : NULL;
+    if (!bp_all || (own_part && !part_all)) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "bf16 gemm %lldx%lldx%lld: packing buffers",
+                             (long long)M, (long long)N, (long long)K);
+    }
+    int64_t npan = (N + NR - 1) / NR; /* NR-column panels of C */
+    float alpha = g->alpha, beta = g->beta;
+#pragma omp parallel num_threads(nthreads) if (M * N * K > 32768)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        uint32_t *bp = bp_all + (size_t)t * bp_words;
+        float *part = own_part ? part_all + (size_t)t * part_floats : NULL;
+        for (int64_t m0 = 0; m0 < M; m0 += mch) {
+            int64_t mc = min64(mch, M - m0), mp = (mc + MR - 1) / MR;
+            /* Thread t owns row panels [i0, i1) and columns [na, nb). */
+            int tn = pick_tn(nt, mp, npan), tm = nt / tn, ti = t / tn, tj = t % tn;
+            int64_t na = npan * tj / tn * NR, nb = min64(N, npan * (tj + 1) / tn * NR);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < mp; i++) {
+                int mr = (int)min64(MR, mc - i * MR);
+                const float *ai = g->a + (size_t)(m0 + i * MR) * (size_t)g->lda;
+                for (int64_t q = 0; q < nq; q++) {
+                    int64_t kc = min64(KCP, kp - q * KCP);
+                    pack_a(ai, g->lda, mr, K, q * KCP, kc,
+                           ap + (size_t)q * KCP * (size_t)mp * MR + (size_t)i * (size_t)kc * MR);
+                }
+            } /* implicit barrier: A is packed */
+            int64_t i0 = mp * ti / tm, i1 = mp * (ti + 1) / tm;
+            for (int64_t jc = na; jc < nb && i0 < i1; jc += NC) {
+                int64_t nc = min64(NC, nb - jc);
+                for (int64_t q = 0; q < nq; q++) {
+                    int64_t kc = min64(KCP, kp - q * KCP);
+                    if (g->nn)
+                        pack_b_nn(g->b + jc, g->ldb, nc, K, q * KCP, kc, bp);
+                    else
+                        pack_b_nt(g->b + (size_t)jc * (size_t)g->ldb, g->ldb, nc, K, q * KCP, kc, bp);
+                    const uint32_t *aq = ap + (size_t)q * KCP * (size_t)mp * MR;
+                    int flags = (q > 0 ? K_LOAD : 0) | (q == nq - 1 ? K_FINAL : 0);
+                    for (int64_t i = i0; i < i1; i++) {
+                        int mr = (int)min64(MR, mc - i * MR);
+                        for (int64_t j = 0; j * NR < nc; j++) {
+                            int nr = (int)min64(NR, nc - j * NR);
+                            float *cc = g->c + (size_t)(m0 + i * MR) * (size_t)g->ldc +
+                                        (size_t)(jc + j * NR);
+                            float *pp = own_part ? part + (size_t)(i - i0) * MR * NC + (size_t)j * NR
+                                                 : cc;
+                            kernel(kc, aq + (size_t)i * (size_t)kc * MR,
+                                   bp + (size_t)j * (size_t)kc * NR, pp, own_part ? NC : g->ldc,
+                                   flags, cc, g->ldc, alpha, beta, mr, nr);
+                        }
+                    }
+                }
+            }
+#pragma omp barrier /* the next chunk overwrites the packed A */
+        }
+    }
+    ct_arena_rewind(scratch, mark);
+    return CT_OK;
+}
+#endif /* __x86_64__ */
+
+/* ---- entry points ---- */
+
+static int run_gemm(const char *name, const gemm_args *g, ct_arena *scratch) {
+    int64_t bcols = g->nn ? g->N : g->K; /* width of a row of B */
+    if (g->M < 0 || g->N < 0 || g->K < 0)
+        return ct_errorf(CT_EINPUT, "%s: negative size %lldx%lldx%lld", name, (long long)g->M,
+                         (long long)g->N, (long long)g->K);
+    if ((g->M > 0 && g->lda < g->K) || (g->K > 0 && g->N > 0 && g->ldb < bcols) ||
+        (g->M > 0 && g->ldc < g->N))
+        return ct_errorf(CT_EINPUT,
+                         "%s %lldx%lldx%lld: row stride narrower than the row (lda %lld, ldb %lld, "
+                         "ldc %lld)",
+                         name, (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->lda,
+                         (long long)g->ldb, (long long)g->ldc);
+    if (g->M == 0 || g->N == 0) return CT_OK;
+    if (g->K == 0) { /* an empty sum: c = beta·c */
+        for (int64_t m = 0; m < g->M; m++)
+            for (int64_t n = 0; n < g->N; n++) {
+                float *cp = g->c + (size_t)m * (size_t)g->ldc + (size_t)n;
+                *cp = g->beta == 0.0f ? 0.0f : g->beta * *cp;
+            }
+        return CT_OK;
+    }
+#if defined(__x86_64__)
+    if (!forced_fallback && ct_cpu_bf16_dot_supported()) return fast_gemm(g, scratch);
+#endif
+    return fallback_gemm(g, scratch);
+}
+
+int ct_bf16_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
+                    const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                    ct_arena *scratch) {
+    gemm_args g = {false, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc};
+    return run_gemm("ct_bf16_gemm_nt", &g, scratch);
+}
+
+int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
+                    const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                    ct_arena *scratch) {
+    gemm_args g = {true, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc};
+    return run_gemm("ct_bf16_gemm_nn", &g, scratch);
+}
