@@ -32,6 +32,9 @@ typedef struct ct_linear {
     float scale;   /* alpha / r, or alpha / sqrt(r) with rsLoRA */
     float dropout; /* probability of zeroing an input element of the LoRA path */
     uint64_t id;   /* stable per layer: with the tape's step seed, seeds the dropout mask */
+    ct_dtype compute; /* the base GEMMs' math: CT_F32 (0, the default: exact fp32) or CT_BF16
+                       * (x and W rounded to bf16, products summed in fp32: bitsandbytes'
+                       * compute dtype). The LoRA path is always fp32. */
 } ct_linear;
 
 /* Rotary embedding over x viewed as [T, H, head_dim]. Heads are taken in groups
@@ -56,6 +59,8 @@ typedef struct {
     int group;       /* G = query heads per KV head */
     int head_dim;
     float scale;     /* 1/sqrt(head_dim) */
+    ct_dtype compute; /* the block products' math: CT_F32 (0, default) or CT_BF16 (inputs
+                       * rounded to bf16, fp32 sums; softmax and lse stay fp32) */
 } ct_attn_params;
 
 typedef struct ct_backend {
@@ -120,7 +125,8 @@ typedef struct ct_backend {
     /* y [T,out] = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ; u [T,r] = drop(x)·Aᵀ saved (NULL when
      * lin->a is NULL, or when nothing is saved: then a scratch temporary). `seed`
      * picks the dropout mask (ct_uniform(seed, t*in+i) < p, kept ones × 1/(1-p));
-     * lin->dropout is what applies (the op zeroes it outside training). */
+     * lin->dropout is what applies (the op zeroes it outside training). y NULL:
+     * only u is computed (a checkpoint recomputation that never reads y). */
     int (*lora_linear_fwd)(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
                            ct_tensor *u, ct_arena *scratch);
     int (*lora_linear_bwd)(const ct_tensor *x, const ct_linear *lin, uint64_t seed,

@@ -37,6 +37,14 @@ ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b);
  * Grads: dx when x requires grad, dA/dB when they do; never the base weight. */
 ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin);
 
+/* ct_lora_linear and ct_add for a checkpointed segment's last ops, whose output
+ * values backward never reads (the segment's output is kept from the first
+ * pass). During the recomputation (ct_tape_recomputing) they record the same
+ * entries but leave the output values uncomputed: the layer's last GEMM is not
+ * run twice. Anywhere else they are ct_lora_linear and ct_add. */
+ct_tensor *ct_lora_linear_tail(ct_tape *t, ct_tensor *x, const ct_linear *lin);
+ct_tensor *ct_add_tail(ct_tape *t, ct_tensor *a, ct_tensor *b);
+
 /* Helpers shared by the linear ops (ops/lora_linear.c). ct_linear_check: x [.., in]
  * against lin's shapes and dtypes, dropout in [0, 1); 0 or CT_EINPUT naming the
  * weight. ct_linear_for_step: lin as the kernels see it now (dropout only while

@@ -91,6 +91,9 @@ int ct_backward(ct_tape *t, ct_tensor *loss, float seed);
  * function of (ctx, in, parameters) and record through `tape`. */
 typedef int (*ct_segment_fn)(ct_tape *tape, void *ctx, ct_tensor *in, ct_tensor **out);
 int ct_checkpoint(ct_tape *t, ct_segment_fn fn, void *ctx, ct_tensor *in, ct_tensor **out);
+/* True while a segment's forward is being re-run in backward (recording, inside
+ * a checkpoint): its output value is then never read, only its graph. */
+static inline bool ct_tape_recomputing(const ct_tape *t) { return t->in_checkpoint && t->recording; }
 
 /* Heap tensors for parameters and tests: header + storage (and a zeroed f32
  * grad when with_grad) from the backend allocator. Free with ct_tensor_free. */

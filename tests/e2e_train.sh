@@ -11,6 +11,8 @@
 #  - SIGINT while training: exit status 130 after saving a checkpoint;
 #    `--resume auto` finishes with the same adapter bytes as the run that
 #    was never interrupted;
+#  - compute_dtype: bfloat16 learns as well, and its adapter evaluated in fp32
+#    is within 3% of the loss the run reported;
 #  - a fresh run into a work dir with checkpoints, a bad config value and a bad
 #    --set exit 2 naming file:line:column or the argument;
 #  - log-dataset: statistics, masked rendering, bad flags.
@@ -127,7 +129,28 @@ a, b = ([(r['iter'], r['loss']) for r in map(json.loads, open(p)) if 'loss' in r
 assert a == b, (a, b)
 EOF"
 
+# --- compute_dtype: bfloat16 (bf16 frozen-weight GEMMs): the same run learns as well;
+#     its adapter, evaluated in fp32 by ctuner eval, gives close to the loss it reported
+expect 0 "$bin" train "$cfg" --work-dir "$work/run3" --set compute_dtype=bfloat16 --eval-data "$work/data.json"
+check "grep -q '^compute_dtype: bfloat16' '$work/run3/config.yaml'"
+expect 0 "$bin" eval "$st" --adapter "$work/run3/adapter" --data "$work/data.json" --quant nf4 --max-length 64 --json
+after3=$(python3 -c "import json,sys; print(repr(json.load(open('$work/out'))['loss']))")
+check "python3 - '$w/metrics.jsonl' '$work/run3/metrics.jsonl' '$after3' <<'EOF'
+import json, sys
+f32, b16 = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+l32, l16 = ([r['loss'] for r in m if 'loss' in r] for m in (f32, b16))
+ev16 = [r['eval_loss'] for r in b16 if 'eval_loss' in r][-1]
+print('bf16 compute: loss %.4f -> %.4f (f32: %.4f -> %.4f); eval in training %.6f, ctuner eval (f32) %.6f'
+      % (l16[0], l16[-1], l32[0], l32[-1], ev16, float(sys.argv[3])))
+assert l16 != l32, 'bf16 compute changed nothing'
+assert abs(l16[0] - l32[0]) <= 1e-2 * l32[0], (l16[0], l32[0])
+assert l16[-1] < 0.7 * l16[0], l16
+assert abs(ev16 - float(sys.argv[3])) <= 3e-2 * ev16, (ev16, sys.argv[3])
+EOF"
+
 # --- refusals and bad input
+expect 2 "$bin" train "$cfg" --work-dir "$work/bad" --set compute_dtype=float16
+has_err "compute_dtype"
 expect 2 "$bin" train "$cfg"                         # run1 has checkpoints: continue it or pick another dir
 has_err "--resume auto"
 printf 'pretrained_model_name_or_path: %s\ndata_path: %s\nlr: -1\n' "$st" "$work/data.json" >"$work/bad.yaml"

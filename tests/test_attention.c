@@ -100,7 +100,7 @@ static void run_case(const attn_case *ac, ct_test_rng *rng) {
     const ct_backend *be = ct_cpu_backend();
     ct_arena scratch;
     ct_arena_init(&scratch, be->mem, 1 << 20);
-    ct_attn_params p = {ac->Hkv, ac->G, ac->hd, ac->scale ? ac->scale : 1.0f / sqrtf((float)ac->hd)};
+    ct_attn_params p = {ac->Hkv, ac->G, ac->hd, ac->scale ? ac->scale : 1.0f / sqrtf((float)ac->hd), CT_F32};
     const int64_t T = ac->T, C = (int64_t)ac->Hkv * (ac->G + 2) * ac->hd,
                   Hq = (int64_t)ac->Hkv * ac->G, W = Hq * ac->hd;
     int64_t sq[2] = {T, C}, so[2] = {T, W}, sl[2] = {Hq, T};
@@ -202,7 +202,7 @@ static void test_cases(void) {
 static void test_tape(void) {
     const ct_backend *be = ct_cpu_backend();
     ct_test_rng rng = {99};
-    ct_attn_params p = {2, 2, 16, 0.25f};
+    ct_attn_params p = {2, 2, 16, 0.25f, CT_F32};
     const int64_t T = 90, C = 2 * 4 * 16, W = 4 * 16;
     int64_t sq[2] = {T, C};
     ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, true);
@@ -279,7 +279,7 @@ static void test_checkpoint(void) {
     ct_test_fill(&rng, x->data, T * C, 1.0);
     ct_test_fill(&rng, r, T * W, 1.0);
     seg_ctx c = {pos, seg, {.head_dim = 16, .group = 5, .rotate_per_group = 4, .theta = 1e6},
-                 {2, 3, 16, 0.25f}};
+                 {2, 3, 16, 0.25f, CT_F32}};
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
     for (int pass = 0; pass < 2; pass++) {
@@ -328,10 +328,10 @@ static void test_errors(void) {
     memset(seg4->data, 0, ct_nbytes(seg4));
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 16));
-    ct_attn_params ok = {1, 2, 8, 0.35f};
-    expect_error(&tape, qkv, NULL, (ct_attn_params){2, 2, 8, 0.35f}, "expected 2 kv heads");
-    expect_error(&tape, qkv, NULL, (ct_attn_params){1, 3, 8, 0.35f}, "columns");
-    expect_error(&tape, qkv, NULL, (ct_attn_params){0, 2, 8, 0.35f}, "bad parameters");
+    ct_attn_params ok = {1, 2, 8, 0.35f, CT_F32};
+    expect_error(&tape, qkv, NULL, (ct_attn_params){2, 2, 8, 0.35f, CT_F32}, "expected 2 kv heads");
+    expect_error(&tape, qkv, NULL, (ct_attn_params){1, 3, 8, 0.35f, CT_F32}, "columns");
+    expect_error(&tape, qkv, NULL, (ct_attn_params){0, 2, 8, 0.35f, CT_F32}, "bad parameters");
     expect_error(&tape, qkv, seg4, ok, "one id per token");
     int32_t *ids = seg->data;
     int32_t bad[5] = {4, 4, 9, 9, 4};

@@ -130,14 +130,14 @@ static void build(tmodel *tm, const sizes *sz, int n_layers, ct_dtype wdt, float
             tm->lora[tm->n_lora++] = &tm->a[l][k];
             tm->lora[tm->n_lora++] = &tm->b[l][k];
             *lins[k] = (ct_linear){tm->w[l][k].t, tm->a[l][k].t, tm->b[l][k].t, tm->scale, dropout,
-                                   (uint64_t)(l * NL + k)};
+                                   (uint64_t)(l * NL + k), CT_F32};
             *rls[k] = (ref_linear){tm->w[l][k].d, tm->a[l][k].d, tm->b[l][k].d, (int)out, (int)in,
                                    (int)r, tm->scale};
         }
         tm->lw[l].attention_norm = tm->an[l].t, tm->lw[l].ffn_norm = tm->fn[l].t;
         tm->rl[l].attention_norm = tm->an[l].d, tm->rl[l].ffn_norm = tm->fn[l].d;
     }
-    tm->m.output = (ct_linear){tm->head_w.t, NULL, NULL, tm->scale, dropout, 1000};
+    tm->m.output = (ct_linear){tm->head_w.t, NULL, NULL, tm->scale, dropout, 1000, CT_F32};
     tm->rm.output = (ref_linear){tm->head_w.d, NULL, NULL, (int)V, (int)D, (int)r, tm->scale};
     if (head_lora) {
         make_pair(&tm->head_a, "output.lora_A", CT_F32, 2, (int64_t[]){r, D}, true, &rng, 1.0 / sqrt((double)D), 0);
@@ -418,15 +418,32 @@ static void test_model(ct_tape *tp, batch *b, ct_dtype wdt, bool fd) {
     free_model(&tm);
 }
 
-/* (c) checkpointed vs plain and (d) repeated steps, without and with dropout. */
+static void set_compute(tmodel *tm, ct_dtype compute) {
+    for (int l = 0; l < tm->n_layers; l++)
+        tm->lw[l].wqkv.compute = tm->lw[l].wo.compute = tm->lw[l].w1.compute = tm->lw[l].w3.compute =
+            tm->lw[l].w2.compute = compute;
+    tm->m.output.compute = compute;
+    tm->m.dims.attn_compute = compute;
+}
+
+/* (c) checkpointed vs plain and (d) repeated steps, without and with dropout,
+ * and (pass 2) with bf16 frozen-weight GEMMs: the checkpoint's recomputation
+ * (which skips the layer's last GEMM) must give the plain run's grads exactly. */
 static void test_determinism(ct_tape *tp, const sizes *sz, batch *b) {
     float base_loss = 0;
-    for (int with_drop = 0; with_drop < 2; with_drop++) {
+    for (int pass = 0; pass < 3; pass++) {
+        bool with_drop = pass > 0, bf16 = pass == 2;
         float p = with_drop ? 0.3f : 0.0f;
-        printf("(c, d) T %d, hidden %d: checkpointed vs plain, repeated steps, LoRA dropout %.1f\n", b->T,
-               sz->D, (double)p);
+        printf("(c, d) T %d, hidden %d: checkpointed vs plain, repeated steps, LoRA dropout %.1f, %s GEMMs\n",
+               b->T, sz->D, (double)p, bf16 ? "bf16" : "f32");
         tmodel tm;
         build(&tm, sz, 2, CT_F32, p, true);
+        float l_f32 = 0;
+        if (bf16) {
+            zero_grads(&tm);
+            l_f32 = run_model(tp, &tm, b, false, 42);
+            set_compute(&tm, CT_BF16);
+        }
         size_t n0, n1, n2, n3;
         zero_grads(&tm);
         float l_plain = run_model(tp, &tm, b, false, 42);
@@ -444,7 +461,12 @@ static void test_determinism(ct_tape *tp, const sizes *sz, batch *b) {
         float l_plain2 = run_model(tp, &tm, b, false, 42);
         float *g_plain2 = snapshot(&tm, &n3);
         CHECK(l_plain2 == l_plain && memcmp(g_plain2, g_plain, n0) == 0, "a repeated plain step differs");
-        if (!with_drop) {
+        if (bf16) {
+            /* bf16 rounding moves the loss a little, and really happens */
+            printf("  loss with f32 GEMMs %.9g, bf16 %.9g\n", l_f32, l_plain);
+            CHECK(l_plain != l_f32 && fabs(l_plain - l_f32) <= 1e-2 * fabs(l_f32),
+                  "bf16 loss %.9g vs f32 %.9g", l_plain, l_f32);
+        } else if (!with_drop) {
             base_loss = l_plain;
             model_ctx c = {&tm, b};
             double want = ref_loss(&c);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "autograd/cpu/cpu_kernels.h"
+#include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_inline.h"
 #include "autograd/ops.h"
 #include "testutil.h"
@@ -116,7 +117,7 @@ static void setup(const lcase *c, uint64_t data_seed, setup_t *S) {
     }
     S->cot = malloc(sizeof(float) * (size_t)c->T * (size_t)c->out);
     ct_test_fill(&rng, S->cot, (int64_t)c->T * c->out, 1.0);
-    S->lin = (ct_linear){S->w, S->a, S->b, 0.75f, c->p, 42};
+    S->lin = (ct_linear){S->w, S->a, S->b, 0.75f, c->p, 42, CT_F32};
 }
 
 static void teardown(setup_t *S) {
@@ -360,6 +361,114 @@ static void test_bounded_scratch(void) {
     teardown(&S);
 }
 
+static double bf16r(double v) { return ct_bf16_to_f32(ct_f32_to_bf16((float)v)); }
+
+/* compute = bf16: the base GEMMs see x, W and dY rounded to bf16 (products
+ * summed in fp32), the LoRA path stays exact fp32. Reference: the double loop
+ * over the rounded values for the base part; dA and dB against finite
+ * differences (the base part does not depend on them); dx analytically. Runs
+ * the fast path (when the CPU has AVX512-BF16) and the fallback, whose results
+ * must agree to fp32 summation order. */
+static void test_bf16_compute(void) {
+    const lcase cases[] = {
+        {"bf16 compute, bf16 W", 37, 96, 130, 8, CT_BF16, 0.3f, true, true, 0},
+        {"bf16 compute, f32 W tiles", 37, 96, 130, 8, CT_F32, 0.0f, true, true, 16 * 96 * 4},
+        {"bf16 compute, f16 W, T=3", 3, 33, 17, 2, CT_F16, 0.3f, true, true, 0},
+        {"bf16 compute, no lora", 9, 64, 40, 1, CT_BF16, 0.0f, false, true, 0},
+    };
+    float *first_y = NULL;
+    for (int fb = 0; fb < 2; fb++) {
+        if (!fb && !ct_cpu_bf16_dot_supported()) {
+            printf("bf16 compute: no AVX512-BF16 here; the fallback only\n");
+            continue;
+        }
+        bool prev_fb = ct_bf16_force_fallback(fb);
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const lcase *c = &cases[ci];
+            size_t prev_tile = ct_cpu_set_weight_tile_bytes(c->tile_bytes);
+            setup_t S;
+            setup(c, 500 + ci, &S);
+            S.lin.compute = CT_BF16;
+            ct_tape tp;
+            ct_tape_init(&tp, ct_cpu_backend(), (size_t)1 << 20);
+            tp.step_seed = 99;
+            ct_tensor *y = ct_lora_linear(&tp, S.x, &S.lin);
+            CHECK_PTR(y);
+            if (!y) {
+                ct_tape_free(&tp);
+                teardown(&S);
+                continue;
+            }
+            ref_t R;
+            ref_init(c, &S, mask_seed_of(99, 42), c->p, &R);
+            int64_t nx = (int64_t)c->T * c->in, ny = (int64_t)c->T * c->out, nw = (int64_t)c->out * c->in;
+            /* the base part from rounded x and W; the LoRA part from exact x */
+            double *yref = malloc(sizeof(double) * (size_t)ny), *ylo = malloc(sizeof(double) * (size_t)ny);
+            double *wexact = R.w;
+            double *wr = malloc(sizeof(double) * (size_t)nw);
+            for (int64_t i = 0; i < nw; i++) wr[i] = bf16r(wexact[i]);
+            R.w = calloc((size_t)nw, sizeof(double)); /* W = 0: ref_forward gives the LoRA part alone */
+            ref_forward(&R, ylo);
+            for (int t = 0; t < c->T; t++)
+                for (int o = 0; o < c->out; o++) {
+                    double acc = 0.0;
+                    for (int i = 0; i < c->in; i++) acc += bf16r(R.x[t * c->in + i]) * wr[o * c->in + i];
+                    yref[t * c->out + o] = acc + ylo[t * c->out + o];
+                }
+            char what[128];
+            snprintf(what, sizeof what, "%s (%s): forward", c->name, fb ? "fallback" : "fast");
+            ct_check_close(what, y->data, yref, ny, 2e-5, 2e-5);
+            printf("%-34s %-8s forward max |err| %.2e\n", c->name, fb ? "fallback" : "fast",
+                   max_err(y->data, yref, ny));
+            if (ci == 0 && !fb) first_y = dup_f(y);
+            if (ci == 0 && fb && first_y) {
+                ct_check_close_f("bf16 compute: fast path vs fallback", y->data, first_y, ny, 2e-5, 2e-5);
+                free(first_y);
+                first_y = NULL;
+            }
+            CHECK_OK(backprop_from(&tp, y, S.cot));
+            /* dx = bf16(dY)·bf16(W) + s·((dY·B)·A) ⊙ keep/(1-p) */
+            double *dxref = calloc((size_t)nx, sizeof(double));
+            for (int t = 0; t < c->T; t++)
+                for (int i = 0; i < c->in; i++) {
+                    double acc = 0.0, lo = 0.0;
+                    for (int o = 0; o < c->out; o++)
+                        acc += bf16r(R.cot[t * c->out + o]) * wr[o * c->in + i];
+                    if (c->lora && R.keep[t * c->in + i])
+                        for (int k = 0; k < c->r; k++) {
+                            double g = 0.0;
+                            for (int o = 0; o < c->out; o++) g += R.cot[t * c->out + o] * R.b[o * c->r + k];
+                            lo += R.s * g * R.a[k * c->in + i] * R.keep_scale;
+                        }
+                    dxref[t * c->in + i] = acc + lo;
+                }
+            snprintf(what, sizeof what, "%s: dx", c->name);
+            CHECK(S.x->grad != NULL, "%s: no grad", what);
+            if (S.x->grad) ct_check_close(what, S.x->grad->data, dxref, nx, 2e-5, 2e-5);
+            if (c->lora && c->T * c->in < 200) { /* dA, dB: exact fp32, vs finite differences of the LoRA part */
+                struct { const char *n; ct_tensor *t; double *ref; int64_t len; } g[2] = {
+                    {"dA", S.a, R.a, (int64_t)c->r * c->in}, {"dB", S.b, R.b, (int64_t)c->out * c->r}};
+                for (int k = 0; k < 2; k++) {
+                    double *fd = malloc(sizeof(double) * (size_t)g[k].len);
+                    ct_fd_grad(ref_f, &R, g[k].ref, g[k].len, 1e-3, fd);
+                    snprintf(what, sizeof what, "%s: %s vs finite differences", c->name, g[k].n);
+                    if (g[k].t->grad) ct_check_close(what, g[k].t->grad->data, fd, g[k].len, 1e-5, 1e-5);
+                    free(fd);
+                }
+            }
+            free(R.w);
+            R.w = wexact;
+            free(wr), free(yref), free(ylo), free(dxref);
+            ref_free(&R);
+            ct_tape_free(&tp);
+            teardown(&S);
+            ct_cpu_set_weight_tile_bytes(prev_tile);
+        }
+        ct_bf16_force_fallback(prev_fb);
+    }
+    free(first_y);
+}
+
 static void test_errors(void) {
     const ct_backend *be = ct_cpu_backend();
     int64_t xs[2] = {4, 8}, ws[2] = {6, 9}, as[2] = {2, 8}, bs[2] = {5, 2}, w2s[2] = {6, 8};
@@ -372,21 +481,21 @@ static void test_errors(void) {
     w2->name = "layers.3.feed_forward.w1.weight";
     ct_tape tp;
     ct_tape_init(&tp, be, (size_t)1 << 20);
-    ct_linear l1 = {w, NULL, NULL, 1.0f, 0.0f, 1};
+    ct_linear l1 = {w, NULL, NULL, 1.0f, 0.0f, 1, CT_F32};
     CHECK(ct_lora_linear(&tp, x, &l1) == NULL && strstr(ct_last_error(), "wo.weight") &&
               strstr(ct_last_error(), "[4, 8]"),
           "in mismatch not reported: %s", ct_last_error());
     CHECK(ct_last_status() == CT_EINPUT, "in mismatch: status %d, want CT_EINPUT", ct_last_status());
-    ct_linear l2 = {w2, a, b, 1.0f, 0.0f, 1};
+    ct_linear l2 = {w2, a, b, 1.0f, 0.0f, 1, CT_F32};
     CHECK(ct_lora_linear(&tp, x, &l2) == NULL && strstr(ct_last_error(), "w1.weight") &&
               strstr(ct_last_error(), "[5, 2]"),
           "B shape mismatch not reported: %s", ct_last_error());
     CHECK(ct_last_status() == CT_EINPUT, "B mismatch: status %d, want CT_EINPUT", ct_last_status());
-    ct_linear l3 = {w2, a, NULL, 1.0f, 0.0f, 1};
+    ct_linear l3 = {w2, a, NULL, 1.0f, 0.0f, 1, CT_F32};
     CHECK(ct_lora_linear(&tp, x, &l3) == NULL, "A without B accepted");
     int64_t b6[2] = {6, 2};
     ct_tensor *b2 = ct_tensor_new(be, CT_F32, 2, b6, true);
-    ct_linear l4 = {w2, a, b2, 1.0f, 1.0f, 1};
+    ct_linear l4 = {w2, a, b2, 1.0f, 1.0f, 1, CT_F32};
     CHECK(ct_lora_linear(&tp, x, &l4) == NULL && strstr(ct_last_error(), "dropout"),
           "dropout 1 accepted: %s", ct_last_error());
     ct_tape_free(&tp);
@@ -414,6 +523,7 @@ int main(void) {
     test_repeat_and_checkpoint();
     test_eval_mode();
     test_bounded_scratch();
+    test_bf16_compute();
     test_errors();
     return ct_test_finish();
 }

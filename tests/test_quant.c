@@ -781,7 +781,7 @@ static void test_lora_linear_nf4(void) {
     ct_test_fill(&rng, x->data, T * in, 1.0);
     ct_test_fill(&rng, a->data, r * in, 0.1);
     ct_test_fill(&rng, b->data, out * r, 0.1);
-    ct_linear lq = {&wq, a, b, 2.0f, 0.0f, 1}, lf = {&wf, a, b, 2.0f, 0.0f, 1};
+    ct_linear lq = {&wq, a, b, 2.0f, 0.0f, 1, CT_F32}, lf = {&wf, a, b, 2.0f, 0.0f, 1, CT_F32};
     ct_tape tp;
     CHECK_OK(ct_tape_init(&tp, be, 1 << 20));
     ct_tape_set_recording(&tp, false);

@@ -44,6 +44,7 @@ void ct_config_init(ct_run_config *c) {
                                      .compute_dtype = CT_BF16, .blocksize = 64, .quantize_output = false};
     c->lora = (ct_run_lora){.r = 64, .lora_alpha = 16, .lora_dropout = 0.1, .target_modules = CT_LORA_ALL_BLOCK};
     c->gradient_checkpointing = true;
+    c->compute_dtype = CT_F32;
     c->seed = 0;
     c->device = CT_DEVICE_AUTO;
     c->logging_interval = 10;
@@ -343,6 +344,7 @@ bool ct_config_equal(const ct_run_config *a, const ct_run_config *b) {
               a->lora.lora_alpha == b->lora.lora_alpha && a->lora.lora_dropout == b->lora.lora_dropout &&
               a->lora.target_modules == b->lora.target_modules && a->lora.use_rslora == b->lora.use_rslora &&
               str_eq(a->lora.init_from, b->lora.init_from) && a->gradient_checkpointing == b->gradient_checkpointing &&
+              a->compute_dtype == b->compute_dtype &&
               a->seed == b->seed && a->deterministic == b->deterministic && str_eq(a->work_dir, b->work_dir) &&
               a->device == b->device && a->logging_interval == b->logging_interval;
     for (int i = 0; eq && i < a->n_phases; i++) eq = phase_eq(&a->phases[i], &b->phases[i]);

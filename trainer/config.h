@@ -106,6 +106,7 @@ typedef struct {
     ct_run_quant quantization;
     ct_run_lora lora;
     bool gradient_checkpointing;
+    ct_dtype compute_dtype;              /* the frozen-weight GEMMs: CT_F32 (exact) or CT_BF16 */
     /* runtime */
     int64_t seed;
     bool deterministic;

@@ -25,6 +25,8 @@ static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const quant_names[] = {"nf4", "fp4", NULL};
 static const char *const dtype_names[] = {"bfloat16", "float16", "float32", NULL};
 static const int dtype_values[] = {CT_BF16, CT_F16, CT_F32};
+static const char *const compute_names[] = {"float32", "bfloat16", NULL};
+static const int compute_values[] = {CT_F32, CT_BF16};
 static const char *const bias_names[] = {"none", NULL};
 static const char *const task_names[] = {"CAUSAL_LM", NULL};
 static const char *const sched_names[] = {"LinearLR", "CosineAnnealingLR", "ConstantLR", NULL};
@@ -123,6 +125,8 @@ const ct_cfield ct_config_fields[] = {
      .sub = quant_fields, .comment = "Model parts: BitsAndBytesConfig and LoraConfig"},
     {.name = "lora", .type = CF_SECTION, .off = OFF(lora), .sub = lora_fields},
     {.name = "gradient_checkpointing", .type = CF_BOOL, .off = OFF(gradient_checkpointing)},
+    {.name = "compute_dtype", .type = CF_ENUM, .off = OFF(compute_dtype), .names = compute_names,
+     .values = compute_values},
     {.name = "seed", .type = CF_INT, .off = OFF(seed), .lo = 0, .hi = 9007199254740992.0, .comment = "Runtime",
      .what = "an integer >= 0 (XTuner's seed=None, a random seed, is not offered)"},
     {.name = "deterministic", .type = CF_BOOL, .off = OFF(deterministic)},

@@ -98,7 +98,8 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
     ct_attn_params ap = {.n_kv_heads = d->n_kv_heads,
                          .group = G,
                          .head_dim = d->head_dim,
-                         .scale = (float)(1.0 / sqrt((double)d->head_dim))};
+                         .scale = (float)(1.0 / sqrt((double)d->head_dim)),
+                         .compute = d->attn_compute};
 
     ct_tensor *x, *qkv, *qkv_r, *att, *o, *h1;     /* attention block, all [T, ·] */
     CT_OP(x, ct_rmsnorm(t, h, w->attention_norm, d->eps), "attention_norm");   /* [T, D] */
@@ -113,8 +114,10 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
     CT_OP(gate, ct_lora_linear(t, x2, &w->w1), "w1");             /* [T, F] */
     CT_OP(up, ct_lora_linear(t, x2, &w->w3), "w3");               /* [T, F] */
     CT_OP(act, ct_swiglu(t, gate, up), "swiglu");                 /* [T, F] */
-    CT_OP(down, ct_lora_linear(t, act, &w->w2), "w2");            /* [T, D] */
-    CT_OP(*out, ct_add(t, h1, down), "ffn residual");             /* [T, D] */
+    /* The layer's output is what a checkpoint keeps, so its recomputation
+     * skips w2's GEMM and the residual add (the _tail ops). */
+    CT_OP(down, ct_lora_linear_tail(t, act, &w->w2), "w2");       /* [T, D] */
+    CT_OP(*out, ct_add_tail(t, h1, down), "ffn residual");        /* [T, D] */
     return CT_OK;
 }
 

@@ -37,6 +37,7 @@ typedef struct {
     /* RoPE base values: theta, scaling, factor, max_pos. head_dim, group,
      * rotate_per_group and seq_len are filled per step by the layer. */
     ct_rope_params rope;
+    ct_dtype attn_compute; /* ct_attn_params.compute of every layer: CT_F32 (0) or CT_BF16 */
 } ct_decoder_dims;
 
 /* One layer's weights ([out, in] like the HF tensors). */

@@ -251,6 +251,19 @@ static void set_dims(ct_model *m) {
     m->dm.output.id = ct_lora_linear_id(m->dm.n_layers, CT_LORA_SLOT_OUTPUT);
 }
 
+int ct_model_set_compute(ct_model *m, ct_dtype compute) {
+    if (compute != CT_F32 && compute != CT_BF16)
+        return ct_errorf(CT_EINPUT, "compute dtype %s: only float32 and bfloat16 are offered",
+                         ct_dtype_name(compute));
+    for (int l = 0; l < m->dm.n_layers; l++) {
+        ct_decoder_layer_weights *lw = &m->layers[l];
+        lw->wqkv.compute = lw->wo.compute = lw->w1.compute = lw->w3.compute = lw->w2.compute = compute;
+    }
+    m->dm.output.compute = compute;
+    m->dm.dims.attn_compute = compute;
+    return CT_OK;
+}
+
 /* Everything after the config: tensors checked, then built. */
 static int load_weights(ct_model *m, const ct_model_options *o) {
     bool bnb = false;

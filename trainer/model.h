@@ -66,6 +66,11 @@ const ct_backend *ct_model_backend(const ct_model *m);
 /* The directory given to ct_model_load (base_model_name_or_path). */
 const char *ct_model_path(const ct_model *m);
 
+/* The math of every frozen-weight GEMM (the block linears and the head):
+ * CT_F32 (the default after loading) or CT_BF16 (ct_linear.compute);
+ * CT_EINPUT for any other dtype. */
+int ct_model_set_compute(ct_model *m, ct_dtype compute);
+
 /* Creates LoRA slots for cfg and attaches them (see lora.h); the model owns
  * them. CT_EINPUT when the model already has LoRA or cfg is bad. */
 int ct_model_add_lora(ct_model *m, const ct_lora_config *cfg, bool trainable, ct_lora **out);

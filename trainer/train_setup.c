@@ -26,6 +26,7 @@ static int load_model(ct_trainer *t) {
         mo.quant_output = c->quantization.quantize_output;
     }
     CT_TRY(ct_model_load(c->pretrained_model_name_or_path, &mo, &t->model));
+    CT_TRY(ct_model_set_compute(t->model, c->compute_dtype));
 
     ct_lora_config lc = {.r = (int)c->lora.r, .alpha = c->lora.lora_alpha, .dropout = (float)c->lora.lora_dropout,
                          .targets = c->lora.target_modules, .use_rslora = c->lora.use_rslora,

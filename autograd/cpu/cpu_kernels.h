@@ -17,15 +17,16 @@ int64_t ct_cpu_rows_within(size_t bytes, int64_t cols, int64_t rows);
 
 int ct_cpu_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
 int ct_cpu_add_fwd(const ct_tensor *a, const ct_tensor *b, ct_tensor *y); /* cpu/add.c */
-/* Frozen-weight GEMMs (cpu/lora_linear.c), shared by lora_linear and
- * linear_xent. W [N, K] is frozen in any weight dtype: f32 goes straight to
- * sgemm, others are converted per row tile into `scratch` (released on return).
+/* Frozen-weight GEMMs of lora_linear (cpu/lora_linear.c). W [N, K] is frozen
+ * in any weight dtype: with compute CT_F32 an f32 W goes straight to sgemm,
+ * others are converted per row tile into `scratch` (released on return); with
+ * CT_BF16 the math is bf16 with fp32 sums (gemm_bf16.h).
  * ct_cpu_gemm_xwt: C [M, N] (row stride ldc) = alpha·X·Wᵀ + beta·C, X [M, K] (ldx).
  * ct_cpu_gemm_gw:  C [M, K] (row stride ldc) += alpha·G·W,          G [M, N] (ldg). */
-int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
-                    float beta, float *c, int64_t ldc, ct_arena *scratch);
-int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, float alpha,
-                   float *c, int64_t ldc, ct_arena *scratch);
+int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, ct_dtype compute,
+                    float alpha, float beta, float *c, int64_t ldc, ct_arena *scratch);
+int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, ct_dtype compute,
+                   float alpha, float *c, int64_t ldc, ct_arena *scratch);
 /* Bound on one converted f32 weight tile (default 4 MiB; 0 restores it). Returns
  * the previous bound. Not thread-safe: for tests and benchmarks. */
 size_t ct_cpu_set_weight_tile_bytes(size_t bytes);

@@ -41,7 +41,12 @@
  * Determinism: each row's statistics are updated by one thread in vocab order,
  * the NLL sum runs over rows in order, and every GEMM accumulates tiles and
  * token blocks in a fixed order, so results repeat bit for bit for a given
- * thread count. */
+ * thread count.
+ *
+ * head->compute == CT_BF16: the two head GEMMs (logits and acc += P·W_v) run
+ * in bf16 with fp32 sums (gemm_bf16.h) over a bf16 tile: a bf16 head in place,
+ * other dtypes rounded per tile. The softmax statistics and the LoRA GEMMs
+ * stay fp32. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -49,6 +54,7 @@
 #include "../ct_error.h"
 #include "../ct_inline.h"
 #include "cpu_kernels.h"
+#include "gemm_bf16.h"
 
 #define DEFAULT_CHUNK_BYTES ((size_t)32 << 20)
 #define DEFAULT_TILE_BYTES ((size_t)4 << 20)
@@ -81,7 +87,9 @@ typedef struct {
     const int32_t *y;   /* [n] label of each trained row */
     const float *x;     /* [n, D] the trained rows of x (x itself when all are trained) */
     float *dx;          /* [T, D] the caller's dx, or NULL */
-    float *wt;          /* [Vt, D] converted weight tile; NULL for an f32 head */
+    float *wt;          /* [Vt, D] converted weight tile; NULL when the head is used in place */
+    uint16_t *wtb;      /* [Vt, D] the tile rounded to bf16 (bf16 compute, non-bf16 head) */
+    ct_arena *scratch;  /* for the bf16 GEMMs' packing (released by each call) */
     float *L;           /* [Tc, Vt] logits block, then P (dL in the dB pass) */
     float *mx;          /* [n] running max of each row's logits */
     double *se;         /* [n] running Σ exp(logit - mx) */
@@ -92,37 +100,66 @@ typedef struct {
     float *drop;        /* [Rc, D] dropout temporaries; NULL unless LoRA with p > 0 */
 } xent_ctx;
 
-/* W_v [nv, D] as f32: a view into an f32 head, else converted into c->wt. */
-static int tile_weight(const xent_ctx *c, int64_t v0, int64_t nv, const float **wv) {
+/* One vocab tile W_v [nv, D]: f32 rows (f32 compute) or bf16 rows (bf16
+ * compute); exactly one of the two is set. */
+typedef struct {
+    const float *f;
+    const uint16_t *b;
+} wtile;
+
+static bool bf16_math(const xent_ctx *c) { return c->h->compute == CT_BF16; }
+
+/* True when the head's tiles are views of its storage (no converted copy). */
+static bool head_in_place(const ct_linear *h) {
+    return h->w->dtype == (h->compute == CT_BF16 ? CT_BF16 : CT_F32);
+}
+
+/* W_v: a view into the head when head_in_place, else converted into c->wt
+ * (and rounded into c->wtb for bf16 compute). */
+static int tile_weight(const xent_ctx *c, int64_t v0, int64_t nv, wtile *wv) {
     const ct_tensor *w = c->h->w;
-    if (w->dtype == CT_F32) {
-        *wv = (const float *)w->data + (size_t)v0 * (size_t)c->D;
+    size_t off = (size_t)v0 * (size_t)c->D;
+    wv->f = NULL;
+    wv->b = NULL;
+    if (head_in_place(c->h)) {
+        if (bf16_math(c)) wv->b = (const uint16_t *)w->data + off;
+        else wv->f = (const float *)w->data + off;
         return CT_OK;
     }
     CT_TRY(ct_cpu_weight_rows_f32(w, v0, nv, c->wt));
-    *wv = c->wt;
+    if (!bf16_math(c)) {
+        wv->f = c->wt;
+        return CT_OK;
+    }
+    CT_TRY(ct_convert(c->wtb, CT_BF16, c->wt, CT_F32, nv * c->D));
+    wv->b = c->wtb;
     return CT_OK;
 }
 
 /* c->L [m, nv] = logits of rows [c0, c0+m) against vocab [v0, v0+nv). */
-static void block_logits(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, int64_t nv,
-                         const float *wv) {
+static int block_logits(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, int64_t nv,
+                        const wtile *wv) {
     int64_t D = c->D, r = c->r;
+    const float *xc = c->x + (size_t)c0 * (size_t)D;
     /* L = x_c·W_vᵀ   (m×D)·(D×nv) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nv, (int)D, 1.0f,
-                c->x + (size_t)c0 * (size_t)D, (int)D, wv, (int)D, 0.0f, c->L, (int)nv);
+    if (wv->b)
+        CT_TRY(ct_bf16_gemm_nt(m, nv, D, 1.0f, xc, D, wv->b, D, 0.0f, c->L, nv, c->scratch));
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nv, (int)D, 1.0f, xc,
+                    (int)D, wv->f, (int)D, 0.0f, c->L, (int)nv);
     if (c->u) /* L += s·u_c·B_vᵀ   (m×r)·(r×nv) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nv, (int)r, c->h->scale,
                     c->u + (size_t)c0 * (size_t)r, (int)r,
                     (const float *)c->h->b->data + (size_t)v0 * (size_t)r, (int)r, 1.0f, c->L,
                     (int)nv);
+    return CT_OK;
 }
 
 /* The online-softmax step of rows [c0, c0+m) over the tile in c->L (see the top
  * of the file); with keep_p, L becomes P = exp(L - m'). One thread per row, each
  * row's sums in vocab order. */
 static void block_online(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, int64_t nv,
-                         const float *wv, bool keep_p) {
+                         const wtile *wv, bool keep_p) {
     int64_t D = c->D, r = c->r;
 #pragma omp parallel for schedule(static) if (m * nv > 32768)
     for (int64_t j = 0; j < m; j++) {
@@ -133,8 +170,11 @@ static void block_online(const xent_ctx *c, int64_t c0, int64_t m, int64_t v0, i
             c->ly[t] = l[yi];
             if (c->dx) { /* dx_t -= k·W[y_t]: the one-hot part of dL·W */
                 float *d = c->dx + (size_t)c->tok[t] * (size_t)D;
-                const float *wy = wv + (size_t)yi * (size_t)D;
-                for (int64_t i = 0; i < D; i++) d[i] -= c->k * wy[i];
+                size_t wo = (size_t)yi * (size_t)D;
+                if (wv->b)
+                    for (int64_t i = 0; i < D; i++) d[i] -= c->k * ct_bf16_to_f32(wv->b[wo + (size_t)i]);
+                else
+                    for (int64_t i = 0; i < D; i++) d[i] -= c->k * wv->f[wo + (size_t)i];
             }
         }
         /* simd loops (ct_expf vectorizes, libm's expf does not); their
@@ -180,16 +220,18 @@ static int pass_online(const xent_ctx *c) {
     bool keep_p = c->acc || c->gb;
     for (int64_t v0 = 0; v0 < c->V; v0 += c->Vt) {
         int64_t nv = c->V - v0 < c->Vt ? c->V - v0 : c->Vt;
-        const float *wv;
+        wtile wv;
         CT_TRY(tile_weight(c, v0, nv, &wv));
         for (int64_t c0 = 0; c0 < n; c0 += c->Tc) {
             int64_t m = n - c0 < c->Tc ? n - c0 : c->Tc;
-            block_logits(c, c0, m, v0, nv, wv);
-            block_online(c, c0, m, v0, nv, wv, keep_p);
-            if (c->acc) /* acc_c += P·W_v   (m×nv)·(nv×D) */
+            CT_TRY(block_logits(c, c0, m, v0, nv, &wv));
+            block_online(c, c0, m, v0, nv, &wv, keep_p);
+            float *acc_c = c->acc ? c->acc + (size_t)c0 * (size_t)D : NULL;
+            if (acc_c && wv.b) /* acc_c += P·W_v   (m×nv)·(nv×D) */
+                CT_TRY(ct_bf16_gemm_nn(m, D, nv, 1.0f, c->L, nv, wv.b, D, 1.0f, acc_c, D, c->scratch));
+            else if (acc_c)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)nv,
-                            1.0f, c->L, (int)nv, wv, (int)D, 1.0f,
-                            c->acc + (size_t)c0 * (size_t)D, (int)D);
+                            1.0f, c->L, (int)nv, wv.f, (int)D, 1.0f, acc_c, (int)D);
             if (c->gb) /* gb_c += P·B_v   (m×nv)·(nv×r) */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)nv,
                             1.0f, c->L, (int)nv,
@@ -206,11 +248,11 @@ static int pass_db(const xent_ctx *c, float *dbs) {
     int64_t n = c->n, r = c->r;
     for (int64_t v0 = 0; v0 < c->V; v0 += c->Vt) {
         int64_t nv = c->V - v0 < c->Vt ? c->V - v0 : c->Vt;
-        const float *wv;
+        wtile wv;
         CT_TRY(tile_weight(c, v0, nv, &wv));
         for (int64_t c0 = 0; c0 < n; c0 += c->Tc) {
             int64_t m = n - c0 < c->Tc ? n - c0 : c->Tc;
-            block_logits(c, c0, m, v0, nv, wv);
+            CT_TRY(block_logits(c, c0, m, v0, nv, &wv));
 #pragma omp parallel for schedule(static) if (m * nv > 32768)
             for (int64_t j = 0; j < m; j++) {
                 int64_t t = c0 + j;
@@ -326,9 +368,9 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     bool lora = h->a != NULL;
     float p = lora ? h->dropout : 0.0f;
     xent_ctx c = {.h = h, .n = n, .D = D, .V = V, .r = lora ? h->a->shape[0] : 0, .k = grad_scale,
-                  .tok = idx, .dx = dxs};
+                  .tok = idx, .dx = dxs, .scratch = scratch};
     c.Vt = ct_cpu_rows_within(xent_tile_bytes, D, V);
-    if (h->w->dtype == CT_F32) {
+    if (head_in_place(h)) {
         /* No converted copy to bound: tiles as wide as the logits block allows
          * for all n rows, so fewer and larger GEMMs (each call and parallel
          * region is a synchronisation point). */
@@ -344,7 +386,12 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     c.se = ct_arena_alloc(scratch, (size_t)n * sizeof(double)); /* [n] */
     c.L = alloc_f(scratch, c.Tc, c.Vt);
     if (!y || !c.mx || !c.ly || !c.se || !c.L) return CT_ERUNTIME;
-    if (h->w->dtype != CT_F32 && !(c.wt = alloc_f(scratch, c.Vt, D))) return CT_ERUNTIME;
+    if (!head_in_place(h)) {
+        if (!(c.wt = alloc_f(scratch, c.Vt, D))) return CT_ERUNTIME;
+        if (bf16_math(&c) &&
+            !(c.wtb = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * sizeof(uint16_t))))
+            return CT_ERUNTIME;
+    }
     if (n == T) {
         c.x = xs; /* every row is trained: idx is the identity */
     } else {

@@ -15,7 +15,11 @@
  *   dB += s·dYᵀ·u     g = s·dY·B [T, r]     dA += gᵀ·drop(x)
  *   dx += dY·W + (g·A) ⊙ mask/(1-p)
  * All GEMMs are cblas_sgemm calls made outside OpenMP regions; every output
- * element is summed in a fixed order, so results repeat bit for bit. */
+ * element is summed in a fixed order, so results repeat bit for bit.
+ *
+ * With lin->compute == CT_BF16 the two frozen-weight GEMMs (x·Wᵀ and dY·W)
+ * run in bf16 with fp32 sums (gemm_bf16.c): a bf16 W is used as stored, other
+ * dtypes are rounded to bf16 per row tile. The LoRA GEMMs stay fp32. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -23,6 +27,7 @@
 #include "../ct_error.h"
 #include "../ct_inline.h"
 #include "cpu_kernels.h"
+#include "gemm_bf16.h"
 
 #define DEFAULT_TILE_BYTES ((size_t)4 << 20)
 #define DROP_CHUNK_BYTES ((size_t)8 << 20)
@@ -107,10 +112,41 @@ static int tiled_gemm(bool gw, int64_t M, const float *a, int64_t lda, const ct_
     return rc;
 }
 
-int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, float alpha,
-                    float beta, float *c, int64_t ldc, ct_arena *scratch) {
+/* The bf16 versions: a bf16 W goes to the kernel whole; other dtypes are
+ * rounded to bf16 one row tile Wt [nt, K] at a time. */
+static int gemm_bf16(bool gw, int64_t M, const float *a, int64_t lda, const ct_tensor *w, float alpha,
+                     float beta, float *c, int64_t ldc, ct_arena *scratch) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    if (w->dtype == CT_BF16) {
+        const uint16_t *wb = w->data;
+        if (gw) /* C = alpha·G·W + beta·C   (M×N)·(N×K) */
+            return ct_bf16_gemm_nn(M, K, N, alpha, a, lda, wb, K, beta, c, ldc, scratch);
+        return ct_bf16_gemm_nt(M, N, K, alpha, a, lda, wb, K, beta, c, ldc, scratch);
+    }
+    int64_t tile = ct_cpu_rows_within(weight_tile_bytes, K, N);
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    uint16_t *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(uint16_t)); /* [tile, K] */
+    float *wf = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float));        /* [tile, K] */
+    int rc = wt && wf ? CT_OK : CT_ERUNTIME;
+    for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
+        int64_t nt = N - n0 < tile ? N - n0 : tile;
+        rc = ct_cpu_weight_rows_f32(w, n0, nt, wf);
+        if (!rc) rc = ct_convert(wt, CT_BF16, wf, CT_F32, nt * K);
+        if (rc) break;
+        if (gw) /* C = alpha·G[:, n0:n0+nt]·Wt + beta·C; later tiles add   (M×nt)·(nt×K) */
+            rc = ct_bf16_gemm_nn(M, K, nt, alpha, a + n0, lda, wt, K, n0 ? 1.0f : beta, c, ldc, scratch);
+        else /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
+            rc = ct_bf16_gemm_nt(M, nt, K, alpha, a, lda, wt, K, beta, c + n0, ldc, scratch);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
+int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, ct_dtype compute,
+                    float alpha, float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
     if (M == 0 || N == 0) return CT_OK;
+    if (compute == CT_BF16) return gemm_bf16(false, M, x, ldx, w, alpha, beta, c, ldc, scratch);
     if (M <= CT_GEMV_MAX_ROWS) return gemv_xwt(M, x, ldx, w, alpha, beta, c, ldc, scratch);
     if (w->dtype == CT_F32) {
         /* C = alpha·X·Wᵀ + beta·C   (M×K)·(K×N) */
@@ -121,10 +157,11 @@ int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, 
     return tiled_gemm(false, M, x, ldx, w, alpha, beta, c, ldc, scratch);
 }
 
-int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, float alpha,
-                   float *c, int64_t ldc, ct_arena *scratch) {
+int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, ct_dtype compute,
+                   float alpha, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
     if (M == 0 || N == 0) return CT_OK;
+    if (compute == CT_BF16) return gemm_bf16(true, M, g, ldg, w, alpha, 1.0f, c, ldc, scratch);
     if (w->dtype == CT_F32) {
         /* C += alpha·G·W   (M×N)·(N×K) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, alpha, g,
@@ -175,16 +212,17 @@ static int lora_down(const float *xs, int64_t T, int64_t in, const ct_linear *li
 int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
                            ct_tensor *u, ct_arena *scratch) {
     int64_t T = ct_rows(x), in = ct_dim_from_end(x, 1), out = lin->w->shape[0];
-    const float *xs = x->data; /* [T, in] */
-    float *ys = y->data;       /* [T, out] */
+    const float *xs = x->data;         /* [T, in] */
+    float *ys = y ? y->data : NULL;    /* [T, out]; NULL: only u is wanted */
     ct_arena_mark mark = ct_arena_get_mark(scratch);
-    /* y = x·Wᵀ   (T×in)·(in×out) */
-    int rc = ct_cpu_gemm_xwt(T, xs, in, lin->w, 1.0f, 0.0f, ys, out, scratch);
-    if (!rc && lin->a && T > 0) {
+    int rc = CT_OK;
+    if (ys) /* y = x·Wᵀ   (T×in)·(in×out) */
+        rc = ct_cpu_gemm_xwt(T, xs, in, lin->w, lin->compute, 1.0f, 0.0f, ys, out, scratch);
+    if (!rc && lin->a && T > 0 && (ys || u)) {
         int64_t r = lin->a->shape[0];
         float *us = u ? u->data : ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float));
         rc = us ? lora_down(xs, T, in, lin, seed, us, scratch) : CT_ERUNTIME;
-        if (!rc) /* y += s·u·Bᵀ   (T×r)·(r×out) */
+        if (!rc && ys) /* y += s·u·Bᵀ   (T×r)·(r×out) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)out, (int)r,
                         lin->scale, us, (int)r, (const float *)lin->b->data, (int)r, 1.0f, ys,
                         (int)out);
@@ -256,7 +294,7 @@ int ct_cpu_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int rc = CT_OK;
     if (dxs) /* dx += dY·W   (T×out)·(out×in) */
-        rc = ct_cpu_gemm_gw(T, dys, out, lin->w, 1.0f, dxs, in, scratch);
+        rc = ct_cpu_gemm_gw(T, dys, out, lin->w, lin->compute, 1.0f, dxs, in, scratch);
     if (!rc && lin->a && (dxs || da || db)) {
         if (!u)
             rc = ct_errorf(CT_ERUNTIME, "lora_linear %s backward: the forward saved no u = drop(x)·Aᵀ",

@@ -16,7 +16,7 @@ static int add_backward(ct_tape *t, const ct_tape_entry *e) {
 
 static const ct_op_def k_add = {"add", add_backward};
 
-ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) {
+static ct_tensor *add(ct_tape *t, ct_tensor *a, ct_tensor *b, bool value) {
     char sa[64], sb[64];
     if (!ct_same_shape(a, b) || a->dtype != CT_F32 || b->dtype != CT_F32) {
         ct_errorf(CT_ERUNTIME, "add: shapes %s and %s (%s, %s) must match and be f32",
@@ -26,7 +26,9 @@ ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) {
     }
     ct_tensor *y = ct_tape_new_like(t, a);
     if (!y) return NULL;
-    if (t->be->add_fwd) { /* one pass: read a, b, write y */
+    if (!value) {
+        /* the value is never read (ct_add_tail): only the entry matters */
+    } else if (t->be->add_fwd) { /* one pass: read a, b, write y */
         if (t->be->add_fwd(a, b, y)) return NULL;
     } else if (t->be->copy(y->data, a->data, ct_nbytes(a)) || t->be->axpy(1.0f, b, y)) {
         return NULL;
@@ -34,4 +36,10 @@ ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) {
     ct_tensor *in[2] = {a, b};
     if (ct_tape_record(t, &k_add, y, in, 2, NULL)) return NULL;
     return y;
+}
+
+ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) { return add(t, a, b, true); }
+
+ct_tensor *ct_add_tail(ct_tape *t, ct_tensor *a, ct_tensor *b) {
+    return add(t, a, b, !ct_tape_recomputing(t));
 }

@@ -72,7 +72,7 @@ ct_linear ct_linear_for_step(const ct_tape *t, const ct_linear *lin, uint64_t *s
     return eff;
 }
 
-ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin) {
+static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bool value) {
     if (ct_linear_check("lora_linear", x, lin)) return NULL;
     uint64_t seed;
     ct_linear eff = ct_linear_for_step(t, lin, &seed);
@@ -94,7 +94,16 @@ ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin) {
         int64_t ushape[2] = {ct_rows(x), lin->a ? lin->a->shape[0] : 0};
         if (lin->a && !(s->u = ct_tape_new(t, CT_F32, 2, ushape))) return NULL;
     }
-    if (t->be->lora_linear_fwd(x, &eff, seed, y, s ? s->u : NULL, &t->scratch)) return NULL;
+    if (t->be->lora_linear_fwd(x, &eff, seed, value ? y : NULL, s ? s->u : NULL, &t->scratch))
+        return NULL;
     if (ct_tape_record(t, &k_lora_linear, y, in, n_in, s)) return NULL;
     return y;
+}
+
+ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin) {
+    return lora_linear(t, x, lin, true);
+}
+
+ct_tensor *ct_lora_linear_tail(ct_tape *t, ct_tensor *x, const ct_linear *lin) {
+    return lora_linear(t, x, lin, !ct_tape_recomputing(t));
 }
