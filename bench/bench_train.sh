@@ -6,6 +6,7 @@
 #
 #   bench/bench_train.sh [--threads K] [--repeats N] [--steps-tiny S] [--steps-100m S]
 #                        [--checkpointing 0|1] [--cases "tiny 100m 100m-bf16"]
+#                        [--compute "f32 bf16"] [--no-nf4]
 #                        [--policies "default passive"] [--skip-build]
 #   env: BUILD (build dir, default /tmp/build-bench-train), WORK (scratch dir,
 #        default /tmp/ctuner-bench-train; models and runs go there)
@@ -46,6 +47,13 @@
 # allocator retention rather than live tensors (information only).
 # Rows "ctuner nf4": the same run with the base weights quantized to NF4
 # (QLoRA); torch has no NF4 here, so it is information, not a comparison.
+# --compute lists the precisions to run (default "f32"): f32 = everything in
+# fp32 on both sides; bf16 = ctuner with compute_dtype: bfloat16 (the frozen-
+# weight GEMMs in bf16 with fp32 sums) against torch under
+# torch.autocast("cpu", bfloat16) (linears and attention matmuls in bf16
+# through oneDNN). Rows "... bf16" are compared with "torch bf16", the same
+# precision; the last column compares every row with fp32 torch.
+# --no-nf4 leaves the "ctuner nf4" rows out.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,6 +62,7 @@ WORK=${WORK:-/tmp/ctuner-bench-train}
 FIX=${FIXTURES:-$ROOT/../shared/fixtures}
 PY=/usr/bin/python3
 THREADS=2 REPEATS=2 STEPS_TINY=8 STEPS_100M=5 CKPT=1 CASES="tiny 100m" POLICIES="default passive" SKIP_BUILD=0
+COMPUTE=f32 NF4=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -64,12 +73,17 @@ while [ $# -gt 0 ]; do
         --checkpointing) CKPT=$2; shift 2 ;;
         --cases) CASES=$2; shift 2 ;;
         --policies) POLICIES=$2; shift 2 ;;
+        --compute) COMPUTE=$2; shift 2 ;;
+        --no-nf4) NF4=0; shift ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench_train: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$CKPT" in 0|1) ;; *) echo "bench_train: --checkpointing takes 0 or 1" >&2; exit 2 ;; esac
+for p in $COMPUTE; do
+    case "$p" in f32|bf16) ;; *) echo "bench_train: --compute takes f32 and/or bf16, not '$p'" >&2; exit 2 ;; esac
+done
 [ -d "$FIX/stories260k-internlm2" ] || { echo "bench_train: $FIX/stories260k-internlm2 not found (set FIXTURES)" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "bench_train: /usr/bin/time is needed (apt-get install time)" >&2; exit 2; }
 
@@ -146,11 +160,13 @@ run_torch() { # CASE MODEL DATA SEQ R STEPS ADAPTER POLICY VARIANT
         /usr/bin/time -o "$WORK/time.out" -f '%M' \
         "$PY" "$ROOT/bench/torch_lora_step.py" --model "$model" --data "$data" --seq "$seq" --batch 1 \
         --steps "$steps" --threads "$THREADS" --checkpointing "$CKPT" --r "$r" --alpha 16 --dropout 0 \
-        --lr 2e-4 --max-norm 1 --b-init random --save-adapter "$ad" >"$out"
+        --lr 2e-4 --max-norm 1 --b-init random --save-adapter "$ad" \
+        --autocast "$([ "$var" = bf16 ] && echo bf16 || echo none)" >"$out"
     "$PY" - "$out" "$WORK/time.out" "$case" "$pol" "$var" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RES" <<'EOF'
 import json, sys
 d = json.loads(open(sys.argv[1]).read())
-print(json.dumps({"case": sys.argv[3], "impl": "torch" + {"plain": "", "malloc": ", malloc", "sysblas": ", system BLAS"}[sys.argv[5]],
+print(json.dumps({"case": sys.argv[3], "impl": "torch" + {"plain": "", "malloc": ", malloc", "sysblas": ", system BLAS",
+                                                           "bf16": " bf16"}[sys.argv[5]],
                   "policy": sys.argv[4], "threads": d["threads"], "seq": d["seq"],
                   "tokens_per_s": d["tokens_per_s"], "rss_mb": int(open(sys.argv[2]).read().split()[-1]) / 1024,
                   "base_rss_mb": d["base_rss_mb"], "loss0": d["losses"][0], "losses": d["losses"],
@@ -158,8 +174,8 @@ print(json.dumps({"case": sys.argv[3], "impl": "torch" + {"plain": "", "malloc":
 EOF
 }
 
-run_ctuner() { # CASE MODEL DATA SEQ R STEPS ADAPTER POLICY QUANT
-    local case=$1 model=$2 data=$3 seq=$4 r=$5 steps=$6 ad=$7 pol=$8 quant=$9 wd=$WORK/wd yaml=$WORK/run.yaml
+run_ctuner() { # CASE MODEL DATA SEQ R STEPS ADAPTER POLICY QUANT COMPUTE
+    local case=$1 model=$2 data=$3 seq=$4 r=$5 steps=$6 ad=$7 pol=$8 quant=$9 compute=${10} wd=$WORK/wd yaml=$WORK/run.yaml
     rm -rf "$wd"
     {
         echo "pretrained_model_name_or_path: $model"
@@ -182,6 +198,7 @@ run_ctuner() { # CASE MODEL DATA SEQ R STEPS ADAPTER POLICY QUANT
         [ "$quant" = nf4 ] && echo "quantization: {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_use_double_quant: true}"
         echo "lora: {r: $r, lora_alpha: 16, lora_dropout: 0.0, init_from: $ad}"
         echo "gradient_checkpointing: $([ "$CKPT" = 1 ] && echo true || echo false)"
+        echo "compute_dtype: $([ "$compute" = bf16 ] && echo bfloat16 || echo float32)"
         echo "device: cpu"
         echo "logging_interval: 1"
         echo "seed: 0"
@@ -191,12 +208,13 @@ run_ctuner() { # CASE MODEL DATA SEQ R STEPS ADAPTER POLICY QUANT
         /usr/bin/time -o "$WORK/time.out" -f '%M' "$CT" train "$yaml" >"$WORK/ctuner.out" 2>&1 ||
         { tail -5 "$WORK/ctuner.out" >&2; return 1; }
     "$PY" - "$wd/metrics.jsonl" "$WORK/time.out" "$case" "$pol" "$quant" "$THREADS" "$seq" \
-        "$(cut -d' ' -f1 /proc/loadavg)" >>"$RES" <<'EOF'
+        "$(cut -d' ' -f1 /proc/loadavg)" "$compute" >>"$RES" <<'EOF'
 import json, sys
 m = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 a, b = m[0], m[-1]
 tps = (b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"]) if len(m) > 1 else a["tokens_per_s"]
-print(json.dumps({"case": sys.argv[3], "impl": "ctuner" + (" nf4" if sys.argv[5] == "nf4" else ""),
+print(json.dumps({"case": sys.argv[3], "impl": "ctuner" + (" nf4" if sys.argv[5] == "nf4" else "")
+                                               + (" bf16" if sys.argv[9] == "bf16" else ""),
                   "policy": sys.argv[4], "threads": int(sys.argv[6]), "seq": int(sys.argv[7]),
                   "tokens_per_s": tps, "rss_mb": int(open(sys.argv[2]).read().split()[-1]) / 1024,
                   "train_rss_mb": b["rss_mb"], "loss0": a["loss"], "losses": [e["loss"] for e in m],
@@ -211,10 +229,12 @@ run_case() { # CASE MODEL SEQ R STEPS VOCAB
     for rep in $(seq 1 "$REPEATS"); do
         for pol in $POLICIES; do
             echo "  $case: repeat $rep, policy $pol (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-            run_torch "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" plain
-            run_ctuner "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" none
-            run_ctuner "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" nf4
-            if [ "$rep" = 1 ]; then
+            for p in $COMPUTE; do
+                run_torch "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" "$([ "$p" = bf16 ] && echo bf16 || echo plain)"
+                run_ctuner "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" none "$p"
+                [ "$NF4" = 1 ] && run_ctuner "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" nf4 "$p"
+            done
+            if [ "$rep" = 1 ] && [[ " $COMPUTE " == *" f32 "* ]]; then
                 run_torch "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" malloc
                 [ -n "$BLASDIR" ] && run_torch "$case" "$model" "$data" "$seq" "$r" "$steps" "$ad" "$pol" sysblas
             fi
@@ -228,18 +248,19 @@ sgemm_ceiling() {
         "$PY" - "$THREADS" >>"$RES" <<'EOF'
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
-best = {}
-for m, k, n in [(512, 768, 2048), (512, 2048, 768), (512, 768, 1280), (512, 768, 32000)]:
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    a @ b
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        g = 2.0 * m * k * n * 5 / (time.perf_counter() - t) / 1e9
-        best[(m, k, n)] = max(best.get((m, k, n), 0), g)
-print(json.dumps({"kind": "sgemm", "gflops": sum(best.values()) / len(best),
-                  "shapes": {"%dx%dx%d" % s: round(g, 1) for s, g in best.items()}}))
+for dt, kind in ((torch.float32, "sgemm"), (torch.bfloat16, "bf16 GEMM (torch's oneDNN)")):
+    best = {}
+    for m, k, n in [(512, 768, 2048), (512, 2048, 768), (512, 768, 1280), (512, 768, 32000)]:
+        a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+        a @ b
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            g = 2.0 * m * k * n * 5 / (time.perf_counter() - t) / 1e9
+            best[(m, k, n)] = max(best.get((m, k, n), 0), g)
+    print(json.dumps({"kind": "sgemm", "what": kind, "gflops": sum(best.values()) / len(best),
+                      "shapes": {"%dx%dx%d" % s: round(g, 1) for s, g in best.items()}}))
 EOF
 }
 
@@ -282,39 +303,43 @@ def flops_per_token(case):
     rec = ckpt * (2 * blk + 2 * lora + attn)
     bwd = 2 * (blk + head) + 4 * lora + 2 * attn
     return fwd + rec + bwd
-order = ["torch", "torch, system BLAS", "torch, malloc", "ctuner", "ctuner nf4"]
+order = ["torch", "torch, system BLAS", "torch, malloc", "ctuner", "ctuner nf4",
+         "torch bf16", "ctuner bf16", "ctuner nf4 bf16"]
 notes = []
-print("\n| model | impl | threads | seq | tokens/s (best) | OMP wait | est. GFLOP/s | peak RSS MB | loss step 0 | speedup vs torch | load (1 min) |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| model | impl | threads | seq | tokens/s (best) | OMP wait | est. GFLOP/s | peak RSS MB | loss step 0 | speedup vs torch, same precision | vs fp32 torch | load (1 min) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for case in dict.fromkeys(r["case"] for r in rows):
     best = {}
     for r in rows:
         if r["case"] == case and (r["impl"] not in best or r["tokens_per_s"] > best[r["impl"]]["tokens_per_s"]):
             best[r["impl"]] = r
-    ref = best.get("torch")
+    ref32 = best.get("torch")
     for impl in order:
         if impl not in best:
             continue
         b = best[impl]
+        ref = best.get("torch bf16" if impl.endswith("bf16") else "torch")
         loads = [r["load"] for r in rows if r["case"] == case and r["impl"] == impl]
         rss = "%.0f" % b["rss_mb"] + (" (torch import %.0f)" % b["base_rss_mb"] if "base_rss_mb" in b else "")
-        sp = "%.2fx" % (b["tokens_per_s"] / ref["tokens_per_s"]) if ref and impl != "torch" else "1.00x" if impl == "torch" else "-"
-        print("| %s | %s | %d | %d | %.1f | %s | %.0f | %s | %.6f | %s | %.1f-%.1f |" % (
+        sp = "%.2fx" % (b["tokens_per_s"] / ref["tokens_per_s"]) if ref else "-"
+        sp32 = "%.2fx" % (b["tokens_per_s"] / ref32["tokens_per_s"]) if ref32 else "-"
+        print("| %s | %s | %d | %d | %.1f | %s | %.0f | %s | %.6f | %s | %s | %.1f-%.1f |" % (
             case, impl, b["threads"], b["seq"], b["tokens_per_s"], b["policy"],
-            b["tokens_per_s"] * flops_per_token(case) / 1e9, rss, b["loss0"], sp, min(loads), max(loads)))
-    t, c = best.get("torch"), best.get("ctuner")
-    if t and c:
-        n = min(len(t["losses"]), len(c["losses"]))
-        d = max(abs(a - b) for a, b in zip(t["losses"][:n], c["losses"][:n]))
-        notes.append("%s: the losses of all %d steps, torch vs ctuner (best runs): largest difference %.2e"
-                     % (case, n, d))
+            b["tokens_per_s"] * flops_per_token(case) / 1e9, rss, b["loss0"], sp, sp32, min(loads), max(loads)))
+    for tn, cn in (("torch", "ctuner"), ("torch bf16", "ctuner bf16")):
+        t, c = best.get(tn), best.get(cn)
+        if t and c:
+            n = min(len(t["losses"]), len(c["losses"]))
+            d = max(abs(a - b) for a, b in zip(t["losses"][:n], c["losses"][:n]))
+            notes.append("%s: the losses of all %d steps, %s vs %s (best runs): largest difference %.2e"
+                         % (case, n, tn, cn, d))
 print()
 for case in dict.fromkeys(r["case"] for r in rows):
     notes.append("%s: %.3f GFLOP per trained token (estimate: GEMMs + attention over the full T x T)"
                  % (case, flops_per_token(case) / 1e9))
 for g in sgemm:
-    notes.append("GEMM ceiling: OpenBLAS sgemm (ctuner's build, through torch) at the 100M model's shapes, "
-                 "same threads: %.0f GFLOP/s (%s)" % (g["gflops"], ", ".join("%s: %s" % kv for kv in g["shapes"].items())))
+    notes.append("GEMM ceiling: %s at the 100M model's shapes (through torch), same threads: %.0f GFLOP/s (%s)"
+                 % (g.get("what", "sgemm"), g["gflops"], ", ".join("%s: %s" % kv for kv in g["shapes"].items())))
 for n in notes:
     print(n)
 print("checkpointing %s; every run: %s" % (sys.argv[2], sys.argv[1]))

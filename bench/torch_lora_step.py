@@ -20,7 +20,10 @@ Frozen base weights: --weights stored (default) keeps them in the checkpoint's
 dtype (bf16/f16/f32) and converts each to f32 where it is used, as ctuner's CPU
 backend does per tile (the f32 copy lives for the op, and for autograd's
 backward when not checkpointing); --weights f32 converts them once at load.
-All math is fp32.
+All math is fp32, unless --autocast bf16: then the forward (and its
+checkpointed recomputation) runs under torch.autocast("cpu", bfloat16), so the
+linears and attention matmuls run in bf16 (oneDNN) with fp32 accumulation, as
+PyTorch users train in bf16 on a CPU; LoRA weights, grads and AdamW stay fp32.
 
 Data: --data FILE.jsonl, pretokenized records {"input_ids": [...]} (labels =
 input_ids, every token trained, as ctuner's pretokenized format without
@@ -369,6 +372,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--max-norm", type=float, default=1.0, help="0: no clipping")
     ap.add_argument("--weights", choices=("stored", "f32"), default="stored")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                    help="bf16: forward under torch.autocast('cpu', torch.bfloat16)")
     ap.add_argument("--b-init", choices=("zeros", "random"), default="zeros")
     ap.add_argument("--save-adapter", help="write the initial LoRA weights here (PEFT format)")
     ap.add_argument("--load-adapter", help="start from this PEFT adapter's A/B")
@@ -410,7 +415,8 @@ def main():
         batch = [rows[(step * a.batch + j) % len(rows)] for j in range(a.batch)]
         ids, pos, seg, lab = to_batch(batch)
         t0 = time.perf_counter()
-        loss = m.forward_loss(ids, pos, seg, lab, bool(a.checkpointing))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            loss = m.forward_loss(ids, pos, seg, lab, bool(a.checkpointing))
         loss.backward()
         if a.max_norm > 0:
             torch.nn.utils.clip_grad_norm_(m.params(), a.max_norm)
@@ -425,6 +431,7 @@ def main():
         "impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "model": os.path.abspath(a.model), "weights_dtype": wdtype, "weights_mode": a.weights,
         "seq": a.seq, "batch": a.batch, "steps": a.steps, "checkpointing": a.checkpointing,
+        "autocast": a.autocast,
         "r": a.r, "alpha": a.alpha, "dropout": a.dropout, "lora_params": m.n_params(),
         "tokens_per_s": sum(ttok) / sum(timed), "peak_rss_mb": rss_mb(), "base_rss_mb": BASE_RSS_MB,
         "losses": losses, "step_s": step_s}))
