@@ -317,10 +317,59 @@ static void dequant_span(const uint8_t *codes, const float *t, int64_t s, int64_
     if (i < e) *out = t[codes[i >> 1] >> 4];
 }
 
-int ct_quant_dequantize(const ct_quant_state *st, int64_t e0, int64_t count, float *dst) {
+/* dequant_span with bf16 table and output. */
+static void dequant_span_bf16(const uint8_t *codes, const uint16_t *t, int64_t s, int64_t e, uint16_t *out) {
+    int64_t i = s;
+    if (i < e && (i & 1)) {
+        *out++ = t[codes[i >> 1] & 15];
+        i++;
+    }
+#ifdef __AVX512BW__
+    __m512i tab = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)t)); /* lanes 0..15 */
+    const __m128i lo_mask = _mm_set1_epi8(0x0f);
+    for (; i + 32 <= e; i += 32, out += 32) {
+        /* 16 bytes -> 32 nibbles in element order -> 32 lookups */
+        __m128i b = _mm_loadu_si128((const __m128i *)(codes + (i >> 1)));
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
+        __m128i lo = _mm_and_si128(b, lo_mask);
+        __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi8(hi, lo), _mm_unpacklo_epi8(hi, lo));
+        _mm512_storeu_si512(out, _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(nib), tab));
+    }
+#endif
+    for (; i + 1 < e; i += 2, out += 2) {
+        uint8_t c = codes[i >> 1];
+        out[0] = t[c >> 4];
+        out[1] = t[c & 15];
+    }
+    if (i < e) *out = t[codes[i >> 1] >> 4];
+}
+
+static int check_range(const ct_quant_state *st, int64_t e0, int64_t count) {
     if (e0 < 0 || count < 0 || e0 > st->n - count)
         return ct_errorf(CT_EINPUT, "dequantize: elements [%lld, %lld) outside the %lld of the weight",
                          (long long)e0, (long long)(e0 + count), (long long)st->n);
+    return CT_OK;
+}
+
+int ct_quant_dequantize_bf16(const ct_quant_state *st, int64_t e0, int64_t count, uint16_t *dst) {
+    CT_TRY(check_range(st, e0, count));
+    if (count == 0) return CT_OK;
+    int64_t bs = st->blocksize, e1 = e0 + count;
+    int64_t b0 = e0 / bs, b1 = (e1 - 1) / bs;
+#pragma omp parallel for schedule(static) if (count >= 65536)
+    for (int64_t b = b0; b <= b1; b++) {
+        float scale = block_absmax(st, b);
+        uint16_t t[16]; /* code values scaled by this block's absmax, rounded to bf16 */
+        for (int c = 0; c < 16; c++) t[c] = ct_f32_to_bf16(st->code[c] * scale);
+        int64_t s = b * bs > e0 ? b * bs : e0;
+        int64_t e = (b + 1) * bs < e1 ? (b + 1) * bs : e1;
+        dequant_span_bf16(st->codes, t, s, e, dst + (s - e0));
+    }
+    return CT_OK;
+}
+
+int ct_quant_dequantize(const ct_quant_state *st, int64_t e0, int64_t count, float *dst) {
+    CT_TRY(check_range(st, e0, count));
     if (count == 0) return CT_OK;
     int64_t bs = st->blocksize, e1 = e0 + count;
     int64_t b0 = e0 / bs, b1 = (e1 - 1) / bs; /* blocks touched, inclusive */

@@ -75,6 +75,9 @@ int ct_quant_quantize(ct_quant_state *st, const void *src, ct_dtype src_dt, int 
  * result does not depend on the thread count. CT_EINPUT when the range is
  * outside the weight. */
 int ct_quant_dequantize(const ct_quant_state *st, int64_t e0, int64_t count, float *dst);
+/* The same as bf16 bits (each f32 value rounded to nearest even, as
+ * bitsandbytes dequantizes to a bf16 compute dtype), for the bf16 GEMMs. */
+int ct_quant_dequantize_bf16(const ct_quant_state *st, int64_t e0, int64_t count, uint16_t *dst);
 
 /* The absmax of blocks [b0, b0 + count) as f32 (dequantizing the nested form). */
 int ct_quant_absmax(const ct_quant_state *st, int64_t b0, int64_t count, float *dst);

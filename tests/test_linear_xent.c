@@ -728,6 +728,7 @@ int main(void) {
     test_medium("medium f32 large logits", CT_F32, 5.0f, 0.0f, CT_F32);
     test_medium("medium bf16 compute p=0.2", CT_BF16, 1.0f, 0.2f, CT_BF16);
     test_medium("medium f32 head bf16 compute", CT_F32, 5.0f, 0.0f, CT_BF16);
+    test_medium("medium nf4 head bf16 compute", CT_NF4, 1.0f, 0.2f, CT_BF16);
     test_bounded_chunk();
     test_big_vocab();
     return ct_test_finish();

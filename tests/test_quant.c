@@ -683,6 +683,26 @@ static void test_ranges_and_rows(void) {
                 CHECK_OK(ct_cpu_weight_rows_f32(&w, r0, nr, part));
                 CHECK(same_bits(part, full + r0 * cols, nr * cols, &where), "rows [%lld, +%lld) differ",
                       (long long)r0, (long long)nr);
+                /* bf16 rows: the f32 values rounded to nearest even, bit for bit
+                 * (odd starts, any length: the vector and scalar tails) */
+                uint16_t *pb = (uint16_t *)part;
+                CHECK_OK(ct_cpu_weight_rows_bf16(&w, r0, nr, pb));
+                int64_t bad = -1;
+                for (int64_t e = 0; e < nr * cols && bad < 0; e++)
+                    if (pb[e] != ct_f32_to_bf16(full[r0 * cols + e])) bad = e;
+                CHECK(bad < 0, "bf16 rows [%lld, +%lld) differ at %lld", (long long)r0, (long long)nr,
+                      (long long)bad);
+            }
+            for (int t = 0; t < 30; t++) {
+                int64_t e0 = (int64_t)(ct_test_uniform(&rng) * (double)n);
+                int64_t cnt = (int64_t)(ct_test_uniform(&rng) * (double)(n - e0 + 1));
+                uint16_t *pb = (uint16_t *)part;
+                CHECK_OK(ct_quant_dequantize_bf16(&st, e0, cnt, pb));
+                int64_t bad = -1;
+                for (int64_t e = 0; e < cnt && bad < 0; e++)
+                    if (pb[e] != ct_f32_to_bf16(full[e0 + e])) bad = e;
+                CHECK(bad < 0, "bf16 range [%lld, +%lld) differs at %lld", (long long)e0, (long long)cnt,
+                      (long long)bad);
             }
             free(x);
             free(full);

@@ -37,6 +37,28 @@ int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst
     }
 }
 
+int ct_cpu_weight_rows_bf16(const ct_tensor *w, int64_t r0, int64_t n, uint16_t *dst) {
+    int64_t cols = ct_dim_from_end(w, 1);
+    size_t off = (size_t)r0 * (size_t)cols;
+    size_t count = (size_t)n * (size_t)cols;
+    switch (w->dtype) {
+    case CT_BF16: memcpy(dst, (const uint16_t *)w->data + off, count * sizeof(uint16_t)); return CT_OK;
+    case CT_F32: return ct_convert(dst, CT_BF16, (const float *)w->data + off, CT_F32, (int64_t)count);
+    case CT_F16: return ct_convert(dst, CT_BF16, (const uint16_t *)w->data + off, CT_F16, (int64_t)count);
+    case CT_NF4: {
+        const ct_quant_state *st = w->quant;
+        CT_TRY(ct_quant_check(st, w->name));
+        if (st->n != ct_numel(w))
+            return ct_errorf(CT_EINPUT, "weight %s: quant state holds %lld elements, the tensor %lld",
+                             w->name ? w->name : "?", (long long)st->n, (long long)ct_numel(w));
+        return ct_quant_dequantize_bf16(st, (int64_t)off, (int64_t)count, dst);
+    }
+    default:
+        return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
+                         w->name ? w->name : "?", ct_dtype_name(w->dtype));
+    }
+}
+
 int64_t ct_cpu_rows_within(size_t bytes, int64_t cols, int64_t rows) {
     int64_t n = (int64_t)(bytes / ((size_t)(cols > 0 ? cols : 1) * sizeof(float)));
     if (n < 1) n = 1;

@@ -10,6 +10,9 @@ float ct_cpu_load(const ct_tensor *t, int64_t i);
 /* Converts rows [r0, r0+n) of a frozen [rows, cols] weight (f32/bf16/f16) to f32
  * in dst [n, cols]; nf4/fp4 weights are dequantized (their ct_quant_state). */
 int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst);
+/* The same rounded to bf16 bits (a bf16 weight is copied as stored): the
+ * tiles of the bf16 GEMMs. */
+int ct_cpu_weight_rows_bf16(const ct_tensor *w, int64_t r0, int64_t n, uint16_t *dst);
 
 /* Rows of a [rows, cols] f32 buffer that fit in `bytes` (at least 1, at most
  * rows): how weight tiles and logits blocks are sized. */

@@ -87,8 +87,8 @@ typedef struct {
     const int32_t *y;   /* [n] label of each trained row */
     const float *x;     /* [n, D] the trained rows of x (x itself when all are trained) */
     float *dx;          /* [T, D] the caller's dx, or NULL */
-    float *wt;          /* [Vt, D] converted weight tile; NULL when the head is used in place */
-    uint16_t *wtb;      /* [Vt, D] the tile rounded to bf16 (bf16 compute, non-bf16 head) */
+    float *wt;          /* [Vt, D] converted weight tile (f32 compute, head not f32), else NULL */
+    uint16_t *wtb;      /* [Vt, D] the tile rounded to bf16 (bf16 compute, head not bf16), else NULL */
     ct_arena *scratch;  /* for the bf16 GEMMs' packing (released by each call) */
     float *L;           /* [Tc, Vt] logits block, then P (dL in the dB pass) */
     float *mx;          /* [n] running max of each row's logits */
@@ -126,13 +126,13 @@ static int tile_weight(const xent_ctx *c, int64_t v0, int64_t nv, wtile *wv) {
         else wv->f = (const float *)w->data + off;
         return CT_OK;
     }
-    CT_TRY(ct_cpu_weight_rows_f32(w, v0, nv, c->wt));
-    if (!bf16_math(c)) {
+    if (bf16_math(c)) {
+        CT_TRY(ct_cpu_weight_rows_bf16(w, v0, nv, c->wtb));
+        wv->b = c->wtb;
+    } else {
+        CT_TRY(ct_cpu_weight_rows_f32(w, v0, nv, c->wt));
         wv->f = c->wt;
-        return CT_OK;
     }
-    CT_TRY(ct_convert(c->wtb, CT_BF16, c->wt, CT_F32, nv * c->D));
-    wv->b = c->wtb;
     return CT_OK;
 }
 
@@ -386,11 +386,10 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     c.se = ct_arena_alloc(scratch, (size_t)n * sizeof(double)); /* [n] */
     c.L = alloc_f(scratch, c.Tc, c.Vt);
     if (!y || !c.mx || !c.ly || !c.se || !c.L) return CT_ERUNTIME;
-    if (!head_in_place(h)) {
-        if (!(c.wt = alloc_f(scratch, c.Vt, D))) return CT_ERUNTIME;
-        if (bf16_math(&c) &&
-            !(c.wtb = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * sizeof(uint16_t))))
-            return CT_ERUNTIME;
+    if (!head_in_place(h) && bf16_math(&c)) {
+        if (!(c.wtb = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * sizeof(uint16_t)))) return CT_ERUNTIME;
+    } else if (!head_in_place(h) && !(c.wt = alloc_f(scratch, c.Vt, D))) {
+        return CT_ERUNTIME;
     }
     if (n == T) {
         c.x = xs; /* every row is trained: idx is the identity */
