@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "autograd/backend.h"
+#include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "trainer/args.h"
 #include "trainer/commands.h"
@@ -14,6 +15,8 @@ int ct_cmd_info(int argc, char **argv) {
     CT_TRY(ct_args_parse(&a, argc, argv));
     printf("ctuner 0.1.0\n");
     printf("cpu backend: %s, %d OpenMP threads\n", ct_cpu_backend()->name, omp_get_max_threads());
+    printf("bf16 GEMMs (compute_dtype: bfloat16): %s\n",
+           ct_cpu_bf16_dot_supported() ? "AVX512-BF16 (about 2x fp32)" : "fp32 fallback (no AVX512-BF16 here)");
     const ct_backend *cuda = ct_cuda_backend();
     if (cuda) printf("cuda backend: available\n");
     else printf("cuda backend: not available (%s)\n", ct_last_error());

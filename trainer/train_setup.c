@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "datasets/dataset_cache.h"
 #include "trainer/adapter.h"
@@ -27,6 +28,10 @@ static int load_model(ct_trainer *t) {
     }
     CT_TRY(ct_model_load(c->pretrained_model_name_or_path, &mo, &t->model));
     CT_TRY(ct_model_set_compute(t->model, c->compute_dtype));
+    if (t->out && c->compute_dtype == CT_BF16)
+        fprintf(t->out, "compute: bf16 GEMMs with fp32 sums, %s\n",
+                ct_cpu_bf16_dot_supported() ? "AVX512-BF16"
+                                            : "without AVX512-BF16 on this CPU: bf16 numbers at fp32 speed");
 
     ct_lora_config lc = {.r = (int)c->lora.r, .alpha = c->lora.lora_alpha, .dropout = (float)c->lora.lora_dropout,
                          .targets = c->lora.target_modules, .use_rslora = c->lora.use_rslora,
