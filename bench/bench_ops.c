@@ -1,8 +1,10 @@
 /* Op benchmark: forward + backward time and GFLOP/s of every op at a realistic
  * shape (InternLM2-1.8B-like: hidden 2048, 16 heads / 8 KV heads of 128, FFN
  * 8192, seq 512), next to plain OpenBLAS sgemm on the same GEMM shapes in the
- * same run. Usage: bench_ops [T] [reps] [filter]: only ops whose name contains
- * `filter` run when it is given. Prints a markdown table. */
+ * same run. Attention also runs at a 125M shape (12 / 4 heads of 64) and a
+ * 7B-like one (32 / 8 heads of 128), each with fp32 and bf16 math. Usage:
+ * bench_ops [T] [reps] [filter]: only ops whose name contains `filter` run
+ * when it is given. Prints a markdown table. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -192,6 +194,8 @@ int main(int argc, char **argv) {
     ct_tensor *xf = param(be, CT_F32, 2, T, F, INPUT, 2, 1.0f);
     ct_tensor *xf2 = param(be, CT_F32, 2, T, F, INPUT, 3, 1.0f);
     ct_tensor *qkv = param(be, CT_F32, 2, T, QKV, INPUT, 4, 1.0f);
+    ct_tensor *qkv_s = param(be, CT_F32, 2, T, 4 * (3 + 2) * 64, INPUT, 19, 1.0f);   /* 125M: 12/4 x 64 */
+    ct_tensor *qkv_l = param(be, CT_F32, 2, T, 8 * (4 + 2) * 128, INPUT, 20, 1.0f); /* 7B: 32/8 x 128 */
     ct_tensor *x2 = param(be, CT_F32, 2, T, D, INPUT, 17, 1.0f);
     ct_tensor *normw = param(be, CT_BF16, 1, D, 1, FROZEN, 5, 1.0f);
     ct_tensor *normw32 = param(be, CT_F32, 1, D, 1, LORA, 18, 1.0f); /* trainable: dw */
@@ -219,7 +223,7 @@ int main(int argc, char **argv) {
     ct_tensor *b_up = param(be, CT_F32, 2, F, r, LORA, 13, 0.02f);
 
     double lora_extra = 0;
-    bench_case cases[12];
+    bench_case cases[20];
     int n = 0;
     memset(cases, 0, sizeof cases);
     /* Byte counts below: f32 elements read + written; a grad that ct_grad creates
@@ -248,6 +252,29 @@ int main(int argc, char **argv) {
                             .run = run_attn, .in = qkv};
     cases[n].attn = (ct_attn_params){.n_kv_heads = Hkv, .group = G, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd)};
     n++;
+    /* the same in bf16 math (bf16 operands, fp32 sums), then a 125M and a 7B-like shape */
+    static const struct {
+        const char *name;
+        int hkv, g, hd, big;
+    } attn_shapes[] = {
+        {"attention (causal, GQA) bf16", 8, 2, 128, -1},
+        {"attention 125M (12/4 x 64)", 4, 3, 64, 0},
+        {"attention 125M (12/4 x 64) bf16", 4, 3, 64, 0},
+        {"attention 7B (32/8 x 128)", 8, 4, 128, 1},
+        {"attention 7B (32/8 x 128) bf16", 8, 4, 128, 1},
+    };
+    for (size_t i = 0; i < sizeof attn_shapes / sizeof *attn_shapes; i++) {
+        int hq = attn_shapes[i].hkv * attn_shapes[i].g, ahd = attn_shapes[i].hd;
+        int big = attn_shapes[i].big;
+        cases[n] = (bench_case){.name = attn_shapes[i].name, .run = run_attn,
+                                .flops = 7.0 * 2.0 * hq * (double)T * T * ahd / 2.0,
+                                .in = big < 0 ? qkv : big ? qkv_l : qkv_s};
+        cases[n].attn = (ct_attn_params){.n_kv_heads = attn_shapes[i].hkv, .group = attn_shapes[i].g,
+                                         .head_dim = ahd, .scale = 1.0f / sqrtf((float)ahd),
+                                         .compute = strstr(attn_shapes[i].name, "bf16") ? CT_BF16
+                                                                                       : CT_F32};
+        n++;
+    }
     /* bwd: zero dg, du; read g, u, dy, dg, du; write dg, du */
     cases[n] = (bench_case){.name = "swiglu", .flops = 20.0 * T * F, .run = run_swiglu, .in = xf, .aux = {xf2},
                             .bytes_fwd = 12 * TF, .bytes_bwd = 36 * TF, .span_fwd = 12 * TF,

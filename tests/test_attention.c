@@ -4,12 +4,18 @@
  * differences of the reference loss Σ r ⊙ out; GQA G=1/2/3, odd T, a single
  * token, packed samples, batch rows, T spanning several 64-blocks; the tape
  * path, also inside a checkpointed segment; bit-identical repeats; errors for
- * bad shapes and non-contiguous ids. */
+ * bad shapes and non-contiguous ids.
+ * bf16 math (compute = CT_BF16): out, lse and dqkv vs a double reference on
+ * bf16-rounded operands within first-order bounds of the kernels' remaining
+ * roundings, dqkv vs the fp32 kernels, the AVX512-BF16 path vs the fallback,
+ * repeats bit for bit. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "autograd/cpu/cpu_kernels.h"
+#include "autograd/cpu/gemm_bf16.h" /* ct_cpu_bf16_dot_supported, ct_bf16_force_fallback */
+#include "autograd/ct_inline.h"     /* ct_f32_to_bf16, ct_bf16_to_f32 */
 #include "autograd/ops.h"
 #include "ref_internlm2.h" /* ct_test_dot_loss: Σ r ⊙ y, to drive ct_backward through ct_attention */
 #include "testutil.h"
@@ -249,7 +255,8 @@ static void test_tape(void) {
 
 /* rope then attention inside a checkpointed segment: the recompute puts the
  * activations in the tape's scratch arena, which the kernels also use for
- * their temporaries. Grads must equal the plain run's bit for bit. */
+ * their temporaries. Grads must equal the plain run's bit for bit (fp32 and
+ * bf16 math). */
 typedef struct {
     ct_tensor *pos, *seg;
     ct_rope_params rp;
@@ -263,7 +270,7 @@ static int rope_attention(ct_tape *t, void *vc, ct_tensor *in, ct_tensor **out) 
     return *out ? CT_OK : CT_ERUNTIME;
 }
 
-static void test_checkpoint(void) {
+static void test_checkpoint(ct_dtype compute) {
     const ct_backend *be = ct_cpu_backend();
     ct_test_rng rng = {5};
     const int64_t T = 70, C = 2 * 5 * 16, W = 2 * 3 * 16;
@@ -279,7 +286,7 @@ static void test_checkpoint(void) {
     ct_test_fill(&rng, x->data, T * C, 1.0);
     ct_test_fill(&rng, r, T * W, 1.0);
     seg_ctx c = {pos, seg, {.head_dim = 16, .group = 5, .rotate_per_group = 4, .theta = 1e6},
-                 {2, 3, 16, 0.25f, CT_F32}};
+                 {2, 3, 16, 0.25f, compute}};
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
     for (int pass = 0; pass < 2; pass++) {
@@ -300,7 +307,8 @@ static void test_checkpoint(void) {
             CHECK(nrm > 1.0, "checkpoint test: no gradient reached x (|g|_1 = %g)", nrm);
         } else {
             CHECK(memcmp(g0, x->grad->data, ct_nbytes(x->grad)) == 0,
-                  "checkpointed rope+attention grads differ from the plain run");
+                  "checkpointed rope+attention grads differ from the plain run (%s math)",
+                  ct_dtype_name(compute));
         }
     }
     ct_tape_free(&tape);
@@ -333,6 +341,7 @@ static void test_errors(void) {
     expect_error(&tape, qkv, NULL, (ct_attn_params){1, 3, 8, 0.35f, CT_F32}, "columns");
     expect_error(&tape, qkv, NULL, (ct_attn_params){0, 2, 8, 0.35f, CT_F32}, "bad parameters");
     expect_error(&tape, qkv, seg4, ok, "one id per token");
+    expect_error(&tape, qkv, NULL, (ct_attn_params){1, 2, 8, 0.35f, CT_F16}, "compute dtype");
     int32_t *ids = seg->data;
     int32_t bad[5] = {4, 4, 9, 9, 4};
     memcpy(ids, bad, sizeof bad);
@@ -347,10 +356,263 @@ static void test_errors(void) {
     ct_tensor_free(be, seg4);
 }
 
+/* ---- bf16 math ---- */
+
+#define BF16_U 0.00390625 /* 2^-8: bf16's unit roundoff (8 significant bits, nearest even) */
+
+static double bf16_val(float x) { return (double)ct_bf16_to_f32(ct_f32_to_bf16(x)); }
+
+/* The output and analytic gradient of attention in double on bf16-ROUNDED
+ * operands (x: qkv rounded; dor: dO rounded), i.e. the bf16 kernels' math
+ * without their remaining roundings, plus first-order bounds of those, in
+ * units of 2^-8 (every rounding to bf16 moves a value by at most 2^-8 of it):
+ * - forward: P is rounded before P·V (l sums the unrounded P), so
+ *   |δout_ie| <= 2^-8 · Σ_j P_ij |v_je| = 2^-8 · mag_out;
+ * - dV = Σ_i bf16(P_ij) dO_i: |δ| <= 2^-8 Σ_i P_ij |dO_ie|;
+ * - D_i = Σ_e dO_ie · out_ie uses the unrounded dO and the kernel's out, so
+ *   |δD_i| <= 2^-8 · ΔD_i, ΔD_i = Σ_e |dO_ie| (|out_ie| + mag_out_ie); dS_ij =
+ *   P_ij (dP_ij - D_i) then moves by P_ij δD_i and is rounded (2^-8 |dS_ij|):
+ *   |δdQ_ie| <= 2^-8 · scale Σ_j (|dS_ij| + P_ij ΔD_i) |k_je|, dK likewise
+ *   with |q_ie|.
+ * The rest (fp32 sums, exp, lse) is ~1e-6 relative; the checks allow 2e-5 of
+ * the bound's scale for it. grad and mag_grad are [T, C] like qkv. */
+static void ref_bf16(const ref_dims *d, const double *x, const double *dor, double *out,
+                     double *lse, double *mag_out, double *grad, double *mag_grad, double *pr) {
+    const int64_t T = d->T, C = ref_cols(d), Hq = (int64_t)d->Hkv * d->G, hd = d->hd, W = Hq * hd;
+    memset(grad, 0, (size_t)(T * C) * sizeof *grad);
+    memset(mag_grad, 0, (size_t)(T * C) * sizeof *mag_grad);
+    for (int64_t h = 0; h < Hq; h++) {
+        int64_t g = h / d->G;
+        int64_t qc = (g * (d->G + 2) + h % d->G) * hd, kc = (g * (d->G + 2) + d->G) * hd, vc = kc + hd;
+        for (int64_t i = 0; i < T; i++) {
+            double mx = -INFINITY, sum = 0.0;
+            for (int64_t j = 0; j <= i; j++) {
+                pr[j] = -INFINITY;
+                if (d->seg && d->seg[j] != d->seg[i]) continue;
+                double dot = 0.0;
+                for (int64_t e = 0; e < hd; e++) dot += x[i * C + qc + e] * x[j * C + kc + e];
+                pr[j] = d->scale * dot;
+                if (pr[j] > mx) mx = pr[j];
+            }
+            for (int64_t j = 0; j <= i; j++) sum += (pr[j] = exp(pr[j] - mx));
+            for (int64_t j = 0; j <= i; j++) pr[j] /= sum;
+            lse[h * T + i] = mx + log(sum);
+            double *o = out + i * W + h * hd, *mo = mag_out + i * W + h * hd;
+            const double *go = dor + i * W + h * hd;
+            for (int64_t e = 0; e < hd; e++) o[e] = mo[e] = 0.0;
+            for (int64_t j = 0; j <= i; j++)
+                for (int64_t e = 0; e < hd; e++) {
+                    o[e] += pr[j] * x[j * C + vc + e];
+                    mo[e] += pr[j] * fabs(x[j * C + vc + e]);
+                }
+            double D = 0.0, dD = 0.0;
+            for (int64_t e = 0; e < hd; e++) {
+                D += go[e] * o[e];
+                dD += fabs(go[e]) * (fabs(o[e]) + mo[e]);
+            }
+            for (int64_t j = 0; j <= i; j++) {
+                if (pr[j] == 0.0) continue; /* masked (a visible key never underflows here) */
+                double dp = 0.0;
+                for (int64_t e = 0; e < hd; e++) dp += go[e] * x[j * C + vc + e];
+                double ds = pr[j] * (dp - D), mds = fabs(ds) + pr[j] * dD;
+                for (int64_t e = 0; e < hd; e++) {
+                    grad[j * C + vc + e] += pr[j] * go[e];
+                    mag_grad[j * C + vc + e] += pr[j] * fabs(go[e]);
+                    grad[i * C + qc + e] += d->scale * ds * x[j * C + kc + e];
+                    mag_grad[i * C + qc + e] += d->scale * mds * fabs(x[j * C + kc + e]);
+                    grad[j * C + kc + e] += d->scale * ds * x[i * C + qc + e];
+                    mag_grad[j * C + kc + e] += d->scale * mds * fabs(x[i * C + qc + e]);
+                }
+            }
+        }
+    }
+}
+
+/* |got - want| <= (2^-8 + 2e-5) · mag + 1e-6 everywhere (got minus base when
+ * base != NULL); prints the worst |got - want| / (2^-8 · mag). */
+static void check_bf16_bound(const char *what, const float *got, const float *base,
+                             const double *want, const double *mag, int64_t n) {
+    double worst = 0.0, worst_abs = 0.0;
+    int64_t bad = 0, at = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double gv = (double)got[i] - (base ? (double)base[i] : 0.0), err = fabs(gv - want[i]);
+        double r = err / (BF16_U * mag[i] + 1e-30);
+        if (err > (BF16_U + 2e-5) * mag[i] + 1e-6) bad++, at = i;
+        if (r > worst && mag[i] > 0.0) worst = r;
+        if (err > worst_abs) worst_abs = err;
+    }
+    printf("  %-58s max |err| %.2e, max |err| / (2^-8·bound) %.3f\n", what, worst_abs, worst);
+    CHECK(bad == 0, "%s: %lld elements outside the bf16 bound (e.g. [%lld]: %g vs %g, bound scale %g)",
+          what, (long long)bad, (long long)at, (double)got[at] - (base ? (double)base[at] : 0.0),
+          want[at], mag[at]);
+}
+
+/* Fast path vs fallback: the same products summed in the same order, so the
+ * same bits except for values below 2^-126 (VDPBF16PS treats them as zero);
+ * allowed: 2e-5 of the bound's scale (fp32 summation order) + 1e-6. */
+static void check_same_math(const char *what, const float *a, const float *b, const double *mag,
+                            int64_t n) {
+    int64_t differ = 0, bad = 0;
+    double worst = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        differ += memcmp(&a[i], &b[i], sizeof *a) != 0;
+        bad += e > 2e-5 * (mag ? mag[i] : 1.0) + 1e-6;
+        worst = e > worst ? e : worst;
+    }
+    printf("  %-58s %lld of %lld differ, max |diff| %.2e\n", what, (long long)differ, (long long)n,
+           worst);
+    CHECK(bad == 0, "%s: %lld elements differ beyond fp32 summation order", what, (long long)bad);
+}
+
+static void run_bf16_case(const attn_case *ac, ct_test_rng *rng) {
+    const ct_backend *be = ct_cpu_backend();
+    ct_arena scratch;
+    ct_arena_init(&scratch, be->mem, 1 << 20);
+    const float scale = ac->scale ? ac->scale : 1.0f / sqrtf((float)ac->hd);
+    ct_attn_params p = {ac->Hkv, ac->G, ac->hd, scale, CT_BF16}, p32 = p;
+    p32.compute = CT_F32;
+    const int64_t T = ac->T, C = (int64_t)ac->Hkv * (ac->G + 2) * ac->hd,
+                  Hq = (int64_t)ac->Hkv * ac->G, W = Hq * ac->hd;
+    int64_t sq[2] = {T, C}, so[2] = {T, W}, sl[2] = {Hq, T};
+    /* [0] bf16 (default path) [1] rerun [2] fallback [3] fp32 */
+    ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, false);
+    ct_tensor *dout = ct_tensor_new(be, CT_F32, 2, so, false);
+    ct_tensor *out[4], *lse[4], *dqkv[4];
+    for (int k = 0; k < 4; k++) {
+        out[k] = ct_tensor_new(be, CT_F32, 2, so, false);
+        lse[k] = ct_tensor_new(be, CT_F32, 2, sl, false);
+        dqkv[k] = ct_tensor_new(be, CT_F32, 2, sq, false);
+    }
+    ct_tensor *seg = NULL;
+    int32_t *ids = NULL;
+    if (ac->seg_len) {
+        seg = ct_tensor_new(be, CT_I32, 1, &T, false);
+        ids = seg->data;
+        int64_t t = 0;
+        for (int k = 0; ac->seg_len[k]; k++)
+            for (int n = 0; n < ac->seg_len[k]; n++) ids[t++] = 3 * k + 1;
+    }
+    float *pre = malloc((size_t)(T * C) * sizeof *pre);
+    double *x = malloc((size_t)(T * C) * sizeof *x), *dor = malloc((size_t)(T * W) * sizeof *dor);
+    double *od = malloc((size_t)(T * W) * sizeof *od), *mo = malloc((size_t)(T * W) * sizeof *mo);
+    double *ld = malloc((size_t)(Hq * T) * sizeof *ld), *pr = malloc((size_t)T * sizeof *pr);
+    double *gd = malloc((size_t)(T * C) * sizeof *gd), *mg = malloc((size_t)(T * C) * sizeof *mg);
+    ct_test_fill(rng, qkv->data, T * C, 1.0);
+    ct_test_fill(rng, dout->data, T * W, 1.0);
+    ct_test_fill(rng, pre, T * C, 1.0);
+    for (int64_t i = 0; i < T * C; i++) x[i] = bf16_val(((float *)qkv->data)[i]);
+    for (int64_t i = 0; i < T * W; i++) dor[i] = bf16_val(((float *)dout->data)[i]);
+    ref_dims d = {T, ac->Hkv, ac->G, ac->hd, scale, ids};
+    ref_bf16(&d, x, dor, od, ld, mo, gd, mg, pr);
+
+    const bool fast = ct_cpu_bf16_dot_supported();
+    for (int k = 0; k < 4; k++) {
+        bool prev = ct_bf16_force_fallback(k == 2);
+        memcpy(dqkv[k]->data, pre, (size_t)(T * C) * sizeof(float));
+        const ct_attn_params *pk = k == 3 ? &p32 : &p;
+        CHECK_OK(ct_cpu_attention_fwd(qkv, seg, pk, out[k], lse[k], &scratch));
+        CHECK_OK(ct_cpu_attention_bwd(qkv, seg, pk, out[k], lse[k], dout, dqkv[k], &scratch));
+        ct_bf16_force_fallback(prev);
+        CHECK(scratch.used == 0, "%s: the kernels left %zu bytes of scratch in use", ac->name,
+              scratch.used);
+    }
+    printf("%s (%s):\n", ac->name, fast ? "AVX512-BF16" : "fallback");
+    char what[160];
+    snprintf(what, sizeof what, "%s: bf16 out vs reference", ac->name);
+    check_bf16_bound(what, out[0]->data, NULL, od, mo, T * W);
+    snprintf(what, sizeof what, "%s: bf16 lse", ac->name);
+    double lse_err = 0.0;
+    for (int64_t i = 0; i < Hq * T; i++) {
+        double e = fabs((double)((float *)lse[0]->data)[i] - ld[i]);
+        lse_err = e > lse_err ? e : lse_err;
+    }
+    printf("  %-58s max |err| %.2e\n", what, lse_err);
+    ct_check_close(what, lse[0]->data, ld, Hq * T, 2e-6, 1e-6);
+    snprintf(what, sizeof what, "%s: bf16 dqkv vs analytic reference", ac->name);
+    check_bf16_bound(what, dqkv[0]->data, pre, gd, mg, T * C);
+
+    /* vs the fp32 kernels on the unrounded inputs: ‖g_bf16 − g_f32‖ / ‖g_f32‖.
+     * Every factor of a gradient term (q, k, v, dO, P, dS) is rounded by at
+     * most 2^-8 of itself, so the terms move by a few 2^-8; 4·2^-8 (1.6%)
+     * leaves room for the worst element-wise cancellations. Also the rounding
+     * must be visible: bf16 and fp32 must differ by more than 2^-12. */
+    double num = 0.0, den = 0.0, onum = 0.0, oden = 0.0;
+    const float *g0 = dqkv[0]->data, *g3 = dqkv[3]->data, *o0 = out[0]->data, *o3 = out[3]->data;
+    for (int64_t i = 0; i < T * C; i++) {
+        double a = (double)g0[i] - pre[i], b = (double)g3[i] - pre[i];
+        num += (a - b) * (a - b), den += b * b;
+    }
+    for (int64_t i = 0; i < T * W; i++) {
+        double a = (double)o0[i] - o3[i];
+        onum += a * a, oden += (double)o3[i] * o3[i];
+    }
+    double rel = sqrt(num / den), orel = sqrt(onum / oden);
+    printf("  %-58s out %.2e, dqkv %.2e (x 2^-8: %.2f)\n", "relative L2 distance bf16 vs fp32:", orel,
+           rel, rel / BF16_U);
+    CHECK(rel < 4 * BF16_U && orel < 4 * BF16_U, "%s: bf16 vs fp32: out %g, dqkv %g", ac->name, orel,
+          rel);
+    CHECK(rel > BF16_U / 16 && orel > BF16_U / 16,
+          "%s: bf16 hardly differs from fp32 (out %g, dqkv %g): no rounding?", ac->name, orel, rel);
+
+    /* the same bits on a second run */
+    CHECK(memcmp(out[0]->data, out[1]->data, ct_nbytes(out[0])) == 0 &&
+              memcmp(lse[0]->data, lse[1]->data, ct_nbytes(lse[0])) == 0,
+          "%s: bf16 forward not repeatable", ac->name);
+    CHECK(memcmp(dqkv[0]->data, dqkv[1]->data, ct_nbytes(dqkv[0])) == 0,
+          "%s: bf16 backward not repeatable", ac->name);
+
+    if (fast) {
+        snprintf(what, sizeof what, "%s: fast vs fallback out", ac->name);
+        check_same_math(what, out[0]->data, out[2]->data, mo, T * W);
+        snprintf(what, sizeof what, "%s: fast vs fallback lse", ac->name);
+        check_same_math(what, lse[0]->data, lse[2]->data, NULL, Hq * T);
+        snprintf(what, sizeof what, "%s: fast vs fallback dqkv", ac->name);
+        check_same_math(what, dqkv[0]->data, dqkv[2]->data, mg, T * C);
+    } else {
+        CHECK(memcmp(out[0]->data, out[2]->data, ct_nbytes(out[0])) == 0 &&
+                  memcmp(dqkv[0]->data, dqkv[2]->data, ct_nbytes(dqkv[0])) == 0,
+              "%s: forced fallback differs from the fallback", ac->name);
+    }
+
+    for (int k = 0; k < 4; k++) {
+        ct_tensor_free(be, out[k]);
+        ct_tensor_free(be, lse[k]);
+        ct_tensor_free(be, dqkv[k]);
+    }
+    ct_tensor_free(be, qkv);
+    ct_tensor_free(be, dout);
+    ct_tensor_free(be, seg);
+    free(pre), free(x), free(dor), free(od), free(mo), free(ld), free(pr), free(gd), free(mg);
+    ct_arena_free(&scratch);
+}
+
+static void test_bf16(void) {
+    if (!ct_cpu_bf16_dot_supported())
+        printf("note: this CPU lacks AVX512-BF16: only the bf16 fallback is tested\n");
+    ct_test_rng rng = {4321};
+    static const int packed[] = {5, 8, 7, 0}, across[] = {70, 50, 30, 0},
+                     shortruns[] = {1, 2, 61, 3, 64, 1, 68, 0};
+    attn_case cases[] = {
+        {"bf16 GQA G=2 T=7 hd8", 7, 2, 2, 8, 0, NULL, 0},
+        {"bf16 one KV head G=3 T=13 hd7 (odd)", 13, 1, 3, 7, 0, NULL, 0},
+        {"bf16 G=1 T=9 hd12 scale 0.3", 9, 3, 1, 12, 0.3f, NULL, 0},
+        {"bf16 single token", 1, 2, 2, 8, 0, NULL, 0},
+        {"bf16 packed samples 5+8+7", 20, 2, 2, 8, 0, packed, 0},
+        {"bf16 T=150 samples across blocks hd40", 150, 2, 2, 40, 0, across, 0},
+        {"bf16 T=200 G=3 short and long samples", 200, 1, 3, 24, 0, shortruns, 0},
+        {"bf16 T=131 hd64 Hkv=2 G=3", 131, 2, 3, 64, 0, NULL, 0},
+        {"bf16 T=130 hd128 G=2", 130, 1, 2, 128, 0, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_bf16_case(&cases[i], &rng);
+}
+
 int main(void) {
     test_cases();
+    test_bf16();
     test_tape();
-    test_checkpoint();
+    test_checkpoint(CT_F32);
+    test_checkpoint(CT_BF16);
     test_errors();
     return ct_test_finish();
 }
