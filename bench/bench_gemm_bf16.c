@@ -1,9 +1,10 @@
 /* bf16 GEMM benchmark: GFLOP/s of ct_bf16_gemm_nt (y = x·Wᵀ) and
  * ct_bf16_gemm_nn (dx = dy·W) on the frozen-weight shapes of a LoRA training
- * step with T tokens, for the AVX512-BF16 fast path, the cblas_sgemm fallback
- * and plain OpenBLAS sgemm on the same shapes with f32 B, in the same run;
- * best of `reps` after a warm-up. Usage: bench_gemm_bf16 [reps] [T].
- * Prints a markdown table. */
+ * step with T tokens, then of ct_bf16_gemm with f32 B on the six LoRA GEMMs
+ * (rank r) of a 125M InternLM2's linears, for the AVX512-BF16 fast path, the
+ * cblas_sgemm fallback and plain OpenBLAS sgemm on the same shapes with f32 B,
+ * in the same run; best of `reps` after a warm-up.
+ * Usage: bench_gemm_bf16 [reps] [T] [r]. Prints two markdown tables. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -36,22 +37,31 @@ static void fill(float *x, int64_t n, uint64_t seed) {
 
 enum { FAST, FALLBACK, SGEMM };
 
-/* Seconds of the best of reps runs of one variant; C = A·op(B), beta 0. */
-static double time_one(int variant, bool nn, int64_t M, int64_t N, int64_t K, const float *a,
-                       const uint16_t *b16, const float *b32, float *c, ct_arena *scratch,
-                       int reps) {
+/* One GEMM: C [M, N] = alpha·op(A)·op(B) + beta·C; B bf16 (b16) or f32 (b32). */
+typedef struct {
+    const char *name;
+    bool ta, tb, bf32;
+    int64_t M, N, K;
+    float alpha, beta;
+} gemm_t;
+
+/* Seconds of the best of reps runs of one variant (SGEMM: with the f32 B). */
+static double time_one(int variant, const gemm_t *g, const float *a, const uint16_t *b16,
+                       const float *b32, float *c, ct_arena *scratch, int reps) {
     double best = 1e30;
     bool prev = ct_bf16_force_fallback(variant == FALLBACK);
+    int64_t lda = g->ta ? g->M : g->K, ldb = g->tb ? g->K : g->N;
     for (int r = 0; r < reps + 1; r++) {
         double t0 = now();
         int rc = CT_OK;
         if (variant == SGEMM)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, nn ? CblasNoTrans : CblasTrans, (int)M, (int)N,
-                        (int)K, 1.0f, a, (int)K, b32, nn ? (int)N : (int)K, 0.0f, c, (int)N);
-        else if (nn)
-            rc = ct_bf16_gemm_nn(M, N, K, 1.0f, a, K, b16, N, 0.0f, c, N, scratch);
+            cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                        g->tb ? CblasTrans : CblasNoTrans, (int)g->M, (int)g->N, (int)g->K,
+                        g->alpha, a, (int)lda, b32, (int)ldb, g->beta, c, (int)g->N);
         else
-            rc = ct_bf16_gemm_nt(M, N, K, 1.0f, a, K, b16, K, 0.0f, c, N, scratch);
+            rc = ct_bf16_gemm(g->ta, g->tb, g->M, g->N, g->K, g->alpha, a, lda,
+                              g->bf32 ? (const void *)b32 : (const void *)b16,
+                              g->bf32 ? CT_F32 : CT_BF16, ldb, g->beta, c, g->N, scratch);
         double dt = now() - t0;
         if (rc) {
             fprintf(stderr, "error: %s\n", ct_last_error());
@@ -63,9 +73,38 @@ static double time_one(int variant, bool nn, int64_t M, int64_t N, int64_t K, co
     return best;
 }
 
+/* Times one GEMM on the three variants and prints a table row; returns the
+ * fast path's and sgemm's seconds through *tf, *ts. */
+static void row(const gemm_t *g, ct_arena *scratch, int reps, double *tf, double *ts) {
+    int64_t an = g->M * g->K, bn = g->N * g->K;
+    float *a = need((size_t)an * sizeof(float));
+    float *b32 = need((size_t)bn * sizeof(float));
+    uint16_t *b16 = need((size_t)bn * sizeof(uint16_t));
+    float *c = need((size_t)g->M * (size_t)g->N * sizeof(float));
+    fill(a, an, 1);
+    fill(b32, bn, 2);
+    fill(c, g->M * g->N, 3);
+    for (int64_t i = 0; i < bn; i++) b16[i] = ct_f32_to_bf16(b32[i] * 0.05f);
+    double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+    double f = time_one(FAST, g, a, b16, b32, c, scratch, reps);
+    double fb = time_one(FALLBACK, g, a, b16, b32, c, scratch, reps);
+    double sg = time_one(SGEMM, g, a, b16, b32, c, scratch, reps);
+    printf("| %s | %lld | %lld | %lld | %.1f | %.1f | %.1f | %.2f |\n", g->name, (long long)g->M,
+           (long long)g->N, (long long)g->K, flops / f * 1e-9, flops / fb * 1e-9, flops / sg * 1e-9,
+           sg / f);
+    fflush(stdout);
+    if (tf) *tf += f;
+    if (ts) *ts += sg;
+    free(a);
+    free(b32);
+    free(b16);
+    free(c);
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 10;
     int64_t T = argc > 2 ? atoll(argv[2]) : 512;
+    int64_t r = argc > 3 ? atoll(argv[3]) : 64;
     /* (N, K) of the frozen GEMMs: qkv-like, o-proj, up, down, wide FFN, vocab head */
     static const int64_t shapes[][2] = {{1280, 768}, {768, 768},   {2048, 768},
                                         {768, 2048}, {4096, 2048}, {32000, 768}};
@@ -74,33 +113,33 @@ int main(int argc, char **argv) {
     bool fast = ct_cpu_bf16_dot_supported();
     printf("bf16 GEMM, %d OpenMP threads, best of %d; AVX512-BF16 fast path: %s\n\n",
            omp_get_max_threads(), reps, fast ? "yes" : "no (fast column = fallback)");
-    printf("| gemm | M | N | K | bf16 fast GFLOP/s | bf16 fallback GFLOP/s | sgemm GFLOP/s "
-           "| fast / sgemm |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int64_t M = T, N = shapes[s][0], K = shapes[s][1];
-        float *a = need((size_t)M * (size_t)K * sizeof(float));     /* [M, K] */
-        float *b32 = need((size_t)N * (size_t)K * sizeof(float));   /* [N, K] or [K, N] */
-        uint16_t *b16 = need((size_t)N * (size_t)K * sizeof(uint16_t));
-        float *c = need((size_t)M * (size_t)N * sizeof(float));     /* [M, N] */
-        fill(a, M * K, 1);
-        fill(b32, N * K, 2);
-        for (int64_t i = 0; i < N * K; i++) b16[i] = ct_f32_to_bf16(b32[i] * 0.05f);
+    const char *header = "| gemm | M | N | K | bf16 fast GFLOP/s | bf16 fallback GFLOP/s | "
+                         "sgemm GFLOP/s | fast / sgemm |\n|---|---|---|---|---|---|---|---|\n";
+    printf("%s", header);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int nn = 0; nn < 2; nn++) {
-            double flops = 2.0 * (double)M * (double)N * (double)K;
-            double tf = time_one(FAST, nn, M, N, K, a, b16, b32, c, &scratch, reps);
-            double tb = time_one(FALLBACK, nn, M, N, K, a, b16, b32, c, &scratch, reps);
-            double ts = time_one(SGEMM, nn, M, N, K, a, b16, b32, c, &scratch, reps);
-            printf("| %s | %lld | %lld | %lld | %.1f | %.1f | %.1f | %.2f |\n",
-                   nn ? "nn (dx = dy·W)" : "nt (y = x·Wᵀ)", (long long)M, (long long)N,
-                   (long long)K, flops / tf * 1e-9, flops / tb * 1e-9, flops / ts * 1e-9, ts / tf);
-            fflush(stdout);
+            gemm_t g = {nn ? "nn (dx = dy·W)" : "nt (y = x·Wᵀ)", false, !nn, false, T,
+                        shapes[s][0], shapes[s][1], 1.0f, 0.0f};
+            row(&g, &scratch, reps, NULL, NULL);
         }
-        free(a);
-        free(b32);
-        free(b16);
-        free(c);
+    /* The LoRA GEMMs of the 125M model's linears (in, out): wqkv, wo, w1/w3, w2;
+     * f32 B (A, B, u, x are f32), beta as in lora_linear.c. */
+    static const int64_t lin[][2] = {{768, 1280}, {768, 768}, {768, 2048}, {2048, 768}};
+    printf("\nLoRA GEMMs, r = %lld, T = %lld (f32 B rounded as packed)\n\n%s", (long long)r,
+           (long long)T, header);
+    double tf = 0.0, ts = 0.0;
+    for (size_t l = 0; l < sizeof lin / sizeof lin[0]; l++) {
+        int64_t in = lin[l][0], out = lin[l][1];
+        gemm_t gs[] = {{"u = x·Aᵀ (nt)", false, true, true, T, r, in, 1.0f, 0.0f},
+                       {"y += s·u·Bᵀ (nt)", false, true, true, T, out, r, 0.5f, 1.0f},
+                       {"dB += s·dYᵀ·u (tn)", true, false, true, out, r, T, 0.5f, 1.0f},
+                       {"g = s·dY·B (nn)", false, false, true, T, r, out, 0.5f, 0.0f},
+                       {"dA += gᵀ·x (tn)", true, false, true, r, in, T, 1.0f, 1.0f},
+                       {"dx += g·A (nn)", false, false, true, T, in, r, 1.0f, 1.0f}};
+        for (size_t j = 0; j < sizeof gs / sizeof gs[0]; j++) row(&gs[j], &scratch, reps, &tf, &ts);
     }
+    printf("\nLoRA GEMMs of one layer (fwd + bwd): bf16 fast %.3f ms, sgemm %.3f ms\n", tf * 1e3,
+           ts * 1e3);
     printf("\npeak scratch: %.1f MiB\n", (double)scratch.peak / (1 << 20));
     ct_arena_free(&scratch);
     return 0;

@@ -1,11 +1,13 @@
-/* bf16 GEMMs (cpu/gemm_bf16.c): ct_bf16_gemm_nt and ct_bf16_gemm_nn on the
- * AVX512-BF16 fast path (skipped, with a note, on CPUs without it) and on the
- * cblas_sgemm fallback, against a double-precision GEMM over the bf16-rounded
- * inputs: odd K, K = 1 and 0, tiny and ragged M/N, several K blocks and M
- * chunks, padded row strides (the padding must stay untouched), alpha != 1,
- * beta 0 (over NaN garbage), 1 and 0.5. Also: round-to-nearest-even of A on
- * exact sums, bit-identical results with 1, 2 and 3 threads, the arena
- * rewound, CT_NO_BF16_DOT, failing scratch and bad arguments.
+/* bf16 GEMMs (cpu/gemm_bf16.c): ct_bf16_gemm in all eight layouts (A or Aᵀ,
+ * B or Bᵀ, B bf16 or f32) and its wrappers ct_bf16_gemm_nt / ct_bf16_gemm_nn,
+ * on the AVX512-BF16 fast path (skipped, with a note, on CPUs without it) and
+ * on the cblas_sgemm fallback, against a double-precision GEMM over the
+ * bf16-rounded inputs: odd K, K = 1 and 0, tiny and ragged M/N, several K
+ * blocks and M chunks, padded row strides (the padding must stay untouched),
+ * alpha != 1, beta 0 (over NaN garbage), 1 and 0.5. Also: round-to-nearest-even
+ * of the f32 operands (A, Aᵀ and f32 B) on exact sums, bit-identical results
+ * with 1, 2 and 3 threads, the arena rewound, CT_NO_BF16_DOT, failing scratch
+ * and bad arguments.
  *
  * Error bound: every product bf16(a)·bf16(b) is exact in fp32, so the only
  * errors are the fp32 additions (and the alpha/beta epilogue). Recursive
@@ -14,8 +16,8 @@
  * Σ|ab| (the partial sums are ~√K terms, the rounding errors add in
  * quadrature). TOL = 2e-6 of Σ|alpha·ab| + |beta·c| is ~30× that, yet a
  * missing or doubled product (~1/K of Σ|ab|, >= 1e-3 here for K > 1) or a
- * wrongly rounded A (~2^-9 per product, ~2^-9/√K >= 6e-5 of Σ|ab|) fails it;
- * rounding() pins the ties exactly. The largest ratio seen is printed. */
+ * wrongly rounded operand (~2^-9 per product, ~2^-9/√K >= 6e-5 of Σ|ab|) fails
+ * it; rounding() pins the ties exactly. The largest ratio seen is printed. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -30,46 +32,70 @@
 
 static double g_max_rel[2]; /* fast, fallback: largest |c - ref| / (Σ|alpha·ab| + |beta·c_old|) */
 
+/* Layout bits: op(A) = Aᵀ, op(B) = Bᵀ (B [N, K]; the nt wrapper's layout), B f32. */
+enum { TA = 1, TB = 2, BF32 = 4 };
+
 typedef struct {
-    bool nn;
+    int lay; /* TA | TB | BF32 */
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
 } gcase;
 
+static const char *lay_name(int lay) {
+    static const char *names[8] = {"nn bf16", "tn bf16", "nt bf16", "tt bf16",
+                                   "nn f32",  "tn f32",  "nt f32",  "tt f32"};
+    return names[lay & 7];
+}
+
+/* Rows of the stored A and B. */
+static int64_t a_rows(const gcase *g) { return g->lay & TA ? g->K : g->M; }
+static int64_t b_rows(const gcase *g) { return g->lay & TB ? g->N : g->K; }
+
 /* Inputs of one case and its reference (on the heap). */
 typedef struct {
-    float *a;      /* [M, lda] */
-    uint16_t *b;   /* nt: [N, ldb]; nn: [K, ldb] */
+    float *a;      /* [a_rows, lda] */
+    void *b;       /* [b_rows, ldb] bf16 bits or f32 */
     float *c0;     /* [M, ldc] C before the call; padding holds a sentinel */
-    double *ref;   /* [M, N] alpha·Σ bf16(a)·b + beta·c0 */
+    double *ref;   /* [M, N] alpha·Σ bf16(a)·bf16(b) + beta·c0 */
     double *scale; /* [M, N] Σ|alpha·a·b| + |beta·c0|: the error scale */
 } gdata;
 
+static double bf16r(float x) { return ct_bf16_to_f32(ct_f32_to_bf16(x)); }
+
+/* Element (row, col) of the stored B as its bf16 value. */
+static double b_val(const gcase *g, const void *b, int64_t row, int64_t col) {
+    size_t i = (size_t)(row * g->ldb + col);
+    return g->lay & BF32 ? bf16r(((const float *)b)[i]) : ct_bf16_to_f32(((const uint16_t *)b)[i]);
+}
+
 static void make(const gcase *g, uint64_t seed, gdata *d) {
     ct_test_rng rng = {seed};
-    int64_t brows = g->nn ? g->K : g->N;
-    d->a = ct_test_need(malloc(sizeof(float) * (size_t)(g->M * g->lda + 1)));
-    d->b = ct_test_need(malloc(sizeof(uint16_t) * (size_t)(brows * g->ldb + 1)));
+    int64_t an = a_rows(g) * g->lda, bn = b_rows(g) * g->ldb;
+    d->a = ct_test_need(malloc(sizeof(float) * (size_t)(an + 1)));
+    d->b = ct_test_need(malloc(sizeof(float) * (size_t)(bn + 1)));
     d->c0 = ct_test_need(malloc(sizeof(float) * (size_t)(g->M * g->ldc + 1)));
     d->ref = ct_test_need(malloc(sizeof(double) * (size_t)(g->M * g->N + 1)));
     d->scale = ct_test_need(malloc(sizeof(double) * (size_t)(g->M * g->N + 1)));
-    ct_test_fill(&rng, d->a, g->M * g->lda, 1.0);
-    for (int64_t i = 0; i < brows * g->ldb; i++)
-        d->b[i] = ct_f32_to_bf16((float)(0.5 * ct_test_normal(&rng)));
+    ct_test_fill(&rng, d->a, an, 1.0);
+    if (g->lay & BF32)
+        ct_test_fill(&rng, d->b, bn, 0.5);
+    else
+        for (int64_t i = 0; i < bn; i++)
+            ((uint16_t *)d->b)[i] = ct_f32_to_bf16((float)(0.5 * ct_test_normal(&rng)));
     for (int64_t m = 0; m < g->M; m++)
         for (int64_t j = 0; j < g->ldc; j++)
             d->c0[m * g->ldc + j] = j >= g->N ? 12345.0f /* padding sentinel */
                                     : g->beta == 0.0f ? NAN
                                                       : (float)ct_test_normal(&rng);
-    /* The rounded inputs in double: ad [M, K], bd [N, K] (B as op(B)ᵀ). */
+    /* The rounded inputs in double: ad [M, K] = op(A), bd [N, K] = op(B)ᵀ. */
     double *ad = ct_test_need(malloc(sizeof(double) * (size_t)(g->M * g->K + 1)));
     double *bd = ct_test_need(malloc(sizeof(double) * (size_t)(g->N * g->K + 1)));
     for (int64_t m = 0; m < g->M; m++)
         for (int64_t k = 0; k < g->K; k++)
-            ad[m * g->K + k] = ct_bf16_to_f32(ct_f32_to_bf16(d->a[m * g->lda + k]));
+            ad[m * g->K + k] = bf16r(g->lay & TA ? d->a[k * g->lda + m] : d->a[m * g->lda + k]);
     for (int64_t n = 0; n < g->N; n++)
         for (int64_t k = 0; k < g->K; k++)
-            bd[n * g->K + k] = ct_bf16_to_f32(g->nn ? d->b[k * g->ldb + n] : d->b[n * g->ldb + k]);
+            bd[n * g->K + k] = g->lay & TB ? b_val(g, d->b, n, k) : b_val(g, d->b, k, n);
     for (int64_t m = 0; m < g->M; m++)
         for (int64_t n = 0; n < g->N; n++) {
             const double *ar = ad + m * g->K, *br = bd + n * g->K;
@@ -95,20 +121,26 @@ static void drop(gdata *d) {
     free(d->scale);
 }
 
-static int call(const gcase *g, const gdata *d, float *c, ct_arena *ar) {
-    return g->nn ? ct_bf16_gemm_nn(g->M, g->N, g->K, g->alpha, d->a, g->lda, d->b, g->ldb,
-                                   g->beta, c, g->ldc, ar)
-                 : ct_bf16_gemm_nt(g->M, g->N, g->K, g->alpha, d->a, g->lda, d->b, g->ldb,
-                                   g->beta, c, g->ldc, ar);
+/* bf16 B with op(A) = A goes through the wrappers on odd seeds (their own
+ * entry points), else through ct_bf16_gemm. */
+static int call(const gcase *g, const gdata *d, float *c, ct_arena *ar, bool wrapper) {
+    if (wrapper && !(g->lay & (TA | BF32)))
+        return g->lay & TB ? ct_bf16_gemm_nt(g->M, g->N, g->K, g->alpha, d->a, g->lda, d->b, g->ldb,
+                                             g->beta, c, g->ldc, ar)
+                           : ct_bf16_gemm_nn(g->M, g->N, g->K, g->alpha, d->a, g->lda, d->b, g->ldb,
+                                             g->beta, c, g->ldc, ar);
+    return ct_bf16_gemm(g->lay & TA, g->lay & TB, g->M, g->N, g->K, g->alpha, d->a, g->lda, d->b,
+                        g->lay & BF32 ? CT_F32 : CT_BF16, g->ldb, g->beta, c, g->ldc, ar);
 }
 
 /* Runs one case on the current path into c (a copy of c0) and checks it
  * against the reference and the padding; returns false on a failed check. */
-static bool run_check(const char *path, const gcase *g, const gdata *d, float *c, ct_arena *ar) {
+static bool run_check(const char *path, const gcase *g, const gdata *d, float *c, ct_arena *ar,
+                      bool wrapper) {
     double *max_rel = &g_max_rel[strcmp(path, "fallback") == 0];
     memcpy(c, d->c0, sizeof(float) * (size_t)(g->M * g->ldc));
     size_t used = ar->used;
-    int rc = call(g, d, c, ar);
+    int rc = call(g, d, c, ar, wrapper);
     CHECK_OK(rc);
     CHECK(ar->used == used, "%s: scratch not rewound (%zu -> %zu bytes)", path, used, ar->used);
     if (rc) return false;
@@ -134,7 +166,7 @@ static bool run_check(const char *path, const gcase *g, const gdata *d, float *c
     CHECK(bad == 0,
           "%s %s M=%lld N=%lld K=%lld ld=%lld/%lld/%lld alpha=%g beta=%g: %lld bad; worst [%lld] "
           "got %.9g want %.9g (scale %.3g)",
-          path, g->nn ? "nn" : "nt", (long long)g->M, (long long)g->N, (long long)g->K,
+          path, lay_name(g->lay), (long long)g->M, (long long)g->N, (long long)g->K,
           (long long)g->lda, (long long)g->ldb, (long long)g->ldc, g->alpha, g->beta,
           (long long)bad, (long long)worst,
           worst < 0 ? 0.0 : (double)c[(worst / g->N) * g->ldc + worst % g->N],
@@ -149,13 +181,19 @@ static void check_case(const gcase *g, uint64_t seed, bool fast, ct_arena *ar) {
     float *c = ct_test_need(malloc(sizeof(float) * (size_t)(g->M * g->ldc + 1)));
     if (fast) {
         ct_bf16_force_fallback(false);
-        run_check("fast", g, &d, c, ar);
+        run_check("fast", g, &d, c, ar, seed % 2);
     }
     ct_bf16_force_fallback(true);
-    run_check("fallback", g, &d, c, ar);
+    run_check("fallback", g, &d, c, ar, seed % 2);
     ct_bf16_force_fallback(false);
     free(c);
     drop(&d);
+}
+
+/* A case with dense strides plus `pad` (0: dense) in every layout's terms. */
+static gcase mk(int lay, int64_t M, int64_t N, int64_t K, int pad, float alpha, float beta) {
+    int64_t acols = lay & TA ? M : K, bcols = lay & TB ? K : N;
+    return (gcase){lay, M, N, K, acols + pad * 5, bcols + pad * 3, N + pad * 7, alpha, beta};
 }
 
 static void shapes(bool fast, ct_arena *ar) {
@@ -166,58 +204,89 @@ static void shapes(bool fast, ct_arena *ar) {
     int i = 0;
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
         for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++, i++)
-            for (int nn = 0; nn < 2; nn++) {
-                int64_t M = Ms[mi], N = Ns[ni], K = Ks[(size_t)(i + 3 * nn) % 10];
+            for (int lay = 0; lay < 8; lay++) {
+                int64_t M = Ms[mi], N = Ns[ni], K = Ks[(size_t)(i + 3 * lay) % 10];
                 /* big shapes get the small K, to keep the reference cheap */
                 if (M * N > 8000 && K > 400) K = K % 2 ? 385 : 64;
-                if (M * N <= 8000 && i % 4 == 1) K = 1100;
-                int pad = i % 3; /* 0: dense; else strides wider than the rows */
-                gcase g = {nn, M, N, K, K + pad * 5, (nn ? N : K) + pad * 3, N + pad * 7,
-                           i % 2 ? 0.75f : 1.0f, betas[(size_t)(i + nn) % 3]};
-                check_case(&g, 100 + (uint64_t)i * 2 + (uint64_t)nn, fast, ar);
+                if (M * N <= 8000 && (i + lay) % 4 == 1) K = 1100;
+                int pad = (i + lay) % 3; /* 0: dense; else strides wider than the rows */
+                gcase g = mk(lay, M, N, K, pad, (i + lay) % 2 ? 0.75f : 1.0f,
+                             betas[(size_t)(i + lay) % 3]);
+                check_case(&g, 100 + (uint64_t)i * 8 + (uint64_t)lay, fast, ar);
             }
     /* Several K blocks (2048 k each) with beta != 0 (partial sums kept apart
      * from C) and 0 (partial sums in C), a last block of one odd pair, two M
-     * chunks (the packed A is bounded: 16 MiB), N past one column block (128). */
-    gcase big[] = {{false, 270, 20, 8193, 8193, 8193, 21, 1.0f, 0.5f},
-                   {true, 270, 20, 8193, 8200, 20, 20, -1.5f, 0.0f},
-                   {false, 1100, 3, 8193, 8193, 8193, 3, 1.0f, 1.0f},
-                   {true, 37, 300, 2049, 2049, 301, 305, 0.5f, 0.5f},
-                   {false, 64, 300, 1100, 1100, 1103, 300, 1.0f, 1.0f}};
+     * chunks (the packed A is bounded: 16 MiB), N past one column block (128);
+     * the LoRA shapes (r = 64: dB = dYᵀ·u, dA = gᵀ·x, u = x·Aᵀ, dx = g·A). */
+    gcase big[] = {mk(TB, 270, 20, 8193, 0, 1.0f, 0.5f),
+                   {0, 270, 20, 8193, 8200, 20, 20, -1.5f, 0.0f},
+                   mk(TB, 1100, 3, 8193, 0, 1.0f, 1.0f),
+                   {0, 37, 300, 2049, 2049, 301, 305, 0.5f, 0.5f},
+                   {TB, 64, 300, 1100, 1100, 1103, 300, 1.0f, 1.0f},
+                   mk(TA | BF32, 21, 19, 4100, 1, 1.0f, 0.5f),
+                   mk(TA | TB | BF32, 40, 9, 2051, 2, -0.5f, 0.0f),
+                   mk(BF32, 13, 150, 4099, 0, 1.0f, 1.0f),
+                   mk(TB | BF32, 1100, 5, 8193, 0, 1.0f, 0.0f),
+                   mk(TA, 1100, 3, 8193, 1, 1.0f, 1.0f),
+                   mk(TA | BF32, 200, 64, 512, 0, 0.25f, 1.0f),
+                   mk(TA | BF32, 64, 200, 512, 3, 1.0f, 1.0f),
+                   mk(TB | BF32, 512, 64, 200, 0, 1.0f, 0.0f),
+                   mk(BF32, 512, 200, 64, 1, 1.0f, 1.0f),
+                   /* M past the row cap of the partial-sum buffer (2040 rows:
+                    * the packed A once overflowed when the cap was no multiple
+                    * of 12) and, without that buffer, one chunk of 2100 rows */
+                   mk(TB, 2049, 5, 4100, 1, 1.0f, 0.5f),
+                   mk(TA | BF32, 2100, 64, 300, 0, 1.0f, 1.0f),
+                   mk(TB, 2049, 33, 100, 1, 1.0f, 0.0f),
+                   /* A's row-major copy with a padded row stride (K = 512, 2048) */
+                   mk(TB, 40, 70, 2048, 1, 1.0f, 0.5f),
+                   mk(BF32, 30, 50, 512, 0, 1.0f, 1.0f)};
     for (size_t j = 0; j < sizeof big / sizeof big[0]; j++) check_case(&big[j], 900 + j, fast, ar);
 }
 
-/* Ties of f32 -> bf16 must round to even, and exact sums must come out exact. */
+/* Ties of f32 -> bf16 must round to even, and exact sums must come out exact:
+ * the f32 A (either layout) and the f32 B, against exact bf16 B values. */
 static void rounding(bool fast, ct_arena *ar) {
     enum { M = 13, N = 35, K = 41 };
     /* halfway cases: 1+2^-8 -> 1, 1+3·2^-8 -> 1+2^-6, 2+2^-7 -> 2, -(1+2^-8) -> -1 */
     static const float ties[] = {1.00390625f, 1.01171875f, 2.0078125f, -1.00390625f, 3.0f, -0.5f};
-    float a[M * K], c[M * N];
-    uint16_t bt[N * K], bn[K * N]; /* B for nt [N, K] and the same values for nn [K, N] */
+    static float a[M * K], at[K * M], c[M * N];
+    static float bt32[N * K], bn32[K * N]; /* f32 B with ties, [N, K] and [K, N] */
+    static uint16_t bt[N * K], bn[K * N];  /* exact bf16 B, [N, K] and [K, N] */
     for (int m = 0; m < M; m++)
-        for (int k = 0; k < K; k++) a[m * K + k] = ties[(m * 7 + k * 3) % 6];
+        for (int k = 0; k < K; k++) a[m * K + k] = at[k * M + m] = ties[(m * 7 + k * 3) % 6];
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++) {
             float v = (float)((n * 5 + k * 11) % 9 - 4); /* small integers: exact in bf16 */
             bt[n * K + k] = bn[k * N + n] = ct_f32_to_bf16(v);
+            bt32[n * K + k] = bn32[k * N + n] = ties[(n * 5 + k) % 6];
         }
     for (int path = fast ? 0 : 1; path < 2; path++) {
         ct_bf16_force_fallback(path == 1);
-        for (int nn = 0; nn < 2; nn++) {
-            int rc = nn ? ct_bf16_gemm_nn(M, N, K, 1.0f, a, K, bn, N, 0.0f, c, N, ar)
-                        : ct_bf16_gemm_nt(M, N, K, 1.0f, a, K, bt, K, 0.0f, c, N, ar);
+        for (int lay = 0; lay < 8; lay++) {
+            bool ta = lay & TA, tb = lay & TB, f32 = lay & BF32;
+            const void *b = f32 ? (tb ? (const void *)bt32 : (const void *)bn32)
+                                : (tb ? (const void *)bt : (const void *)bn);
+            /* f32 B: A is the small integers (B's values, as f32), B has the ties */
+            static float ai[M * K], ait[K * M];
+            for (int m = 0; m < M; m++)
+                for (int k = 0; k < K; k++)
+                    ai[m * K + k] = ait[k * M + m] = (float)((m * 5 + k * 11) % 9 - 4);
+            const float *aa = f32 ? (ta ? ait : ai) : (ta ? at : a);
+            int rc = ct_bf16_gemm(ta, tb, M, N, K, 1.0f, aa, ta ? M : K, b, f32 ? CT_F32 : CT_BF16,
+                                  tb ? K : N, 0.0f, c, N, ar);
             CHECK_OK(rc);
             int bad = 0;
             for (int m = 0; m < M; m++)
                 for (int n = 0; n < N; n++) {
                     double want = 0.0; /* exact: ~20 significant bits at most */
                     for (int k = 0; k < K; k++)
-                        want += (double)ct_bf16_to_f32(ct_f32_to_bf16(a[m * K + k])) *
-                                ct_bf16_to_f32(bt[n * K + k]);
+                        want += f32 ? (double)ai[m * K + k] * bf16r(bt32[n * K + k])
+                                    : bf16r(a[m * K + k]) * (double)ct_bf16_to_f32(bt[n * K + k]);
                     bad += (double)c[m * N + n] != want;
                 }
             CHECK(bad == 0, "%s %s: %d sums not exact (ties must round to even)",
-                  path ? "fallback" : "fast", nn ? "nn" : "nt", bad);
+                  path ? "fallback" : "fast", lay_name(lay), bad);
         }
     }
     ct_bf16_force_fallback(false);
@@ -230,10 +299,14 @@ static void rounding(bool fast, ct_arena *ar) {
  * partitions of the same sums). */
 static void determinism(bool fast, ct_arena *ar) {
     int keep = omp_get_max_threads();
-    gcase cases[] = {{false, 130, 257, 1100, 1100, 1100, 257, 0.75f, 0.5f},
-                     {true, 130, 257, 1100, 1100, 257, 260, 1.0f, 0.0f},
-                     {true, 64, 150, 2500, 2500, 150, 150, 1.0f, 0.5f}, /* two K blocks */
-                     {false, 100, 7, 777, 777, 777, 7, 1.0f, 1.0f}}; /* one N panel: split over M */
+    gcase cases[] = {mk(TB, 130, 257, 1100, 0, 0.75f, 0.5f),
+                     {0, 130, 257, 1100, 1100, 257, 260, 1.0f, 0.0f},
+                     mk(0, 64, 150, 2500, 0, 1.0f, 0.5f), /* two K blocks */
+                     mk(TB, 100, 7, 777, 0, 1.0f, 1.0f),  /* one N panel: split over M */
+                     mk(TA | BF32, 64, 300, 2500, 1, 1.0f, 1.0f),
+                     mk(TA | TB | BF32, 130, 64, 777, 0, 0.5f, 0.0f),
+                     mk(TB | BF32, 130, 64, 1100, 2, 1.0f, 0.0f),
+                     mk(BF32, 130, 257, 64, 0, 1.0f, 1.0f)};
     for (size_t j = 0; j < sizeof cases / sizeof cases[0]; j++) {
         const gcase *g = &cases[j];
         gdata d;
@@ -246,13 +319,14 @@ static void determinism(bool fast, ct_arena *ar) {
             for (int t = 0; t < 4; t++) {
                 omp_set_num_threads(path == 1 ? keep : t == 3 ? 2 : t + 1); /* 1, 2, 3, 2 again */
                 memcpy(c[t], d.c0, sizeof(float) * cn);
-                CHECK_OK(call(g, &d, c[t], ar));
+                CHECK_OK(call(g, &d, c[t], ar, false));
             }
             omp_set_num_threads(keep);
             for (int t = 1; t < 4; t++)
                 CHECK(memcmp(c[0], c[t], sizeof(float) * cn) == 0,
-                      "%s case %zu: run %d differs from run 0 (%s)", path ? "fallback" : "fast", j,
-                      t, path ? "same thread count" : "threads 1 vs 2/3/2");
+                      "%s case %zu (%s): run %d differs from run 0 (%s)",
+                      path ? "fallback" : "fast", j, lay_name(g->lay), t,
+                      path ? "same thread count" : "threads 1 vs 2/3/2");
         }
         ct_bf16_force_fallback(false);
         for (int t = 0; t < 4; t++) free(c[t]);
@@ -276,6 +350,10 @@ static void errors(bool fast) {
         int rc = ct_bf16_gemm_nt(4, 4, 8, 1.0f, a, 8, b, 8, 0.0f, c, 4, &bad);
         CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "bf16 gemm"),
               "no scratch: rc %d, message '%s'", rc, ct_last_error());
+        ct_error_clear();
+        rc = ct_bf16_gemm(true, false, 4, 4, 8, 1.0f, a, 4, a, CT_F32, 4, 0.0f, c, 4, &bad);
+        CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "bf16 gemm"),
+              "no scratch (tn f32): rc %d, message '%s'", rc, ct_last_error());
     }
     ct_bf16_force_fallback(false);
     ct_arena_free(&bad);
@@ -284,6 +362,19 @@ static void errors(bool fast) {
     CHECK(ct_bf16_gemm_nn(-1, 4, 8, 1.0f, a, 8, b, 4, 0.0f, c, 4, &ar) == CT_EINPUT, "negative M");
     CHECK(ct_bf16_gemm_nt(4, 4, 8, 1.0f, a, 7, b, 8, 0.0f, c, 4, &ar) == CT_EINPUT, "lda < K");
     CHECK(ct_bf16_gemm_nn(4, 4, 8, 1.0f, a, 8, b, 3, 0.0f, c, 4, &ar) == CT_EINPUT, "ldb < N");
+    /* The general form checks the stored shapes: Aᵀ [K, M], B [K, N] or [N, K]. */
+    struct { bool ta, tb; int64_t lda, ldb, ldc; ct_dtype bdt; const char *what; } bad_args[] = {
+        {true, false, 3, 4, 4, CT_F32, "trans_a: lda < M"},
+        {false, true, 8, 7, 4, CT_F32, "trans_b: ldb < K"},
+        {false, false, 8, 3, 4, CT_F32, "ldb < N"},
+        {false, false, 8, 4, 4, CT_F16, "f16 B"},
+        {false, false, 8, 4, 3, CT_F32, "ldc < N"}};
+    for (size_t i = 0; i < sizeof bad_args / sizeof bad_args[0]; i++)
+        CHECK(ct_bf16_gemm(bad_args[i].ta, bad_args[i].tb, 4, 4, 8, 1.0f, a, bad_args[i].lda, a,
+                           bad_args[i].bdt, bad_args[i].ldb, 0.0f, c, bad_args[i].ldc,
+                           &ar) == CT_EINPUT,
+              "%s", bad_args[i].what);
+    CHECK_OK(ct_bf16_gemm(true, false, 4, 4, 8, 1.0f, a, 4, a, CT_F32, 4, 0.0f, c, 4, &ar));
     /* Empty shapes leave C alone; K = 0 is an empty sum: c = beta·c. */
     for (int i = 0; i < 16; i++) c[i] = 2.0f;
     CHECK_OK(ct_bf16_gemm_nt(0, 4, 8, 1.0f, a, 8, b, 8, 0.0f, c, 4, &ar));

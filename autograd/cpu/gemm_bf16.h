@@ -1,8 +1,9 @@
 /* bf16 GEMMs with fp32 accumulation for the CPU backend (cpu/gemm_bf16.c):
- * the frozen base-weight products of LoRA training with bf16 weights, in the
- * semantics of a bf16 compute dtype (bitsandbytes, PyTorch autocast): the f32
- * activations are rounded to bf16 (nearest even), every product bf16(a)·bf16(b)
- * is exact in fp32, and the products are summed in fp32.
+ * the products of LoRA training with compute dtype bf16 (the frozen base
+ * weight's and the LoRA pair's), in the semantics of a bf16 compute dtype
+ * (bitsandbytes, PyTorch autocast): the f32 operands are rounded to bf16
+ * (nearest even), every product bf16(a)·bf16(b) is exact in fp32, and the
+ * products are summed in fp32.
  *
  * Summation order: on the fast path (AVX512-BF16, VDPBF16PS) every output is
  * one fp32 chain over k = 0, 1, 2, ... in pairs (the instruction adds the
@@ -14,11 +15,11 @@
  * them with cblas_sgemm, in OpenBLAS's order.
  *
  * State ownership: every pointer is borrowed; `scratch` holds the packing
- * buffers, all released (rewound) before return: on the fast path the packed A
- * (M·K·2 bytes, at most 16 MiB per M chunk) and 512 KiB of packed B per thread
- * (plus, for beta != 0 and K > 2048, up to 1 MiB of partial sums per thread);
- * on the fallback two f32 tiles of at most 4 MiB. The GEMMs are called from
- * outside OpenMP parallel regions and parallelise themselves
+ * buffers, all released (rewound) before return: on the fast path the bf16
+ * copy of op(A) (about M·K·2 bytes, at most 16 MiB per M chunk) and 512 KiB of
+ * packed B per thread (plus, for beta != 0 and K > 2048, up to 1 MiB of partial
+ * sums per thread); on the fallback two f32 tiles of at most 4 MiB. The GEMMs
+ * are called from outside OpenMP parallel regions and parallelise themselves
  * (omp_get_max_threads() threads). */
 #ifndef CT_CPU_GEMM_BF16_H
 #define CT_CPU_GEMM_BF16_H
@@ -27,6 +28,7 @@
 #include <stdint.h>
 
 #include "../arena.h"
+#include "../tensor.h"
 
 /* True when this CPU executes AVX512-BF16 (VDPBF16PS) and the OS saves zmm
  * state; cached after the first call. The environment variable
@@ -34,7 +36,24 @@
  * fallback). */
 bool ct_cpu_bf16_dot_supported(void);
 
-/* C [M, N] (row stride ldc) = alpha · bf16(A) · Bᵀ + beta · C
+/* The general form: C [M, N] (row stride ldc) = alpha · op(A) · op(B) + beta · C
+ *   op(A) [M, K]: A [M, K] f32 (row stride lda), or with trans_a its transpose:
+ *     A [K, M] (lda); rounded to bf16 (RNE) as it is packed;
+ *   op(B) [K, N]: B [K, N] (row stride ldb), or with trans_b its transpose:
+ *     B [N, K] (ldb); b_dtype CT_BF16 (uint16_t bits, used as stored) or CT_F32
+ *     (rounded to bf16, RNE, as it is packed).
+ * E.g. LoRA's u = x·Aᵀ (trans_b, f32 B), dB = dYᵀ·u and dA = gᵀ·x (trans_a,
+ * f32 B), dx = g·A (f32 B); the frozen-weight products are the bf16-B forms
+ * below. Summation order, fallback and scratch as above.
+ * beta == 0 ignores C's old contents (NaN garbage included). Any M, N, K >= 0.
+ * Returns CT_OK, CT_EINPUT for negative sizes, row strides narrower than the
+ * stored rows or another b_dtype, CT_ERUNTIME when scratch runs out. */
+int ct_bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float *a, int64_t lda, const void *b, ct_dtype b_dtype, int64_t ldb,
+                 float beta, float *c, int64_t ldc, ct_arena *scratch);
+
+/* ct_bf16_gemm(false, true, ..., CT_BF16, ...):
+ * C [M, N] (row stride ldc) = alpha · bf16(A) · Bᵀ + beta · C
  *   A [M, K] f32 (row stride lda), rounded to bf16 (RNE) as it is packed;
  *   B [N, K] bf16 (uint16_t bits, row stride ldb) — a frozen weight W [out, in]:
  *   this is y = x·Wᵀ.
@@ -45,14 +64,15 @@ int ct_bf16_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float *a
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch);
 
-/* C [M, N] (ldc) = alpha · bf16(A) · B + beta · C
+/* ct_bf16_gemm(false, false, ..., CT_BF16, ...):
+ * C [M, N] (ldc) = alpha · bf16(A) · B + beta · C
  *   A [M, K] f32 (lda) rounded to bf16; B [K, N] bf16 (ldb) — dx = dy·W with
  *   W [out, in] (K = out, N = in). Same contract as ct_bf16_gemm_nt. */
 int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch);
 
-/* For tests and benchmarks (not thread-safe): true makes both GEMMs take the
+/* For tests and benchmarks (not thread-safe): true makes the GEMMs take the
  * cblas_sgemm fallback even where AVX512-BF16 is available. Returns the
  * previous setting. */
 bool ct_bf16_force_fallback(bool on);

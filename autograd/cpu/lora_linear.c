@@ -14,12 +14,16 @@
  * Backward (dY [T, out], u = drop(x)·Aᵀ [T, r] saved by the forward):
  *   dB += s·dYᵀ·u     g = s·dY·B [T, r]     dA += gᵀ·drop(x)
  *   dx += dY·W + (g·A) ⊙ mask/(1-p)
- * All GEMMs are cblas_sgemm calls made outside OpenMP regions; every output
- * element is summed in a fixed order, so results repeat bit for bit.
+ * All GEMMs are made outside OpenMP regions (cblas_sgemm, or gemm_bf16.c);
+ * every output element is summed in a fixed order, so results repeat bit for
+ * bit.
  *
- * With lin->compute == CT_BF16 the two frozen-weight GEMMs (x·Wᵀ and dY·W)
- * run in bf16 with fp32 sums (gemm_bf16.c): a bf16 W is used as stored, other
- * dtypes are rounded to bf16 per row tile. The LoRA GEMMs stay fp32. */
+ * With lin->compute == CT_BF16 all eight GEMMs run in bf16 with fp32 sums
+ * (gemm_bf16.c): the two frozen-weight ones (x·Wᵀ and dY·W) take a bf16 W as
+ * stored and other dtypes rounded to bf16 per row tile; the six LoRA ones
+ * round their f32 inputs (drop(x), A, u, B, dY, g) to bf16 as they pack them.
+ * u and g are fp32 sums (u is saved in f32) and are rounded only where they
+ * enter the next GEMM; A, B, dA and dB stay f32. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -184,29 +188,39 @@ void ct_cpu_dropout_rows(const float *src, float *dst, int64_t m, int64_t cols,
     }
 }
 
+/* One LoRA GEMM, C [M, N] = alpha·op(A)·op(B) + beta·C over f32 operands:
+ * cblas_sgemm (compute CT_F32) or bf16 inputs with fp32 sums (CT_BF16). */
+static int lora_gemm(ct_dtype compute, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float beta, float *c, int64_t ldc, ct_arena *scratch) {
+    if (compute == CT_BF16)
+        return ct_bf16_gemm(ta, tb, M, N, K, alpha, a, lda, b, CT_F32, ldb, beta, c, ldc, scratch);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                (int)M, (int)N, (int)K, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+    return CT_OK;
+}
+
 /* u [T, r] = drop(x)·Aᵀ, with the dropped copy of x made chunk by chunk. */
 static int lora_down(const float *xs, int64_t T, int64_t in, const ct_linear *lin, uint64_t seed,
                      float *us, ct_arena *scratch) {
     int64_t r = lin->a->shape[0];
     const float *as = lin->a->data; /* [r, in] */
     float p = lin->dropout;
-    if (p <= 0.0f) {
-        /* u = x·Aᵀ   (T×in)·(in×r) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)r, (int)in, 1.0f, xs,
-                    (int)in, as, (int)in, 0.0f, us, (int)r);
-        return CT_OK;
-    }
+    if (p <= 0.0f) /* u = x·Aᵀ   (T×in)·(in×r) */
+        return lora_gemm(lin->compute, false, true, T, r, in, 1.0f, xs, in, as, in, 0.0f, us, r,
+                         scratch);
     int64_t tc = ct_cpu_rows_within(DROP_CHUNK_BYTES, in, T);
     float *xd = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
     if (!xd) return CT_ERUNTIME;
-    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+    int rc = CT_OK;
+    for (int64_t t0 = 0; t0 < T && !rc; t0 += tc) {
         int64_t n = T - t0 < tc ? T - t0 : tc;
         ct_cpu_dropout_rows(xs + (size_t)t0 * (size_t)in, xd, n, in, NULL, t0, seed, p);
         /* u[t0:t0+n] = drop(x[t0:t0+n])·Aᵀ   (n×in)·(in×r) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)r, (int)in, 1.0f, xd,
-                    (int)in, as, (int)in, 0.0f, us + (size_t)t0 * (size_t)r, (int)r);
+        rc = lora_gemm(lin->compute, false, true, n, r, in, 1.0f, xd, in, as, in, 0.0f,
+                       us + (size_t)t0 * (size_t)r, r, scratch);
     }
-    return CT_OK;
+    return rc;
 }
 
 int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
@@ -223,9 +237,8 @@ int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
         float *us = u ? u->data : ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float));
         rc = us ? lora_down(xs, T, in, lin, seed, us, scratch) : CT_ERUNTIME;
         if (!rc && ys) /* y += s·u·Bᵀ   (T×r)·(r×out) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)out, (int)r,
-                        lin->scale, us, (int)r, (const float *)lin->b->data, (int)r, 1.0f, ys,
-                        (int)out);
+            rc = lora_gemm(lin->compute, false, true, T, out, r, lin->scale, us, r,
+                           (const float *)lin->b->data, r, 1.0f, ys, out, scratch);
     }
     ct_arena_rewind(scratch, mark);
     return rc;
@@ -238,41 +251,39 @@ static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const c
     int64_t r = lin->a->shape[0];
     const float *as = lin->a->data, *bs = lin->b->data; /* A [r, in], B [out, r] */
     float s = lin->scale, p = lin->dropout;
+    ct_dtype cd = lin->compute;
+    int rc = CT_OK;
     if (dbs) /* dB += s·dYᵀ·u   (out×T)·(T×r) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)r, (int)T, s, dys,
-                    (int)out, us, (int)r, 1.0f, dbs, (int)r);
-    if (!das && !dxs) return CT_OK;
+        rc = lora_gemm(cd, true, false, out, r, T, s, dys, out, us, r, 1.0f, dbs, r, scratch);
+    if (rc || (!das && !dxs)) return rc;
     float *g = ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float)); /* [T, r] */
     if (!g) return CT_ERUNTIME;
     /* g = s·dY·B   (T×out)·(out×r) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)r, (int)out, s, dys,
-                (int)out, bs, (int)r, 0.0f, g, (int)r);
+    rc = lora_gemm(cd, false, false, T, r, out, s, dys, out, bs, r, 0.0f, g, r, scratch);
+    if (rc) return rc;
     if (p <= 0.0f) {
         if (das) /* dA += gᵀ·x   (r×T)·(T×in) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)in, (int)T, 1.0f, g,
-                        (int)r, xs, (int)in, 1.0f, das, (int)in);
-        if (dxs) /* dx += g·A   (T×r)·(r×in) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)in, (int)r, 1.0f,
-                        g, (int)r, as, (int)in, 1.0f, dxs, (int)in);
-        return CT_OK;
+            rc = lora_gemm(cd, true, false, r, in, T, 1.0f, g, r, xs, in, 1.0f, das, in, scratch);
+        if (!rc && dxs) /* dx += g·A   (T×r)·(r×in) */
+            rc = lora_gemm(cd, false, false, T, in, r, 1.0f, g, r, as, in, 1.0f, dxs, in, scratch);
+        return rc;
     }
     /* With dropout the mask is regenerated per token chunk into buf. */
     int64_t tc = ct_cpu_rows_within(DROP_CHUNK_BYTES, in, T);
     float *buf = ct_arena_alloc(scratch, (size_t)tc * (size_t)in * sizeof(float)); /* [tc, in] */
     if (!buf) return CT_ERUNTIME;
-    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+    for (int64_t t0 = 0; t0 < T && !rc; t0 += tc) {
         int64_t n = T - t0 < tc ? T - t0 : tc;
         const float *gc = g + (size_t)t0 * (size_t)r; /* [n, r] */
         if (das) {
             ct_cpu_dropout_rows(xs + (size_t)t0 * (size_t)in, buf, n, in, NULL, t0, seed, p);
             /* dA += g[t0:t0+n]ᵀ·drop(x[t0:t0+n])   (r×n)·(n×in) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)in, (int)n, 1.0f,
-                        gc, (int)r, buf, (int)in, 1.0f, das, (int)in);
+            rc = lora_gemm(cd, true, false, r, in, n, 1.0f, gc, r, buf, in, 1.0f, das, in, scratch);
         }
-        if (dxs) {
+        if (!rc && dxs) {
             /* buf = g[t0:t0+n]·A   (n×r)·(r×in), then ⊙ mask/(1-p) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)r, 1.0f,
-                        gc, (int)r, as, (int)in, 0.0f, buf, (int)in);
+            rc = lora_gemm(cd, false, false, n, in, r, 1.0f, gc, r, as, in, 0.0f, buf, in, scratch);
+            if (rc) break;
             ct_cpu_dropout_rows(buf, buf, n, in, NULL, t0, seed, p);
             float *dxc = dxs + (size_t)t0 * (size_t)in;
             size_t cnt = (size_t)n * (size_t)in;
@@ -280,7 +291,7 @@ static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const c
             for (size_t i = 0; i < cnt; i++) dxc[i] += buf[i];
         }
     }
-    return CT_OK;
+    return rc;
 }
 
 int ct_cpu_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed,
