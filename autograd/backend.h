@@ -32,9 +32,10 @@ typedef struct ct_linear {
     float scale;   /* alpha / r, or alpha / sqrt(r) with rsLoRA */
     float dropout; /* probability of zeroing an input element of the LoRA path */
     uint64_t id;   /* stable per layer: with the tape's step seed, seeds the dropout mask */
-    ct_dtype compute; /* the base GEMMs' math: CT_F32 (0, the default: exact fp32) or CT_BF16
-                       * (x and W rounded to bf16, products summed in fp32: bitsandbytes'
-                       * compute dtype). The LoRA path is always fp32. */
+    ct_dtype compute; /* the GEMMs' math: CT_F32 (0, the default: exact fp32) or CT_BF16
+                       * (inputs rounded to bf16, products summed in fp32: bitsandbytes'
+                       * compute dtype, PyTorch's bf16 autocast). With CT_BF16 lora_linear's
+                       * LoRA GEMMs are bf16 too; A, B and their grads stay f32. */
 } ct_linear;
 
 /* Rotary embedding over x viewed as [T, H, head_dim]. Heads are taken in groups
