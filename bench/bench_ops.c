@@ -223,7 +223,7 @@ int main(int argc, char **argv) {
     ct_tensor *b_up = param(be, CT_F32, 2, F, r, LORA, 13, 0.02f);
 
     double lora_extra = 0;
-    bench_case cases[20];
+    bench_case cases[32];
     int n = 0;
     memset(cases, 0, sizeof cases);
     /* Byte counts below: f32 elements read + written; a grad that ct_grad creates
@@ -310,6 +310,17 @@ int main(int argc, char **argv) {
                             .k = D, .aux = {labels}};
     cases[n].lin = (ct_linear){.w = w_out, .a = a_out, .b = b_out, .scale = 0.25f, .dropout = 0.1f, .id = 3};
     n++;
+    /* compute_dtype: bfloat16 — the same ops with bf16 products (fp32 sums) */
+    const char *bf16_names[] = {"lora_linear wqkv (bf16 W, r=64), bf16 compute", "lora_linear w1 (bf16 W, r=64), bf16 compute",
+                                "linear_cross_entropy (V=92544), bf16 compute"};
+    int first = n - 5; /* the lora_linear wqkv, w1 and V=92544 loss cases above */
+    for (int i = 0; i < 3; i++) {
+        int src = first + i;
+        cases[n] = cases[src];
+        cases[n].name = bf16_names[i];
+        cases[n].lin.compute = CT_BF16;
+        n++;
+    }
 
     printf("# ctuner op benchmark: T=%d, hidden %d, heads %d/%d x %d, ffn %d, vocab %d; %d OpenMP threads\n\n",
            T, D, Hq, Hkv, hd, F, V, omp_get_max_threads());

@@ -369,7 +369,8 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     float p = lora ? h->dropout : 0.0f;
     xent_ctx c = {.h = h, .n = n, .D = D, .V = V, .r = lora ? h->a->shape[0] : 0, .k = grad_scale,
                   .tok = idx, .dx = dxs, .scratch = scratch};
-    c.Vt = ct_cpu_rows_within(xent_tile_bytes, D, V);
+    /* xent_tile_bytes of converted tile: bf16 tiles hold twice the rows */
+    c.Vt = ct_cpu_rows_within(bf16_math(&c) ? 2 * xent_tile_bytes : xent_tile_bytes, D, V);
     if (head_in_place(h)) {
         /* No converted copy to bound: tiles as wide as the logits block allows
          * for all n rows, so fewer and larger GEMMs (each call and parallel

@@ -127,15 +127,14 @@ static int gemm_bf16(bool gw, int64_t M, const float *a, int64_t lda, const ct_t
             return ct_bf16_gemm_nn(M, K, N, alpha, a, lda, wb, K, beta, c, ldc, scratch);
         return ct_bf16_gemm_nt(M, N, K, alpha, a, lda, wb, K, beta, c, ldc, scratch);
     }
-    int64_t tile = ct_cpu_rows_within(weight_tile_bytes, K, N);
+    /* weight_tile_bytes of bf16: twice the rows of an f32 tile */
+    int64_t tile = ct_cpu_rows_within(2 * weight_tile_bytes, K, N);
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     uint16_t *wt = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(uint16_t)); /* [tile, K] */
-    float *wf = ct_arena_alloc(scratch, (size_t)tile * (size_t)K * sizeof(float));        /* [tile, K] */
-    int rc = wt && wf ? CT_OK : CT_ERUNTIME;
+    int rc = wt ? CT_OK : CT_ERUNTIME;
     for (int64_t n0 = 0; !rc && n0 < N; n0 += tile) {
         int64_t nt = N - n0 < tile ? N - n0 : tile;
-        rc = ct_cpu_weight_rows_f32(w, n0, nt, wf);
-        if (!rc) rc = ct_convert(wt, CT_BF16, wf, CT_F32, nt * K);
+        rc = ct_cpu_weight_rows_bf16(w, n0, nt, wt);
         if (rc) break;
         if (gw) /* C = alpha·G[:, n0:n0+nt]·Wt + beta·C; later tiles add   (M×nt)·(nt×K) */
             rc = ct_bf16_gemm_nn(M, K, nt, alpha, a + n0, lda, wt, K, n0 ? 1.0f : beta, c, ldc, scratch);
