@@ -12,17 +12,10 @@
 
 #include "gemm_bf16.h" /* ct_cpu_bf16_dot_supported, ct_bf16_force_fallback */
 
+#include "avx512_bf16.h"
 #if defined(__x86_64__)
-#include <immintrin.h>
 
-#define CT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-bool ct_attn_bf16_dot(void) {
-    if (!ct_cpu_bf16_dot_supported()) return false;
-    bool forced = ct_bf16_force_fallback(false); /* no getter: read by setting it back */
-    ct_bf16_force_fallback(forced);
-    return !forced;
-}
+bool ct_attn_bf16_dot(void) { return ct_bf16_fast_path(); }
 
 /* The lanes of 16 that hold columns < left. */
 static inline __mmask16 lanes(int64_t left) {
@@ -124,31 +117,6 @@ CT_AVX512BF16 void ct_attn_bf16_pairs(const float *x, int64_t ldx, int64_t rows,
     }
 }
 
-/* Transposes 16×16 u32 in registers: afterwards x[j] holds element j of the
- * 16 former rows (as in gemm_bf16.c). */
-CT_AVX512BF16 static inline void transpose16(__m512i x[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
-        __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
-        __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        x[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
-        x[c + 4] = _mm512_shuffle_i32x4(v1, w1, 0x88);
-        x[c + 8] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
-        x[c + 12] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
-    }
-}
 
 CT_AVX512BF16 void ct_attn_bf16_pairs_t(const float *x, int64_t ldx, int64_t rows, int64_t n,
                                         int64_t np, int64_t t_pad, uint32_t *dst, int64_t ldd) {
@@ -166,7 +134,7 @@ CT_AVX512BF16 void ct_attn_bf16_pairs_t(const float *x, int64_t ldx, int64_t row
                 __m512 hi = _mm512_maskz_loadu_ps(lanes(n - k - 16), xr + k + 16);
                 v[r] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo); /* u32 lane j = pair p0+j */
             }
-            transpose16(v);
+            ct_avx512_transpose16(v);
             for (int64_t j = 0; j < 16 && p0 + j < np; j++)
                 _mm512_storeu_si512(dst + (p0 + j) * ldd + t0, v[j]);
         }

@@ -14,6 +14,21 @@ float ct_cpu_load(const ct_tensor *t, int64_t i) {
     }
 }
 
+/* An nf4/fp4 weight's quant state is valid and covers the whole tensor. */
+static int check_quant(const ct_tensor *w) {
+    const ct_quant_state *st = w->quant;
+    CT_TRY(ct_quant_check(st, w->name));
+    if (st->n != ct_numel(w))
+        return ct_errorf(CT_EINPUT, "weight %s: quant state holds %lld elements, the tensor %lld",
+                         w->name ? w->name : "?", (long long)st->n, (long long)ct_numel(w));
+    return CT_OK;
+}
+
+static int unsupported(const ct_tensor *w) {
+    return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
+                     w->name ? w->name : "?", ct_dtype_name(w->dtype));
+}
+
 int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst) {
     int64_t cols = ct_dim_from_end(w, 1);
     size_t off = (size_t)r0 * (size_t)cols;
@@ -22,18 +37,10 @@ int ct_cpu_weight_rows_f32(const ct_tensor *w, int64_t r0, int64_t n, float *dst
     case CT_F32: memcpy(dst, (const float *)w->data + off, count * sizeof(float)); return CT_OK;
     case CT_BF16:
     case CT_F16: return ct_convert(dst, CT_F32, (const uint16_t *)w->data + off, w->dtype, (int64_t)count);
-    case CT_NF4: {
-        /* nf4/fp4: rows are a range of the flattened weight; blocks may span rows. */
-        const ct_quant_state *st = w->quant;
-        CT_TRY(ct_quant_check(st, w->name));
-        if (st->n != ct_numel(w))
-            return ct_errorf(CT_EINPUT, "weight %s: quant state holds %lld elements, the tensor %lld",
-                             w->name ? w->name : "?", (long long)st->n, (long long)ct_numel(w));
-        return ct_quant_dequantize(st, (int64_t)off, (int64_t)count, dst);
-    }
-    default:
-        return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
-                         w->name ? w->name : "?", ct_dtype_name(w->dtype));
+    case CT_NF4: /* nf4/fp4: rows are a range of the flattened weight; blocks may span rows */
+        CT_TRY(check_quant(w));
+        return ct_quant_dequantize(w->quant, (int64_t)off, (int64_t)count, dst);
+    default: return unsupported(w);
     }
 }
 
@@ -45,17 +52,10 @@ int ct_cpu_weight_rows_bf16(const ct_tensor *w, int64_t r0, int64_t n, uint16_t 
     case CT_BF16: memcpy(dst, (const uint16_t *)w->data + off, count * sizeof(uint16_t)); return CT_OK;
     case CT_F32: return ct_convert(dst, CT_BF16, (const float *)w->data + off, CT_F32, (int64_t)count);
     case CT_F16: return ct_convert(dst, CT_BF16, (const uint16_t *)w->data + off, CT_F16, (int64_t)count);
-    case CT_NF4: {
-        const ct_quant_state *st = w->quant;
-        CT_TRY(ct_quant_check(st, w->name));
-        if (st->n != ct_numel(w))
-            return ct_errorf(CT_EINPUT, "weight %s: quant state holds %lld elements, the tensor %lld",
-                             w->name ? w->name : "?", (long long)st->n, (long long)ct_numel(w));
-        return ct_quant_dequantize_bf16(st, (int64_t)off, (int64_t)count, dst);
-    }
-    default:
-        return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CPU backend yet",
-                         w->name ? w->name : "?", ct_dtype_name(w->dtype));
+    case CT_NF4:
+        CT_TRY(check_quant(w));
+        return ct_quant_dequantize_bf16(w->quant, (int64_t)off, (int64_t)count, dst);
+    default: return unsupported(w);
     }
 }
 

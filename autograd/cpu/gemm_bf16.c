@@ -49,9 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "avx512_bf16.h"
 
 #include "../ct_error.h"
 #include "../ct_inline.h"
@@ -112,6 +110,8 @@ bool ct_bf16_force_fallback(bool on) {
     return prev;
 }
 
+bool ct_bf16_fast_path(void) { return !forced_fallback && ct_cpu_bf16_dot_supported(); }
+
 /* ---- fallback: f32 copies in bounded tiles + cblas_sgemm ---- */
 
 /* dst [rows, cols] (row stride ldd) = the bf16 values of src [rows, cols] (row
@@ -171,8 +171,6 @@ static int fallback_gemm(const gemm_args *g, ct_arena *scratch) {
 
 /* ---- fast path: AVX512-BF16 ---- */
 #if defined(__x86_64__)
-
-#define CT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 #define MR 12        /* rows of A per micro-panel: one broadcast per row and pair */
 #define NV 2         /* zmm of accumulators per row */
@@ -281,31 +279,6 @@ CT_AVX512BF16 static void row_to_bf16(const float *row, int64_t K, uint32_t *out
     for (int64_t k = 0; k < K; k += 32) _mm512_store_si512(out + k / 2, row_pairs_f32(row, k, K));
 }
 
-/* Transposes 16×16 u32 in registers: afterwards x[j] holds element j of the
- * 16 former rows (unpack within 128-bit lanes, then move the lanes). */
-CT_AVX512BF16 static inline void transpose16(__m512i x[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);     /* rows i, i+1: columns 0,1 | 4,5 | ... */
-        t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]); /* columns 2,3 | 6,7 | ... */
-    }
-    for (int i = 0; i < 16; i += 4) { /* u[i+c], lane L: rows i..i+3 of column 4L+c */
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88); /* lanes 0, 2 of each */
-        __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd); /* lanes 1, 3 */
-        __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
-        __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        x[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
-        x[c + 4] = _mm512_shuffle_i32x4(v1, w1, 0x88);
-        x[c + 8] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
-        x[c + 12] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
-    }
-}
 
 
 /* Lane j of the result = pair (lo[j], hi[j]) rounded to bf16: bf16(lo[j]) |
@@ -379,7 +352,7 @@ CT_AVX512BF16 static void pack_b_nt(const uint16_t *b, int64_t ldb, int64_t nc, 
                     _mm_prefetch((const char *)(row + 32 * PF_AHEAD), _MM_HINT_T0);
                 x[i] = _mm512_maskz_loadu_epi16(m, row);
             }
-            transpose16(x);
+            ct_avx512_transpose16(x);
             int64_t n = min64(16, kc - p);
             for (int64_t j = 0; j < n; j++) _mm512_store_si512(o + (p + j) * NR, x[j]);
         }
@@ -428,7 +401,7 @@ CT_AVX512BF16 static void pack_b_nt_f32(const float *b, int64_t ldb, int64_t nc,
                 x[i] = j0 + i < nc
                            ? row_pairs_f32(b + (size_t)(j0 + i) * (size_t)ldb, 2 * (p0 + p), K)
                            : _mm512_setzero_si512();
-            transpose16(x);
+            ct_avx512_transpose16(x);
             int64_t n = min64(16, kc - p);
             for (int64_t j = 0; j < n; j++) _mm512_store_si512(o + (p + j) * NR, x[j]);
         }
@@ -629,7 +602,7 @@ static int run_gemm(const char *name, const gemm_args *g, ct_arena *scratch) {
         return CT_OK;
     }
 #if defined(__x86_64__)
-    if (!forced_fallback && ct_cpu_bf16_dot_supported()) return fast_gemm(g, scratch);
+    if (ct_bf16_fast_path()) return fast_gemm(g, scratch);
 #endif
     return fallback_gemm(g, scratch);
 }

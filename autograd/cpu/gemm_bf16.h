@@ -76,5 +76,7 @@ int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a
  * cblas_sgemm fallback even where AVX512-BF16 is available. Returns the
  * previous setting. */
 bool ct_bf16_force_fallback(bool on);
+/* True when the fast path runs: AVX512-BF16 here and no forced fallback. */
+bool ct_bf16_fast_path(void);
 
 #endif
