@@ -3,7 +3,9 @@
  * step with T tokens, then of ct_bf16_gemm with f32 B on the six LoRA GEMMs
  * (rank r) of a 125M InternLM2's linears, for the AVX512-BF16 fast path, the
  * cblas_sgemm fallback and plain OpenBLAS sgemm on the same shapes with f32 B,
- * in the same run; best of `reps` after a warm-up.
+ * in the same run; best of `reps` after a warm-up. Last, lora_linear's pairs of
+ * GEMMs that share their A (x·Wᵀ with x·Aᵀ, dY·W with s·dY·B) on the fast
+ * path: each converting A itself vs one ct_bf16_rows_make for both.
  * Usage: bench_gemm_bf16 [reps] [T] [r]. Prints two markdown tables. */
 #include <cblas.h>
 #include <omp.h>
@@ -140,6 +142,54 @@ int main(int argc, char **argv) {
     }
     printf("\nLoRA GEMMs of one layer (fwd + bwd): bf16 fast %.3f ms, sgemm %.3f ms\n", tf * 1e3,
            ts * 1e3);
+    /* Shared op(A): the pair with its own conversions vs one shared copy. */
+    printf("\nShared A (fast path), T = %lld, r = %lld: ms per pair, best of %d\n\n"
+           "| pair | in | out | separate | shared | saved |\n|---|---|---|---|---|---|\n",
+           (long long)T, (long long)r, reps);
+    for (size_t l = 0; fast && l < sizeof lin / sizeof lin[0]; l++) {
+        int64_t in = lin[l][0], out = lin[l][1];
+        for (int bwd = 0; bwd < 2; bwd++) {
+            int64_t K = bwd ? out : in, N = bwd ? in : out; /* A [T, K]; W as [N, K] or [K, N] */
+            float *a = need((size_t)(T * K) * sizeof(float));
+            uint16_t *w = need((size_t)(in * out) * sizeof(uint16_t));
+            float *lb = need((size_t)(in * out) * sizeof(float)); /* LoRA A [r, in] or B [out, r] */
+            float *c1 = need((size_t)(T * N) * sizeof(float));
+            float *c2 = need((size_t)(T * r) * sizeof(float));
+            fill(a, T * K, 4);
+            fill(lb, in * out, 5);
+            for (int64_t i = 0; i < in * out; i++) w[i] = ct_f32_to_bf16(lb[i] * 0.05f);
+            double best[2] = {1e30, 1e30};
+            for (int shared = 0; shared < 2; shared++)
+                for (int rr = 0; rr < reps + 1; rr++) {
+                    ct_arena_mark mark = ct_arena_get_mark(&scratch);
+                    double t0 = now();
+                    ct_bf16_rows v = {a, K, NULL, 0, T, K};
+                    int rc = shared ? ct_bf16_rows_make(a, K, T, K, &scratch, &v) : CT_OK;
+                    /* fwd: y = x·Wᵀ, u = x·Aᵀ; bwd: dx = dY·W, g = s·dY·B */
+                    if (!rc)
+                        rc = ct_bf16_gemm_rows(&v, !bwd, N, 1.0f, w, CT_BF16, K, 0.0f, c1, N,
+                                               &scratch);
+                    if (!rc)
+                        rc = ct_bf16_gemm_rows(&v, !bwd, r, 0.5f, lb, CT_F32, bwd ? r : K, 0.0f,
+                                               c2, r, &scratch);
+                    double dt = now() - t0;
+                    ct_arena_rewind(&scratch, mark);
+                    if (rc) {
+                        fprintf(stderr, "error: %s\n", ct_last_error());
+                        exit(1);
+                    }
+                    if (rr > 0 && dt < best[shared]) best[shared] = dt;
+                }
+            printf("| %s | %lld | %lld | %.3f | %.3f | %.1f%% |\n",
+                   bwd ? "dY·W + s·dY·B" : "x·Wᵀ + x·Aᵀ", (long long)in, (long long)out,
+                   best[0] * 1e3, best[1] * 1e3, 100.0 * (1.0 - best[1] / best[0]));
+            free(a);
+            free(w);
+            free(lb);
+            free(c1);
+            free(c2);
+        }
+    }
     printf("\npeak scratch: %.1f MiB\n", (double)scratch.peak / (1 << 20));
     ct_arena_free(&scratch);
     return 0;

@@ -7,7 +7,8 @@
  * alpha != 1, beta 0 (over NaN garbage), 1 and 0.5. Also: round-to-nearest-even
  * of the f32 operands (A, Aᵀ and f32 B) on exact sums, bit-identical results
  * with 1, 2 and 3 threads, the arena rewound, CT_NO_BF16_DOT, failing scratch
- * and bad arguments.
+ * and bad arguments. The shared bf16 rows (ct_bf16_rows_make / _cols /
+ * ct_bf16_gemm_rows) give C bit-identical to ct_bf16_gemm with the f32 A.
  *
  * Error bound: every product bf16(a)·bf16(b) is exact in fp32, so the only
  * errors are the fp32 additions (and the alpha/beta epilogue). Recursive
@@ -334,6 +335,112 @@ static void determinism(bool fast, ct_arena *ar) {
     }
 }
 
+/* ct_bf16_gemm_rows over a view made once == ct_bf16_gemm with the f32 A,
+ * bit for bit, for every B layout, several N, alpha/beta, column slices, and a
+ * view made on the fast path used on the fallback. */
+static void shared_rows(bool fast, ct_arena *ar) {
+    static const struct { int64_t M, K, pad; } sh[] = {
+        {1, 1, 0},      {5, 7, 1},     {13, 33, 0}, {12, 64, 3}, {100, 64, 0},
+        {130, 1100, 2}, {25, 2501, 0}, /* two K blocks */
+        {2100, 2500, 1} /* two K blocks; beta != 0: own partial sums, two M chunks */};
+    static const int64_t Ns[] = {1, 33, 64, 200};
+    ct_test_rng rng = {4242};
+    for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+        int64_t M = sh[si].M, K = sh[si].K, lda = K + sh[si].pad;
+        float *a = ct_test_need(malloc(sizeof(float) * (size_t)(M * lda)));
+        ct_test_fill(&rng, a, M * lda, 1.0);
+        int64_t nmax = 200, bn = nmax * K + 1;
+        float *bf = ct_test_need(malloc(sizeof(float) * (size_t)bn));
+        uint16_t *bh = ct_test_need(malloc(sizeof(uint16_t) * (size_t)bn));
+        ct_test_fill(&rng, bf, bn, 0.5);
+        for (int64_t i = 0; i < bn; i++) bh[i] = ct_f32_to_bf16(bf[i]);
+        size_t cn = (size_t)(M * nmax);
+        float *c0 = ct_test_need(malloc(sizeof(float) * cn));
+        float *c1 = ct_test_need(malloc(sizeof(float) * cn));
+        float *c2 = ct_test_need(malloc(sizeof(float) * cn));
+        ct_test_fill(&rng, c0, (int64_t)cn, 1.0);
+        for (int made = fast ? 0 : 1; made < 2; made++) {
+            ct_bf16_force_fallback(made == 1);
+            ct_arena_mark mark = ct_arena_get_mark(ar);
+            ct_bf16_rows v;
+            CHECK_OK(ct_bf16_rows_make(a, lda, M, K, ar, &v));
+            CHECK((v.pairs != NULL) == (made == 0), "rows_make %lldx%lld: pairs %p on %s",
+                  (long long)M, (long long)K, (const void *)v.pairs, made ? "fallback" : "fast");
+            size_t used = ar->used;
+            /* slices: the whole A, pair-aligned, an odd start, an odd width inside */
+            int64_t sl[4][2] = {{0, K}, {K >= 4 ? 2 : 0, K >= 4 ? K - 2 : K},
+                                {K >= 3 ? 1 : 0, K >= 3 ? K - 1 : K},
+                                {0, K >= 4 ? K - 1 - K % 2 : K}}; /* odd width */
+            for (int use = made; use < 2; use++) { /* made fast: used fast, then on the fallback */
+                ct_bf16_force_fallback(use == 1);
+                for (int s = 0; s < 4; s++) {
+                    ct_bf16_rows w;
+                    CHECK_OK(ct_bf16_rows_cols(&v, sl[s][0], sl[s][1], &w));
+                    int64_t k0 = sl[s][0], kn = sl[s][1];
+                    for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
+                        for (int lay = 0; lay < 4; lay++) { /* TB, BF32 */
+                            int64_t N = Ns[ni];
+                            if (M * N * K > 50000000 && (ni != 1 || s > 1)) continue;
+                            bool tb = lay & 1;
+                            ct_dtype bdt = lay & 2 ? CT_F32 : CT_BF16;
+                            const void *b = lay & 2 ? (const void *)bf : (const void *)bh;
+                            int64_t ldb = tb ? kn : N;
+                            float alpha = ni % 2 ? 0.75f : 1.0f, beta = lay % 2 ? 0.5f : 0.0f;
+                            memcpy(c1, c0, sizeof(float) * cn);
+                            memcpy(c2, c0, sizeof(float) * cn);
+                            CHECK_OK(ct_bf16_gemm(false, tb, M, N, kn, alpha, a + k0, lda, b, bdt,
+                                                  ldb, beta, c1, N, ar));
+                            CHECK_OK(ct_bf16_gemm_rows(&w, tb, N, alpha, b, bdt, ldb, beta, c2, N,
+                                                       ar));
+                            CHECK(ar->used == used, "gemm_rows: scratch not rewound");
+                            CHECK(memcmp(c1, c2, sizeof(float) * (size_t)(M * N)) == 0,
+                                  "rows made %s used %s M=%lld K=%lld cols [%lld, +%lld) N=%lld "
+                                  "tb=%d %s: differs from ct_bf16_gemm",
+                                  made ? "fallback" : "fast", use ? "fallback" : "fast",
+                                  (long long)M, (long long)K, (long long)k0, (long long)kn,
+                                  (long long)N, (int)tb, bdt == CT_F32 ? "f32" : "bf16");
+                        }
+                }
+            }
+            ct_arena_rewind(ar, mark);
+        }
+        ct_bf16_force_fallback(false);
+        free(a);
+        free(bf);
+        free(bh);
+        free(c0);
+        free(c1);
+        free(c2);
+    }
+    /* An odd-width slice must not read the next column's pair half: a NaN
+     * there (times B's zero pad) would poison the sums. */
+    if (fast) {
+        enum { SM = 13, SK = 8, SN = 33 };
+        static float sa[SM * SK], sb[SN * SK], s1[SM * SN], s2[SM * SN];
+        ct_test_fill(&rng, sa, SM * SK, 1.0);
+        ct_test_fill(&rng, sb, SN * SK, 1.0);
+        for (int m = 0; m < SM; m++) sa[m * SK + SK - 1] = NAN;
+        ct_arena_mark mark = ct_arena_get_mark(ar);
+        ct_bf16_rows v, w;
+        CHECK_OK(ct_bf16_rows_make(sa, SK, SM, SK, ar, &v));
+        CHECK_OK(ct_bf16_rows_cols(&v, 0, SK - 1, &w));
+        CHECK_OK(ct_bf16_gemm(false, true, SM, SN, SK - 1, 1.0f, sa, SK, sb, CT_F32, SK, 0.0f, s1,
+                              SN, ar));
+        CHECK_OK(ct_bf16_gemm_rows(&w, true, SN, 1.0f, sb, CT_F32, SK, 0.0f, s2, SN, ar));
+        CHECK(!isnan(s2[0]) && memcmp(s1, s2, sizeof s1) == 0,
+              "odd-width slice before a NaN column: %g vs %g", s2[0], s1[0]);
+        ct_arena_rewind(ar, mark);
+    }
+    ct_bf16_rows v;
+    float x[4] = {0};
+    CHECK(ct_bf16_rows_make(x, 1, 2, 2, ar, &v) == CT_EINPUT, "rows_make: lda < K");
+    CHECK(ct_bf16_rows_make(x, 2, -1, 2, ar, &v) == CT_EINPUT, "rows_make: negative M");
+    CHECK_OK(ct_bf16_rows_make(x, 2, 2, 2, ar, &v));
+    ct_bf16_rows w;
+    CHECK(ct_bf16_rows_cols(&v, 1, 2, &w) == CT_EINPUT, "rows_cols past K");
+    ct_error_clear();
+}
+
 static void *no_alloc(size_t bytes) {
     (void)bytes;
     return NULL;
@@ -415,6 +522,7 @@ int main(int argc, char **argv) {
     shapes(fast, &ar);
     rounding(fast, &ar);
     determinism(fast, &ar);
+    shared_rows(fast, &ar);
     errors(fast);
     printf("max |c - ref| / (Σ|alpha·a·b| + |beta·c|): fast %.3g, fallback %.3g (bound %g); "
            "peak scratch %.1f MiB\n", g_max_rel[0], g_max_rel[1], TOL, (double)ar.peak / (1 << 20));

@@ -4,7 +4,8 @@
  * which multiplies 16 pairs of bf16 by 16 pairs and adds both products to 16
  * fp32 lanes. Both operands are brought to u32 "pairs" bf16(x[k]) | bf16(x[k+1]) << 16
  * (k even; a zero pads an odd K), rounding f32 -> bf16 (RNE) on the way:
- *   op(A), once per M chunk (shared by the threads):
+ *   op(A), once per M chunk (shared by the threads), unless the caller
+ *   converted a plain A already (ct_bf16_rows_make: the same rows, whole):
  *     A [M, K]: a row-major bf16 copy, rows lda2 pairs apart (a bf16 row is
  *       already a row of pairs: a plain conversion); the kernel broadcasts the
  *       pairs of MR rows in place;
@@ -69,6 +70,8 @@ typedef struct {
     int64_t ldb;
     float *c;       /* [M, N] (ldc) */
     int64_t ldc;
+    const uint32_t *ap; /* fast path, !ta: op(A) already as bf16 rows (apld pairs apart), or NULL */
+    int64_t apld;
 } gemm_args;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -477,7 +480,7 @@ static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
     /* op(A) of one M chunk, rounded to bf16: A [M, K] as row-major rows of lda2
      * pairs (the kernel reads them in place); a transposed A as packed
      * micro-panels [K block][panel][kc][MR] (lda2 = kp). */
-    int64_t lda2 = g->ta ? kp : rows_stride(kp);
+    int64_t lda2 = g->ta ? kp : g->ap ? g->apld : rows_stride(kp);
     /* M chunk: within A_CHUNK_BYTES (and MAX_CHUNK_ROWS rows with own partial
      * sums), a multiple of MR rows; then the chunks are evened out (no runt
      * chunk that repacks B for a few rows). */
@@ -490,9 +493,11 @@ static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
     size_t bp_words = (size_t)NC * KCP;                      /* per thread: [NC/NR][KCP][NR] */
     size_t part_floats = own_part ? (size_t)mch * NC : 0;   /* per thread: [rows, NC] */
     ct_arena_mark mark = ct_arena_get_mark(scratch);
-    uint32_t *ap = ct_arena_alloc(scratch, (size_t)mch * (size_t)lda2 * sizeof(uint32_t));
+    uint32_t *ap = g->ap ? NULL /* converted already */
+                         : ct_arena_alloc(scratch, (size_t)mch * (size_t)lda2 * sizeof(uint32_t));
     uint32_t *bp_all =
-        ap ? ct_arena_alloc(scratch, (size_t)nthreads * bp_words * sizeof(uint32_t)) : NULL;
+        g->ap || ap ? ct_arena_alloc(scratch, (size_t)nthreads * bp_words * sizeof(uint32_t))
+                    : NULL;
     float *part_all = bp_all && own_part
                           ? ct_arena_alloc(scratch, (size_t)nthreads * part_floats * sizeof(float))
                           : NULL;
@@ -513,7 +518,12 @@ static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
             /* Thread t owns row panels [i0, i1) and columns [na, nb). */
             int tn = pick_tn(nt, mp, npan), tm = nt / tn, ti = t / tn, tj = t % tn;
             int64_t na = npan * tj / tn * NR, nb = min64(N, npan * (tj + 1) / tn * NR);
-            if (g->ta) { /* micro-panels, TA_GROUP panels per pass */
+            /* the rows of this chunk: converted by the caller, or below */
+            const uint32_t *arows = g->ap ? g->ap + (size_t)m0 * (size_t)lda2 : ap;
+            if (g->ap) {
+                /* nothing to convert (m0 is a multiple of MR: the view's zero
+                 * rows pad the last panel) */
+            } else if (g->ta) { /* micro-panels, TA_GROUP panels per pass */
                 int64_t ng = (mp + TA_GROUP - 1) / TA_GROUP;
 #pragma omp for schedule(static)
                 for (int64_t ig = 0; ig < ng; ig++) {
@@ -560,7 +570,7 @@ static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
                                               bj, pp, ldpp, flags, cc, g->ldc, alpha, beta, mr, nr);
                             else
                                 kernel_rows(kc,
-                                            ap + (size_t)i * MR * (size_t)lda2 + (size_t)q * KCP,
+                                            arows + (size_t)i * MR * (size_t)lda2 + (size_t)q * KCP,
                                             lda2, bj, pp, ldpp, flags, cc, g->ldc, alpha, beta, mr,
                                             nr);
                         }
@@ -572,6 +582,21 @@ static int fast_gemm(const gemm_args *g, ct_arena *scratch) {
     }
     ct_arena_rewind(scratch, mark);
     return CT_OK;
+}
+
+/* The bf16 rows of ct_bf16_rows_make: A [M, K] f32 (lda) into rows of ld
+ * pairs, rows [M, rows) zero; row_to_bf16 as fast_gemm does per chunk. */
+static void rows_convert(const float *a, int64_t lda, int64_t M, int64_t K, int64_t rows,
+                         int64_t ld, uint32_t *out) {
+    int64_t kp = (K + 1) / 2;
+#pragma omp parallel for schedule(static) if (M * K > 32768)
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t *o = out + (size_t)r * (size_t)ld;
+        if (r < M)
+            row_to_bf16(a + (size_t)r * (size_t)lda, K, o);
+        else
+            memset(o, 0, (size_t)kp * sizeof(uint32_t));
+    }
 }
 #endif /* __x86_64__ */
 
@@ -607,23 +632,79 @@ static int run_gemm(const char *name, const gemm_args *g, ct_arena *scratch) {
     return fallback_gemm(g, scratch);
 }
 
+/* Largest bf16 copy ct_bf16_rows_make makes. */
+#define ROWS_MAX_BYTES ((size_t)64 << 20)
+
+int ct_bf16_rows_make(const float *a, int64_t lda, int64_t M, int64_t K, ct_arena *scratch,
+                      ct_bf16_rows *out) {
+    *out = (ct_bf16_rows){a, lda, NULL, 0, M, K};
+    if (M < 0 || K < 0 || (M > 0 && lda < K))
+        return ct_errorf(CT_EINPUT, "ct_bf16_rows_make: %lldx%lld, lda %lld", (long long)M,
+                         (long long)K, (long long)lda);
+#if defined(__x86_64__)
+    if (M == 0 || K == 0 || !ct_bf16_fast_path()) return CT_OK;
+    int64_t kp = (K + 1) / 2, ld = rows_stride(kp), rows = (M + MR - 1) / MR * MR;
+    size_t bytes = (size_t)rows * (size_t)ld * sizeof(uint32_t);
+    if (bytes > ROWS_MAX_BYTES) return CT_OK; /* the GEMMs convert chunk by chunk */
+    uint32_t *p = ct_arena_alloc(scratch, bytes);
+    if (!p)
+        return ct_error_wrap(CT_ERUNTIME, "ct_bf16_rows_make %lldx%lld", (long long)M,
+                             (long long)K);
+    rows_convert(a, lda, M, K, rows, ld, p);
+    out->pairs = p;
+    out->ld = ld;
+#else
+    (void)scratch;
+#endif
+    return CT_OK;
+}
+
+int ct_bf16_rows_cols(const ct_bf16_rows *rows, int64_t k0, int64_t kn, ct_bf16_rows *out) {
+    if (k0 < 0 || kn < 0 || k0 + kn > rows->K)
+        return ct_errorf(CT_EINPUT, "ct_bf16_rows_cols: columns [%lld, %lld) of %lld",
+                         (long long)k0, (long long)(k0 + kn), (long long)rows->K);
+    *out = (ct_bf16_rows){rows->a + k0, rows->lda, NULL, 0, rows->M, kn};
+    /* pair-aligned: starts on a pair; its last pair holds no column past the
+     * slice (an even width, or the end of A, whose odd tail is zero-padded) */
+    if (rows->pairs && k0 % 2 == 0 && (kn % 2 == 0 || k0 + kn == rows->K)) {
+        out->pairs = rows->pairs + k0 / 2;
+        out->ld = rows->ld;
+    }
+    return CT_OK;
+}
+
+int ct_bf16_gemm_rows(const ct_bf16_rows *a, bool trans_b, int64_t N, float alpha, const void *b,
+                      ct_dtype b_dtype, int64_t ldb, float beta, float *c, int64_t ldc,
+                      ct_arena *scratch) {
+    gemm_args g = {false, trans_b, b_dtype, a->M, N, a->K, alpha, beta, a->a, a->lda, b, ldb,
+                   c, ldc, NULL, 0};
+    if (ct_bf16_fast_path()) { /* else the fallback reads the f32 A */
+        g.ap = a->pairs;
+        g.apld = a->ld;
+    }
+    return run_gemm("ct_bf16_gemm_rows", &g, scratch);
+}
+
 int ct_bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const float *a, int64_t lda, const void *b, ct_dtype b_dtype, int64_t ldb,
                  float beta, float *c, int64_t ldc, ct_arena *scratch) {
-    gemm_args g = {trans_a, trans_b, b_dtype, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc};
+    gemm_args g = {trans_a, trans_b, b_dtype, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc,
+                   NULL, 0};
     return run_gemm("ct_bf16_gemm", &g, scratch);
 }
 
 int ct_bf16_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch) {
-    gemm_args g = {false, true, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc};
+    gemm_args g = {false, true, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc,
+                   NULL, 0};
     return run_gemm("ct_bf16_gemm_nt", &g, scratch);
 }
 
 int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch) {
-    gemm_args g = {false, false, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc};
+    gemm_args g = {false, false, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc,
+                   NULL, 0};
     return run_gemm("ct_bf16_gemm_nn", &g, scratch);
 }

@@ -72,6 +72,40 @@ int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch);
 
+/* op(A) converted once, used by several GEMMs (e.g. x in x·Wᵀ and x·Aᵀ, dY in
+ * dY·W and dY·B): a borrowed view of an f32 A [M, K] (row stride lda) and, on
+ * the fast path, of its bf16 rows (RNE pairs bf16(a[k]) | bf16(a[k+1]) << 16,
+ * a zero pairing an odd K's last element; ld pairs apart; rows up to M rounded
+ * up to the micro-panel height, zero). pairs is NULL where nothing was
+ * converted (the fallback, an empty A, or a copy too large): the GEMMs then
+ * use the f32 A as ct_bf16_gemm would. Results are bit-identical to
+ * ct_bf16_gemm(false, ...) with the f32 A. */
+typedef struct {
+    const float *a;        /* A [M, K] f32 (row stride lda) */
+    int64_t lda;
+    const uint32_t *pairs; /* the bf16 rows (in the caller's scratch), or NULL */
+    int64_t ld;            /* pairs between rows */
+    int64_t M, K;
+} ct_bf16_rows;
+
+/* *out = A [M, K] (row stride lda), rounded to bf16 rows on the fast path
+ * (about M·K·2 bytes of scratch, left allocated: the caller releases it with
+ * its own mark; at most 64 MiB, else nothing is converted). Returns CT_OK,
+ * CT_EINPUT for negative sizes or lda < K, CT_ERUNTIME when scratch runs out. */
+int ct_bf16_rows_make(const float *a, int64_t lda, int64_t M, int64_t K, ct_arena *scratch,
+                      ct_bf16_rows *out);
+
+/* *out = columns [k0, k0 + kn) of the view (e.g. a tile of K). The bf16 rows
+ * are kept where the slice starts on a pair and ends on one or at K; else
+ * the slice uses the f32 A. Returns CT_OK, CT_EINPUT for a slice outside. */
+int ct_bf16_rows_cols(const ct_bf16_rows *rows, int64_t k0, int64_t kn, ct_bf16_rows *out);
+
+/* ct_bf16_gemm(false, trans_b, a->M, N, a->K, alpha, a->a, a->lda, b, ...),
+ * bit for bit, without converting A again. */
+int ct_bf16_gemm_rows(const ct_bf16_rows *a, bool trans_b, int64_t N, float alpha, const void *b,
+                      ct_dtype b_dtype, int64_t ldb, float beta, float *c, int64_t ldc,
+                      ct_arena *scratch);
+
 /* For tests and benchmarks (not thread-safe): true makes the GEMMs take the
  * cblas_sgemm fallback even where AVX512-BF16 is available. Returns the
  * previous setting. */

@@ -23,7 +23,9 @@
  * stored and other dtypes rounded to bf16 per row tile; the six LoRA ones
  * round their f32 inputs (drop(x), A, u, B, dY, g) to bf16 as they pack them.
  * u and g are fp32 sums (u is saved in f32) and are rounded only where they
- * enter the next GEMM; A, B, dA and dB stay f32. */
+ * enter the next GEMM; A, B, dA and dB stay f32. An activation that is the
+ * plain (untransposed) A of two GEMMs is rounded once (ct_bf16_rows_make) and
+ * shared: x for x·Wᵀ and x·Aᵀ (no dropout), dY for dY·W and s·dY·B. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -117,15 +119,19 @@ static int tiled_gemm(bool gw, int64_t M, const float *a, int64_t lda, const ct_
 }
 
 /* The bf16 versions: a bf16 W goes to the kernel whole; other dtypes are
- * rounded to bf16 one row tile Wt [nt, K] at a time. */
+ * rounded to bf16 one row tile Wt [nt, K] at a time. ar, when not NULL, is
+ * the caller's bf16 copy of a (X [M, K], or G [M, N] for gw), shared with
+ * other GEMMs; else a is converted here. */
 static int gemm_bf16(bool gw, int64_t M, const float *a, int64_t lda, const ct_tensor *w, float alpha,
-                     float beta, float *c, int64_t ldc, ct_arena *scratch) {
+                     float beta, float *c, int64_t ldc, const ct_bf16_rows *ar, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
+    ct_bf16_rows own = {a, lda, NULL, 0, M, gw ? N : K}; /* f32 only: converted per GEMM */
+    if (!ar) ar = &own;
     if (w->dtype == CT_BF16) {
         const uint16_t *wb = w->data;
         if (gw) /* C = alpha·G·W + beta·C   (M×N)·(N×K) */
-            return ct_bf16_gemm_nn(M, K, N, alpha, a, lda, wb, K, beta, c, ldc, scratch);
-        return ct_bf16_gemm_nt(M, N, K, alpha, a, lda, wb, K, beta, c, ldc, scratch);
+            return ct_bf16_gemm_rows(ar, false, K, alpha, wb, CT_BF16, K, beta, c, ldc, scratch);
+        return ct_bf16_gemm_rows(ar, true, N, alpha, wb, CT_BF16, K, beta, c, ldc, scratch);
     }
     /* weight_tile_bytes of bf16: twice the rows of an f32 tile */
     int64_t tile = ct_cpu_rows_within(2 * weight_tile_bytes, K, N);
@@ -136,10 +142,14 @@ static int gemm_bf16(bool gw, int64_t M, const float *a, int64_t lda, const ct_t
         int64_t nt = N - n0 < tile ? N - n0 : tile;
         rc = ct_cpu_weight_rows_bf16(w, n0, nt, wt);
         if (rc) break;
-        if (gw) /* C = alpha·G[:, n0:n0+nt]·Wt + beta·C; later tiles add   (M×nt)·(nt×K) */
-            rc = ct_bf16_gemm_nn(M, K, nt, alpha, a + n0, lda, wt, K, n0 ? 1.0f : beta, c, ldc, scratch);
-        else /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
-            rc = ct_bf16_gemm_nt(M, nt, K, alpha, a, lda, wt, K, beta, c + n0, ldc, scratch);
+        if (gw) { /* C = alpha·G[:, n0:n0+nt]·Wt + beta·C; later tiles add   (M×nt)·(nt×K) */
+            ct_bf16_rows gc;
+            rc = ct_bf16_rows_cols(ar, n0, nt, &gc);
+            if (!rc)
+                rc = ct_bf16_gemm_rows(&gc, false, K, alpha, wt, CT_BF16, K, n0 ? 1.0f : beta, c,
+                                       ldc, scratch);
+        } else /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
+            rc = ct_bf16_gemm_rows(ar, true, nt, alpha, wt, CT_BF16, K, beta, c + n0, ldc, scratch);
     }
     ct_arena_rewind(scratch, mark);
     return rc;
@@ -149,7 +159,8 @@ int ct_cpu_gemm_xwt(int64_t M, const float *x, int64_t ldx, const ct_tensor *w, 
                     float alpha, float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
     if (M == 0 || N == 0) return CT_OK;
-    if (compute == CT_BF16) return gemm_bf16(false, M, x, ldx, w, alpha, beta, c, ldc, scratch);
+    if (compute == CT_BF16)
+        return gemm_bf16(false, M, x, ldx, w, alpha, beta, c, ldc, NULL, scratch);
     if (M <= CT_GEMV_MAX_ROWS) return gemv_xwt(M, x, ldx, w, alpha, beta, c, ldc, scratch);
     if (w->dtype == CT_F32) {
         /* C = alpha·X·Wᵀ + beta·C   (M×K)·(K×N) */
@@ -164,7 +175,8 @@ int ct_cpu_gemm_gw(int64_t M, const float *g, int64_t ldg, const ct_tensor *w, c
                    float alpha, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = w->shape[0], K = w->shape[1];
     if (M == 0 || N == 0) return CT_OK;
-    if (compute == CT_BF16) return gemm_bf16(true, M, g, ldg, w, alpha, 1.0f, c, ldc, scratch);
+    if (compute == CT_BF16)
+        return gemm_bf16(true, M, g, ldg, w, alpha, 1.0f, c, ldc, NULL, scratch);
     if (w->dtype == CT_F32) {
         /* C += alpha·G·W   (M×N)·(N×K) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, alpha, g,
@@ -199,12 +211,15 @@ static int lora_gemm(ct_dtype compute, bool ta, bool tb, int64_t M, int64_t N, i
     return CT_OK;
 }
 
-/* u [T, r] = drop(x)·Aᵀ, with the dropped copy of x made chunk by chunk. */
+/* u [T, r] = drop(x)·Aᵀ, with the dropped copy of x made chunk by chunk.
+ * xr: x's bf16 copy (compute bf16, no dropout), or NULL. */
 static int lora_down(const float *xs, int64_t T, int64_t in, const ct_linear *lin, uint64_t seed,
-                     float *us, ct_arena *scratch) {
+                     float *us, const ct_bf16_rows *xr, ct_arena *scratch) {
     int64_t r = lin->a->shape[0];
     const float *as = lin->a->data; /* [r, in] */
     float p = lin->dropout;
+    if (p <= 0.0f && xr) /* u = x·Aᵀ from the shared copy */
+        return ct_bf16_gemm_rows(xr, true, r, 1.0f, as, CT_F32, in, 0.0f, us, r, scratch);
     if (p <= 0.0f) /* u = x·Aᵀ   (T×in)·(in×r) */
         return lora_gemm(lin->compute, false, true, T, r, in, 1.0f, xs, in, as, in, 0.0f, us, r,
                          scratch);
@@ -229,12 +244,22 @@ int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
     float *ys = y ? y->data : NULL;    /* [T, out]; NULL: only u is wanted */
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int rc = CT_OK;
-    if (ys) /* y = x·Wᵀ   (T×in)·(in×out) */
-        rc = ct_cpu_gemm_xwt(T, xs, in, lin->w, lin->compute, 1.0f, 0.0f, ys, out, scratch);
+    /* bf16 without dropout: x·Wᵀ and x·Aᵀ share one bf16 copy of x */
+    ct_bf16_rows xr_rows, *xr = NULL;
+    if (ys && lin->a && T > 0 && lin->compute == CT_BF16 && lin->dropout <= 0.0f && out > 0) {
+        rc = ct_bf16_rows_make(xs, in, T, in, scratch, &xr_rows);
+        xr = &xr_rows;
+    }
+    if (!rc && ys) { /* y = x·Wᵀ   (T×in)·(in×out) */
+        if (xr)
+            rc = gemm_bf16(false, T, xs, in, lin->w, 1.0f, 0.0f, ys, out, xr, scratch);
+        else
+            rc = ct_cpu_gemm_xwt(T, xs, in, lin->w, lin->compute, 1.0f, 0.0f, ys, out, scratch);
+    }
     if (!rc && lin->a && T > 0 && (ys || u)) {
         int64_t r = lin->a->shape[0];
         float *us = u ? u->data : ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float));
-        rc = us ? lora_down(xs, T, in, lin, seed, us, scratch) : CT_ERUNTIME;
+        rc = us ? lora_down(xs, T, in, lin, seed, us, xr, scratch) : CT_ERUNTIME;
         if (!rc && ys) /* y += s·u·Bᵀ   (T×r)·(r×out) */
             rc = lora_gemm(lin->compute, false, true, T, out, r, lin->scale, us, r,
                            (const float *)lin->b->data, r, 1.0f, ys, out, scratch);
@@ -243,10 +268,11 @@ int ct_cpu_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
     return rc;
 }
 
-/* The LoRA part of backward: dB, dA and the LoRA term of dx. */
+/* The LoRA part of backward: dB, dA and the LoRA term of dx. dyr: dY's
+ * bf16 copy shared with dY·W (compute bf16), or NULL. */
 static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const ct_linear *lin,
-                    uint64_t seed, const float *us, const float *dys, float *dxs, float *das,
-                    float *dbs, ct_arena *scratch) {
+                    uint64_t seed, const float *us, const float *dys, const ct_bf16_rows *dyr,
+                    float *dxs, float *das, float *dbs, ct_arena *scratch) {
     int64_t r = lin->a->shape[0];
     const float *as = lin->a->data, *bs = lin->b->data; /* A [r, in], B [out, r] */
     float s = lin->scale, p = lin->dropout;
@@ -258,7 +284,10 @@ static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const c
     float *g = ct_arena_alloc(scratch, (size_t)T * (size_t)r * sizeof(float)); /* [T, r] */
     if (!g) return CT_ERUNTIME;
     /* g = s·dY·B   (T×out)·(out×r) */
-    rc = lora_gemm(cd, false, false, T, r, out, s, dys, out, bs, r, 0.0f, g, r, scratch);
+    if (dyr)
+        rc = ct_bf16_gemm_rows(dyr, false, r, s, bs, CT_F32, r, 0.0f, g, r, scratch);
+    else
+        rc = lora_gemm(cd, false, false, T, r, out, s, dys, out, bs, r, 0.0f, g, r, scratch);
     if (rc) return rc;
     if (p <= 0.0f) {
         if (das) /* dA += gᵀ·x   (r×T)·(T×in) */
@@ -303,14 +332,24 @@ int ct_cpu_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
     if (T == 0 || (!dxs && !da && !db)) return CT_OK;
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int rc = CT_OK;
-    if (dxs) /* dx += dY·W   (T×out)·(out×in) */
-        rc = ct_cpu_gemm_gw(T, dys, out, lin->w, lin->compute, 1.0f, dxs, in, scratch);
+    /* bf16: dY·W and g = s·dY·B share one bf16 copy of dY */
+    ct_bf16_rows dyr_rows, *dyr = NULL;
+    if (dxs && lin->a && u && lin->compute == CT_BF16 && out > 0) {
+        rc = ct_bf16_rows_make(dys, out, T, out, scratch, &dyr_rows);
+        dyr = &dyr_rows;
+    }
+    if (!rc && dxs) { /* dx += dY·W   (T×out)·(out×in) */
+        if (dyr)
+            rc = gemm_bf16(true, T, dys, out, lin->w, 1.0f, 1.0f, dxs, in, dyr, scratch);
+        else
+            rc = ct_cpu_gemm_gw(T, dys, out, lin->w, lin->compute, 1.0f, dxs, in, scratch);
+    }
     if (!rc && lin->a && (dxs || da || db)) {
         if (!u)
             rc = ct_errorf(CT_ERUNTIME, "lora_linear %s backward: the forward saved no u = drop(x)·Aᵀ",
                            lin->w->name ? lin->w->name : "?");
         else
-            rc = lora_bwd(x->data, T, in, out, lin, seed, u->data, dys, dxs,
+            rc = lora_bwd(x->data, T, in, out, lin, seed, u->data, dys, dyr, dxs,
                           da ? da->data : NULL, db ? db->data : NULL, scratch);
     }
     ct_arena_rewind(scratch, mark);
