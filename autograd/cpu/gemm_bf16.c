@@ -696,15 +696,11 @@ int ct_bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 int ct_bf16_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch) {
-    gemm_args g = {false, true, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc,
-                   NULL, 0};
-    return run_gemm("ct_bf16_gemm_nt", &g, scratch);
+    return ct_bf16_gemm(false, true, M, N, K, alpha, a, lda, b, CT_BF16, ldb, beta, c, ldc, scratch);
 }
 
 int ct_bf16_gemm_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
                     ct_arena *scratch) {
-    gemm_args g = {false, false, CT_BF16, M, N, K, alpha, beta, a, lda, b, ldb, c, ldc,
-                   NULL, 0};
-    return run_gemm("ct_bf16_gemm_nn", &g, scratch);
+    return ct_bf16_gemm(false, false, M, N, K, alpha, a, lda, b, CT_BF16, ldb, beta, c, ldc, scratch);
 }

@@ -387,10 +387,10 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     c.se = ct_arena_alloc(scratch, (size_t)n * sizeof(double)); /* [n] */
     c.L = alloc_f(scratch, c.Tc, c.Vt);
     if (!y || !c.mx || !c.ly || !c.se || !c.L) return CT_ERUNTIME;
-    if (!head_in_place(h) && bf16_math(&c)) {
-        if (!(c.wtb = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * sizeof(uint16_t)))) return CT_ERUNTIME;
-    } else if (!head_in_place(h) && !(c.wt = alloc_f(scratch, c.Vt, D))) {
-        return CT_ERUNTIME;
+    if (!head_in_place(h)) { /* one converted tile, in the compute dtype */
+        if (bf16_math(&c)) c.wtb = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * sizeof(uint16_t));
+        else c.wt = alloc_f(scratch, c.Vt, D);
+        if (!c.wt && !c.wtb) return CT_ERUNTIME;
     }
     if (n == T) {
         c.x = xs; /* every row is trained: idx is the identity */
