@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds (warnings are errors), runs
-# every ctest test, then the unit tests again under ASan + UBSan.
+# every ctest test, the unit tests again on two other kinds of machine (another
+# OpenBLAS kernel; a CPU without AVX512-BF16), then the unit tests under
+# ASan + UBSan.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
 bash scripts/build.sh "$root/build"
 ctest --test-dir build --output-on-failure -j"$(nproc)"
+
+# No test may depend on the BLAS kernel or the CPU features the machine gets
+# (CI inherits the machine's environment, e.g. OPENBLAS_CORETYPE=Haswell on
+# some EPYCs). Haswell's sgemm sums in another order than the default kernel
+# here; CT_NO_BF16_DOT=1 takes the fp32 fallback of the bf16 GEMMs, as a CPU
+# without AVX512-BF16 does.
+echo "== unit tests with OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512"
+OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 \
+  ctest --test-dir build -L unit --output-on-failure -j"$(nproc)"
+echo "== unit tests with CT_NO_BF16_DOT=1 (the bf16 fallback)"
+CT_NO_BF16_DOT=1 ctest --test-dir build -L unit --output-on-failure -j"$(nproc)"
 
 # Sanitizer pass (CPU only: the CUDA backend cannot run without a GPU).
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCT_SANITIZE=ON -DCT_CUDA=OFF -DCT_WERROR=ON >/dev/null
