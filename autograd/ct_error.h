@@ -14,6 +14,9 @@ typedef enum {
     CT_OK = 0,
     CT_ERUNTIME = 1, /* something failed while running: out of memory, I/O, device */
     CT_EINPUT = 2,   /* bad input: config, data, model files, flags */
+    CT_ENONFINITE = 3, /* a gradient holds NaN or ±Inf: distinct so the trainer can stop
+                        * with its own message; main() maps it to exit code 1 (a runtime
+                        * failure) if it travels up unhandled */
 } ct_status;
 
 /* Sets the thread's error message (printf-style) and returns `code`, so callers

@@ -17,7 +17,7 @@
 
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 /* VmRSS / VmHWM of this process in MiB (-1 when unreadable). */
 static double proc_mib(const char *key) {

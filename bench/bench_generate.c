@@ -17,8 +17,8 @@
 
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
-#include "trainer/generate.h"
-#include "trainer/model.h"
+#include "trainer/model/generate.h"
+#include "trainer/model/model.h"
 
 static int fail(void) {
     fprintf(stderr, "bench_generate: %s\n", ct_last_error());

@@ -20,12 +20,12 @@
 
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
-#include "trainer/adapter.h"
-#include "trainer/commands.h"
-#include "trainer/fsutil.h"
-#include "trainer/hf_config.h"
-#include "trainer/merge.h"
-#include "trainer/model.h"
+#include "trainer/model/adapter.h"
+#include "trainer/model/make_model.h"
+#include "trainer/io/fsutil.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/model/merge.h"
+#include "trainer/model/model.h"
 
 
 static double now(void) {
@@ -64,9 +64,9 @@ static int prepare(const char *work, int layers) {
     json_decref(j);
     CT_TRY(rc);
     double t0 = now();
-    char *argv[] = {"make-model", "--config", (char *)in(work, "config.json"), "--out", (char *)in(work, "base"),
-                    "--dtype", "bf16", "--max-shard-size", "2GB", NULL};
-    if (!ct_path_exists(in(work, "base"))) CT_TRY(ct_cmd_make_model(9, argv));
+    ct_make_model_options mo = {.config = in(work, "config.json"), .out = in(work, "base"), .dtype = "bf16",
+                                .max_shard = "2GB"};
+    if (!ct_path_exists(in(work, "base"))) CT_TRY(ct_make_model(&mo, NULL));
     double t1 = now();
     ct_model *m = NULL;
     CT_TRY(ct_model_load(in(work, "base"), NULL, &m));

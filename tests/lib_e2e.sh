@@ -1,4 +1,4 @@
-# Helpers shared by the end-to-end tests (tests/e2e_*.sh), sourced after the
+# Helpers shared by the end-to-end tests (tests/trainer/cli/e2e_*.sh), sourced after the
 # test has set $bin (the ctuner binary): counters, assertions, a scratch
 # directory. Not a test itself (the glob is e2e_*.sh).
 #   e2e_workdir NAME        $work = a fresh /tmp/ct_e2e_NAME.XXXXXX, removed on exit

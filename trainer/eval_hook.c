@@ -19,7 +19,7 @@
 #include <jansson.h>
 
 #include "autograd/ct_error.h"
-#include "trainer/generate.h"
+#include "trainer/model/generate.h"
 #include "trainer/train_internal.h"
 
 #define MAX_STOP_IDS 16

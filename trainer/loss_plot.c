@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "autograd/ct_error.h"
-#include "trainer/fsutil.h"
+#include "trainer/io/fsutil.h"
 
 enum { W = 760, H = 460, ML = 76, MR = 28, MT = 48, MB = 60, N_TICKS = 6 };
 

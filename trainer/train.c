@@ -23,8 +23,8 @@
 
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
-#include "trainer/adapter.h"
-#include "trainer/checkpoint.h"
+#include "trainer/model/adapter.h"
+#include "trainer/io/checkpoint.h"
 #include "trainer/train_internal.h"
 
 static volatile sig_atomic_t g_stop_signal = 0; /* > 0: a signal number; -1: a request without one */

@@ -28,8 +28,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "trainer/config.h"
-#include "trainer/fsutil.h"
+#include "trainer/config/config.h"
+#include "trainer/io/fsutil.h"
 
 typedef struct {
     const ct_run_config *cfg; /* resolved (defaults filled, overrides applied) */

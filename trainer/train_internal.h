@@ -15,10 +15,10 @@
 #include "datasets/loader.h"
 #include "datasets/template.h"
 #include "datasets/tokenizer.h"
-#include "trainer/adamw.h"
-#include "trainer/config.h"
-#include "trainer/model.h"
-#include "trainer/scheduler.h"
+#include "trainer/optim/adamw.h"
+#include "trainer/config/config.h"
+#include "trainer/model/model.h"
+#include "trainer/optim/scheduler.h"
 #include "trainer/train.h"
 
 /* Progress bookkeeping (train_log.c). */

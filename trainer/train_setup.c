@@ -11,7 +11,7 @@
 #include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "datasets/dataset_cache.h"
-#include "trainer/adapter.h"
+#include "trainer/model/adapter.h"
 #include "trainer/train_internal.h"
 
 static int load_model(ct_trainer *t) {

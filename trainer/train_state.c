@@ -2,7 +2,7 @@
  * everything a bit-identical continuation needs, and the PEFT adapter beside
  * it (iter_<N>_adapter/).
  *
- * Datasets of the HDF5 file (trainer/checkpoint.h is the container):
+ * Datasets of the HDF5 file (trainer/io/checkpoint.h is the container):
  *   train/version        i32  CT_TRAIN_STATE_VERSION
  *   train/iter           i64  iterations done
  *   train/step           i64  optimizer steps done
@@ -24,7 +24,7 @@
  *   config               str  the resolved config (YAML)
  *   lora/<peft key>      f32  A and B
  *   grad/<peft key>      f32  only when mid_window
- *   optim/...            AdamW step and moments (trainer/adamw.h)
+ *   optim/...            AdamW step and moments (trainer/optim/adamw.h)
  * The file is written first (atomically), then the adapter directory, then
  * save_total_limit is applied: a crash leaves at worst a checkpoint without
  * its adapter, never a half-written file. */
@@ -32,8 +32,8 @@
 #include <string.h>
 
 #include "autograd/ct_error.h"
-#include "trainer/adapter.h"
-#include "trainer/checkpoint.h"
+#include "trainer/model/adapter.h"
+#include "trainer/io/checkpoint.h"
 #include "trainer/train_internal.h"
 
 #define CT_TRAIN_STATE_VERSION 1

@@ -1,0 +1,235 @@
+/* A randomly initialised InternLM2 of any shape (ctuner make-model), written as a
+ * Hugging Face model directory (config.json, generation_config.json,
+ * model.safetensors or shards + index, optionally the tokenizer files).
+ *
+ * Initialisation follows InternLM2PreTrainedModel._init_weights: linear and
+ * embedding weights ~ N(0, initializer_range²), biases 0, the embedding row of
+ * pad_token_id 0, RMSNorm weights 1. Every value is a pure function of (seed,
+ * tensor name, element index) - SplitMix64 counters + Box-Muller - so the model
+ * does not depend on thread count, dtype or sharding, and tensors are generated
+ * in chunks while they are written: a 7B-shaped model needs a few MB of memory.
+ * The directory is built under a temp name and renamed into place. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ct_error.h"
+#include "autograd/ct_inline.h"
+#include "trainer/io/fsutil.h"
+#include "trainer/model/make_model.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/safetensors.h"
+
+#define CHUNK ((int64_t)1 << 20) /* elements generated per append */
+
+typedef struct {
+    uint64_t seed;
+    double std;
+    int64_t pad_row; /* embedding row zeroed (pad_token_id), -1 for none */
+    ct_st_dtype dtype;
+    float *f;        /* (CHUNK) values */
+    uint16_t *h;     /* (CHUNK) bf16/f16 encodings */
+} gen_ctx;
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return h;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* N(0, std²) for elements [i0, i1) of the stream `key`, into out[0 .. i1-i0).
+ * Element i belongs to pair i/2: u1, u2 from the counters 2·(i/2) and 2·(i/2)+1;
+ * the even element takes r·cos θ, the odd one r·sin θ. */
+static void normal_fill(uint64_t key, double std, int64_t i0, int64_t i1, float *out) {
+    int64_t p0 = i0 / 2, p1 = (i1 + 1) / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = p0; p < p1; p++) {
+        uint64_t a = ct_mix64(key ^ ct_mix64((uint64_t)(2 * p)));
+        uint64_t b = ct_mix64(key ^ ct_mix64((uint64_t)(2 * p + 1)));
+        double u1 = ((double)(a >> 11) + 1.0) * (1.0 / 9007199254740992.0); /* (0, 1]: log is finite */
+        double u2 = (double)(b >> 11) * (1.0 / 9007199254740992.0);
+        double r = std * sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+        int64_t e = 2 * p;
+        if (e >= i0 && e < i1) out[e - i0] = (float)(r * cos(th));
+        if (e + 1 >= i0 && e + 1 < i1) out[e + 1 - i0] = (float)(r * sin(th));
+    }
+}
+
+static int fill_tensor(void *vctx, ct_st_writer *w, const ct_st_tensor *t) {
+    gen_ctx *g = vctx;
+    bool ones = ends_with(t->name, "norm.weight"), zeros = ends_with(t->name, ".bias");
+    bool embed = strcmp(t->name, "model.tok_embeddings.weight") == 0;
+    int64_t row = t->ndim == 2 ? t->shape[1] : 0;
+    uint64_t key = ct_mix64(g->seed ^ fnv1a(t->name)); /* one stream per tensor name */
+    for (int64_t i0 = 0; i0 < t->numel; i0 += CHUNK) {
+        int64_t i1 = i0 + CHUNK < t->numel ? i0 + CHUNK : t->numel, n = i1 - i0;
+        if (ones || zeros) {
+            for (int64_t i = 0; i < n; i++) g->f[i] = ones ? 1.0f : 0.0f;
+        } else {
+            normal_fill(key, g->std, i0, i1, g->f);
+        }
+        if (embed && g->pad_row >= 0) { /* nn.Embedding(padding_idx=pad) zeroes that row */
+            int64_t r0 = g->pad_row * row, r1 = r0 + row;
+            for (int64_t i = (r0 > i0 ? r0 : i0); i < (r1 < i1 ? r1 : i1); i++) g->f[i - i0] = 0.0f;
+        }
+        if (g->dtype == CT_ST_F32) {
+            CT_TRY(ct_st_writer_append(w, g->f, (size_t)n * sizeof(float)));
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++)
+            g->h[i] = g->dtype == CT_ST_BF16 ? ct_f32_to_bf16(g->f[i]) : ct_f32_to_f16(g->f[i]);
+        CT_TRY(ct_st_writer_append(w, g->h, (size_t)n * sizeof(uint16_t)));
+    }
+    return CT_OK;
+}
+
+/* Declares every tensor in InternLM2ForCausalLM's state_dict order (which decides
+ * the sharding), with the shapes of ARCHITECTURE.md §5. */
+static int declare_model(ct_st_writer *w, const ct_hf_config *c, ct_st_dtype dt) {
+    int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    int64_t qkv = (c->num_attention_heads + 2 * c->num_key_value_heads) * hd, attn = c->num_attention_heads * hd;
+    char name[128];
+    CT_TRY(ct_st_writer_add(w, "model.tok_embeddings.weight", dt, 2, (int64_t[]){V, D}, NULL));
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+        const struct {
+            const char *suffix;
+            int ndim;
+            int64_t shape[2];
+            bool want;
+        } parts[] = {
+            {"attention.wqkv.weight", 2, {qkv, D}, true},
+            {"attention.wqkv.bias", 1, {qkv, 0}, c->bias},
+            {"attention.wo.weight", 2, {D, attn}, true},
+            {"attention.wo.bias", 1, {D, 0}, c->bias},
+            {"feed_forward.w1.weight", 2, {I, D}, true},
+            {"feed_forward.w3.weight", 2, {I, D}, true},
+            {"feed_forward.w2.weight", 2, {D, I}, true},
+            {"attention_norm.weight", 1, {D, 0}, true},
+            {"ffn_norm.weight", 1, {D, 0}, true},
+        };
+        for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+            if (!parts[k].want) continue;
+            snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, parts[k].suffix);
+            CT_TRY(ct_st_writer_add(w, name, dt, parts[k].ndim, parts[k].shape, NULL));
+        }
+    }
+    CT_TRY(ct_st_writer_add(w, "model.norm.weight", dt, 1, (int64_t[]){D}, NULL));
+    if (!c->tie_word_embeddings) CT_TRY(ct_st_writer_add(w, "output.weight", dt, 2, (int64_t[]){V, D}, NULL));
+    return ct_st_writer_metadata(w, "format", "pt"); /* transformers refuses files without it */
+}
+
+static int write_generation_config(const ct_hf_config *c, const char *dir) {
+    json_t *j = json_pack("{sb}", "_from_model_config", 1);
+    if (!j) return ct_errorf(CT_ERUNTIME, "out of memory");
+    const struct {
+        const char *key;
+        int64_t v;
+    } ids[] = {{"bos_token_id", c->bos_token_id}, {"eos_token_id", c->eos_token_id}, {"pad_token_id", c->pad_token_id}};
+    for (size_t i = 0; i < 3; i++)
+        if (ids[i].v >= 0) json_object_set_new(j, ids[i].key, json_integer((json_int_t)ids[i].v));
+    char path[CT_PATH_MAX];
+    int rc = ct_path_join(path, sizeof path, dir, "generation_config.json");
+    if (rc == CT_OK) rc = ct_json_write_atomic(path, j, 0);
+    json_decref(j);
+    return rc;
+}
+
+static int copy_tokenizer(const char *from, const char *dir) {
+    static const char *const files[] = {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char src[CT_PATH_MAX], dst[CT_PATH_MAX];
+        CT_TRY(ct_path_join(src, sizeof src, from, files[i]));
+        CT_TRY(ct_path_join(dst, sizeof dst, dir, files[i]));
+        if (!ct_path_exists(src)) continue; /* only tokenizer.model is required (checked before) */
+        CT_TRY(ct_file_copy(src, dst));
+    }
+    return CT_OK;
+}
+
+/* Everything that can be refused before anything is written. */
+static int check_inputs(const ct_make_model_options *o, ct_st_dtype *dt, const char **torch_dtype, uint64_t *max_shard,
+                        ct_hf_config *cfg) {
+    if (!o->config) return ct_errorf(CT_EINPUT, "--config CONFIG.json is required (see 'ctuner make-model --help')");
+    if (!o->out) return ct_errorf(CT_EINPUT, "--out DIR is required (see 'ctuner make-model --help')");
+    CT_TRY(ct_st_parse_size(o->max_shard ? o->max_shard : "5GB", max_shard));
+    CT_TRY(ct_hf_config_load(o->config, cfg));
+    const char *want = o->dtype ? o->dtype : cfg->torch_dtype[0] ? cfg->torch_dtype : "fp32";
+    int d = ct_dtype_from_name(want);
+    if (d == CT_F32) *dt = CT_ST_F32, *torch_dtype = "float32";
+    else if (d == CT_BF16) *dt = CT_ST_BF16, *torch_dtype = "bfloat16";
+    else if (d == CT_F16) *dt = CT_ST_F16, *torch_dtype = "float16";
+    else return ct_errorf(CT_EINPUT, "--dtype '%s' is not one of bf16, fp16, fp32", want);
+    if (ct_path_exists(o->out)) {
+        bool empty = false;
+        if (!ct_path_is_dir(o->out)) return ct_errorf(CT_EINPUT, "--out %s exists and is not a directory", o->out);
+        CT_TRY(ct_dir_is_empty(o->out, &empty));
+        if (!empty)
+            return ct_errorf(CT_EINPUT, "--out %s exists and is not empty: choose a new directory or remove it",
+                             o->out);
+    }
+    if (o->tokenizer) {
+        char p[CT_PATH_MAX];
+        CT_TRY(ct_path_join(p, sizeof p, o->tokenizer, "tokenizer.model"));
+        if (!ct_path_exists(p)) return ct_errorf(CT_EINPUT, "--tokenizer %s: no tokenizer.model there", o->tokenizer);
+    }
+    return CT_OK;
+}
+
+static int build(const ct_make_model_options *o, const ct_hf_config *cfg, ct_st_dtype dt, const char *torch_dtype,
+                 uint64_t max_shard, const char *tmp) {
+    gen_ctx g = {.seed = (uint64_t)o->seed, .std = cfg->initializer_range, .dtype = dt,
+                 .pad_row = cfg->pad_token_id < cfg->vocab_size ? cfg->pad_token_id : -1};
+    g.f = malloc((size_t)CHUNK * sizeof *g.f);
+    g.h = malloc((size_t)CHUNK * sizeof *g.h);
+    ct_st_writer *w = NULL;
+    int rc = (g.f && g.h) ? ct_st_writer_new(&w) : ct_errorf(CT_ERUNTIME, "out of memory");
+    if (rc == CT_OK) rc = declare_model(w, cfg, dt);
+    if (rc == CT_OK) rc = ct_st_writer_save_sharded(w, tmp, "model", max_shard, fill_tensor, &g);
+    char path[CT_PATH_MAX];
+    if (rc == CT_OK) rc = ct_path_join(path, sizeof path, tmp, "config.json");
+    if (rc == CT_OK) rc = ct_hf_config_write(cfg, path, torch_dtype);
+    if (rc == CT_OK) rc = write_generation_config(cfg, tmp);
+    if (rc == CT_OK && o->tokenizer) rc = copy_tokenizer(o->tokenizer, tmp);
+    ct_st_writer_free(w);
+    free(g.f);
+    free(g.h);
+    return rc;
+}
+
+int ct_make_model(const ct_make_model_options *o, ct_make_model_report *report) {
+    ct_hf_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    ct_st_dtype dt = CT_ST_F32;
+    const char *torch_dtype = NULL;
+    uint64_t max_shard = 0;
+    int rc = check_inputs(o, &dt, &torch_dtype, &max_shard, &cfg);
+    if (rc) {
+        ct_hf_config_free(&cfg);
+        return rc;
+    }
+    char tmp[CT_PATH_MAX];
+    rc = ct_tmpdir_beside(o->out, tmp, sizeof tmp);
+    if (rc == CT_OK) {
+        rc = build(o, &cfg, dt, torch_dtype, max_shard, tmp);
+        if (rc == CT_OK) rc = ct_dir_commit(tmp, o->out);
+        if (rc) { /* nothing half-written is left behind; keep the first error's message */
+            char why[1024];
+            snprintf(why, sizeof why, "%s", ct_last_error());
+            if (ct_remove_tree(tmp)) ct_errorf(rc, "%s (and the temporary directory %s could not be removed)", why, tmp);
+            else ct_errorf(rc, "%s", why);
+        }
+    }
+    if (rc == CT_OK && report) {
+        report->n_params = ct_hf_config_num_params(&cfg);
+        report->n_layers = cfg.num_hidden_layers;
+        report->torch_dtype = torch_dtype;
+    }
+    ct_hf_config_free(&cfg);
+    return rc;
+}
