@@ -5,13 +5,15 @@
 
 #include "ct_error.h"
 
-static void *host_alloc(size_t n) {
+void *ct_host_alloc(size_t n) {
     void *p = NULL;
     if (posix_memalign(&p, CT_ARENA_ALIGN, n ? n : CT_ARENA_ALIGN) != 0) return NULL;
     return p;
 }
 
-ct_allocator ct_host_allocator(void) { return (ct_allocator){host_alloc, free}; }
+void ct_host_free(void *p) { free(p); }
+
+ct_allocator ct_host_allocator(void) { return (ct_allocator){ct_host_alloc, ct_host_free}; }
 
 void ct_arena_init(ct_arena *a, ct_allocator mem, size_t block_size) {
     memset(a, 0, sizeof *a);

@@ -54,8 +54,11 @@ void ct_arena_rewind(ct_arena *a, ct_arena_mark m);
 /* Sum of block sizes: what the arena holds from the system. */
 size_t ct_arena_reserved(const ct_arena *a);
 
-/* Host malloc/free as an allocator. */
+/* Host malloc/free as an allocator (CT_ARENA_ALIGN-aligned). The functions
+ * themselves, for static backend tables. */
 ct_allocator ct_host_allocator(void);
+void *ct_host_alloc(size_t bytes);
+void ct_host_free(void *p);
 
 #ifdef __cplusplus
 }

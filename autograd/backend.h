@@ -1,20 +1,32 @@
-/* The backend interface: memory functions plus one forward and one backward
- * kernel per op. The CPU backend (cpu/) is the reference; the CUDA backend
- * (cuda_kernels/) implements the same table. Ops (the ops folder) do shape checks and
- * tape bookkeeping and call these; kernels do the math only.
+/* The backend interface: memory functions, one forward and one backward
+ * kernel per op, the optimizer's entries, and a capability query. The CPU
+ * backend (cpu/) is the reference; the CUDA backend (cuda_kernels/) and the
+ * tests' guarded backend (guarded/) implement the same table. Ops (the ops
+ * folder) do shape checks and tape bookkeeping and call these; kernels do the
+ * math only. docs/DESIGN.md ("The backend interface") has the whole contract
+ * and the checklist for adding an op or a kernel.
  *
  * Conventions for every kernel:
- * - all tensors live on the backend's device; activations and grads are f32
- *   on the CPU; frozen weights may be f32/bf16/f16 (nf4/fp4 via t->quant);
+ * - all tensors live on the backend's device: code above the backend never
+ *   reads or writes their memory except through upload/download (the guarded
+ *   backend enforces this in the tests);
+ * - activations and their grads are in the backend's act_dtype (f32 on the
+ *   CPU); statistics (rmsnorm's rstd, attention's lse, the loss) are f32;
+ *   frozen weights may be f32/bf16/f16 (nf4/fp4 via t->quant); LoRA weights,
+ *   their grads and the optimizer state are f32;
  * - backward kernels ACCUMULATE into grad tensors (+=); a NULL grad means
  *   "not needed": skip that work entirely;
  * - temporaries come from `scratch` and are released by the kernel with an
  *   arena mark/rewind before it returns;
- * - return 0 or a ct_status with the message set. */
+ * - return 0 or a ct_status with the message set.
+ * A NULL entry is an op the backend lacks: ct_backend_require (below) turns
+ * its use into a CT_ERUNTIME naming the op and the backend, never a call. */
 #ifndef CT_BACKEND_H
 #define CT_BACKEND_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "arena.h"
 #include "tensor.h"
@@ -64,9 +76,75 @@ typedef struct {
                        * rounded to bf16, fp32 sums; softmax and lse stay fp32) */
 } ct_attn_params;
 
+/* The ops a backend may offer (ct_backend_supports). Each names the entries
+ * it needs: an op is supported when all of them are non-NULL and the
+ * backend's supports_op (if any) accepts the dtypes asked about. */
+typedef enum {
+    CT_OP_EMBEDDING,        /* embedding_fwd (+ embedding_bwd for a trainable table) */
+    CT_OP_RMSNORM,          /* rmsnorm_fwd, rmsnorm_bwd */
+    CT_OP_ROPE,             /* rope_fwd, rope_bwd */
+    CT_OP_ATTENTION,        /* attention_fwd, attention_bwd */
+    CT_OP_ATTENTION_DECODE, /* attention_decode */
+    CT_OP_SWIGLU,           /* swiglu_fwd, swiglu_bwd */
+    CT_OP_ADD,              /* axpy (add_fwd optional) */
+    CT_OP_LORA_LINEAR,      /* lora_linear_fwd, lora_linear_bwd */
+    CT_OP_LINEAR_XENT,      /* linear_xent_fwd */
+    CT_OP_ADAMW,            /* adamw_update */
+    CT_OP_GRAD_NORM,        /* sum_squares, scale: global norm and clipping */
+    CT_OP_COUNT
+} ct_op_id;
+
+/* "embedding", "rmsnorm", ...: the names messages and `ctuner info` use. */
+const char *ct_op_name(ct_op_id op);
+
+/* What an op is asked to run with. Fields that do not apply to the op are
+ * ignored; CT_DTYPE_COUNT means "any" (do not ask). */
+typedef struct {
+    ct_dtype weight;  /* frozen weight storage: f32/bf16/f16/nf4 (lora_linear, linear_xent,
+                       * embedding table, rmsnorm weight) */
+    ct_dtype compute; /* GEMM / block-product math: CT_F32 or CT_BF16 */
+} ct_op_query;
+
+/* A query that asks about nothing but the entries. */
+#define CT_OP_ANY ((ct_op_query){CT_DTYPE_COUNT, CT_DTYPE_COUNT})
+
+/* AdamW's per-step scalars, computed on the host in double (as torch does
+ * from Python floats) and used as fp32 by the kernel; see trainer/optim/adamw.h
+ * for the update they define. */
+typedef struct {
+    float decay;     /* 1 - lr·weight_decay (applied only when use_decay) */
+    float w1;        /* 1 - beta1: the lerp weight of the first moment */
+    float b2, w2;    /* beta2, 1 - beta2 */
+    float neg_step;  /* -lr / (1 - beta1^t) */
+    float bc2_sqrt;  /* sqrt(1 - beta2^t) */
+    float eps;
+    int use_decay;   /* weight_decay != 0 */
+} ct_adamw_scalars;
+
+/* One tensor of a multi-tensor optimizer call: raw pointers into this
+ * backend's memory (the list itself is host memory, borrowed for the call). */
+typedef struct {
+    float *p;       /* [n] parameter */
+    const float *g; /* [n] its grad */
+    float *m, *v;   /* [n] its AdamW moments */
+    int64_t n;
+} ct_adamw_slot;
+
 typedef struct ct_backend {
     const char *name;
     ct_device device;
+    ct_dtype act_dtype;      /* activations and their grads between ops: CT_F32 on the
+                              * CPU (the GPU backend will use CT_BF16 with fp32
+                              * statistics); ops allocate their outputs in it */
+    uint32_t compute_dtypes; /* bit (1u << dt) for each GEMM math it offers (CT_F32, CT_BF16) */
+    uint32_t weight_dtypes;  /* bit (1u << dt) for each frozen-weight storage its linear
+                              * kernels read (f32, bf16, f16, nf4) */
+    /* Optional finer check (NULL: the masks above decide). */
+    bool (*supports_op)(ct_op_id op, const ct_op_query *q);
+    /* Optional: how this machine runs a compute dtype, one phrase for `ctuner
+     * info` and the training log (e.g. the CPU's "AVX512-BF16"); NULL or a
+     * NULL return: nothing to say. */
+    const char *(*compute_note)(ct_dtype compute);
 
     /* --- memory --- */
     ct_allocator mem;
@@ -145,7 +223,32 @@ typedef struct ct_backend {
     int (*linear_xent_fwd)(const ct_tensor *x, const ct_linear *head, const ct_tensor *labels,
                            float grad_scale, double *nll_sum, int64_t *n_trained,
                            ct_tensor *dx, ct_tensor *da, ct_tensor *db, ct_arena *scratch);
+
+    /* --- optimizer: f32 tensors on this device --- */
+    /* AdamW over n tensors (multi-tensor): per element, in torch's order,
+     *   p *= decay (when use_decay); m = lerp(m, g, w1); v = b2·v + w2·g²;
+     *   p += neg_step · m / (sqrt(v) / bc2_sqrt + eps).
+     * Element-wise: the same bits for any thread or block count. */
+    int (*adamw_update)(const ct_adamw_scalars *s, const ct_adamw_slot *slots, size_t n);
+    /* sums[i] = Σ x_i[j]² in double for each of n tensors x_i [ns[i]] (host
+     * array out), in a fixed order that does not depend on the thread count
+     * (the global grad norm is sqrt of the sum of sums in list order). */
+    int (*sum_squares)(const float *const *xs, const int64_t *ns, size_t n, double *sums);
+    /* x_i *= c for each of n tensors (gradient clipping). */
+    int (*scale)(float c, float *const *xs, const int64_t *ns, size_t n);
 } ct_backend;
+
+/* True when `be` can run `op` with what q asks (NULL q: the entries only). */
+bool ct_backend_supports(const ct_backend *be, ct_op_id op, const ct_op_query *q);
+
+/* CT_OK when ct_backend_supports(be, op, q); otherwise CT_ERUNTIME with a
+ * message naming the op, the backend and the dtypes asked for. Ops call it
+ * before their first kernel call. */
+int ct_backend_require(const ct_backend *be, ct_op_id op, const ct_op_query *q);
+
+/* Writes what `be` offers, one line per item (name, device, activation dtype,
+ * compute and weight dtypes, then each op with yes/no) to f. */
+void ct_backend_describe(const ct_backend *be, FILE *f);
 
 /* The CPU backend: always available. */
 const ct_backend *ct_cpu_backend(void);
@@ -153,6 +256,21 @@ const ct_backend *ct_cpu_backend(void);
 /* The CUDA backend, or NULL when this build has none or no GPU is usable
  * (message set saying why). Never crashes when the driver is missing. */
 const ct_backend *ct_cuda_backend(void);
+
+/* The guarded test backend (guarded/guarded_backend.c): the CPU kernels over
+ * memory that is unreadable outside backend calls. NULL (message set) in
+ * builds without CT_TEST_BACKENDS. */
+const ct_backend *ct_guarded_backend(void);
+
+/* Every backend this build has, available or not: names[i] and the backend
+ * (NULL where unavailable, e.g. cuda without a GPU; why[i] then says why,
+ * else ""). Returns the count (at most cap). For `ctuner info` and the
+ * parity harness. */
+int ct_backend_list(const char **names, const ct_backend **bes, const char **why, int cap);
+
+/* The backend whose memory a tensor on `dev` is in, or NULL (message set)
+ * when this build or machine has none. */
+const ct_backend *ct_backend_of(ct_device dev);
 
 #ifdef __cplusplus
 }

@@ -123,3 +123,12 @@ int ct_convert(void *dst, ct_dtype dst_dt, const void *src, ct_dtype src_dt, int
     }
     return CT_OK;
 }
+
+const char *ct_device_name(ct_device dev) {
+    switch (dev) {
+    case CT_CPU: return "cpu";
+    case CT_CUDA: return "cuda";
+    case CT_GUARDED: return "guarded";
+    }
+    return "unknown device";
+}

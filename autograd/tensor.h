@@ -26,7 +26,11 @@ typedef enum {
     CT_DTYPE_COUNT
 } ct_dtype;
 
-typedef enum { CT_CPU = 0, CT_CUDA = 1 } ct_device;
+/* Where a tensor's memory is. CT_GUARDED: the tests' guarded backend (host
+ * pages the host may not touch outside backend calls), a device like CUDA. */
+typedef enum { CT_CPU = 0, CT_CUDA = 1, CT_GUARDED = 2 } ct_device;
+
+const char *ct_device_name(ct_device dev); /* "cpu", "cuda", "guarded" */
 
 typedef struct ct_tensor {
     ct_dtype dtype;

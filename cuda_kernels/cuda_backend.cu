@@ -42,40 +42,59 @@ static int cuda_sync(void) {
     return CT_OK;
 }
 
+#define BIT(dt) (1u << (dt))
+
+/* Designated initializers in the struct's declaration order (C++). The entries
+ * not yet written are NULL: ct_backend_require reports them by name. */
+static const ct_backend k_cuda = {
+    .name = "cuda",
+    .device = CT_CUDA,
+    .act_dtype = CT_F32, /* until the bf16-activation kernels land (issue 14) */
+    .compute_dtypes = BIT(CT_F32),
+    .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16),
+    .supports_op = nullptr,
+    .compute_note = nullptr,
+    .mem = {cuda_alloc, cuda_free},
+    .zero = cuda_zero,
+    .copy = cuda_copy,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .embedding_fwd = ct_cuda_embedding_fwd,
+    .embedding_bwd = nullptr,
+    .rmsnorm_fwd = ct_cuda_rmsnorm_fwd,
+    .rmsnorm_bwd = ct_cuda_rmsnorm_bwd,
+    .rope_fwd = nullptr,
+    .rope_bwd = nullptr,
+    .attention_fwd = nullptr,
+    .attention_bwd = nullptr,
+    .attention_decode = nullptr,
+    .swiglu_fwd = ct_cuda_swiglu_fwd,
+    .swiglu_bwd = ct_cuda_swiglu_bwd,
+    .axpy = ct_cuda_axpy,
+    .add_fwd = nullptr,
+    .lora_linear_fwd = nullptr,
+    .lora_linear_bwd = nullptr,
+    .linear_xent_fwd = nullptr,
+    .adamw_update = nullptr,
+    .sum_squares = nullptr,
+    .scale = nullptr,
+};
+
 extern "C" const ct_backend *ct_cuda_backend(void) {
-    static ct_backend be;
     static int probed = 0, usable = 0;
     static char why[256];
     if (!probed) {
         probed = 1;
         int n = 0;
         cudaError_t err = cudaGetDeviceCount(&n);
-        if (err != cudaSuccess) {
-            snprintf(why, sizeof why, "no usable GPU: %s", cudaGetErrorString(err));
-        } else if (n == 0) {
-            snprintf(why, sizeof why, "no GPU found");
-        } else {
-            usable = 1;
-            be.device = CT_CUDA;
-            be.mem.alloc = cuda_alloc;
-            be.mem.free = cuda_free;
-            be.zero = cuda_zero;
-            be.copy = cuda_copy;
-            be.upload = cuda_upload;
-            be.download = cuda_download;
-            be.sync = cuda_sync;
-            be.axpy = ct_cuda_axpy;
-            be.swiglu_fwd = ct_cuda_swiglu_fwd;
-            be.swiglu_bwd = ct_cuda_swiglu_bwd;
-            be.rmsnorm_fwd = ct_cuda_rmsnorm_fwd;
-            be.rmsnorm_bwd = ct_cuda_rmsnorm_bwd;
-            be.embedding_fwd = ct_cuda_embedding_fwd;
-            be.name = "cuda";
-        }
+        if (err != cudaSuccess) snprintf(why, sizeof why, "no usable GPU: %s", cudaGetErrorString(err));
+        else if (n == 0) snprintf(why, sizeof why, "no GPU found");
+        else usable = 1;
     }
     if (!usable) {
         ct_errorf(CT_ERUNTIME, "%s", why);
         return nullptr;
     }
-    return &be;
+    return &k_cuda;
 }

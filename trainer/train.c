@@ -107,8 +107,9 @@ static int nonfinite(ct_trainer *t, const char *what) {
 static int optimizer_step(ct_trainer *t) {
     double lr = ct_sched_lr_at(&t->sched, t->iter - 1); /* the LR of the iteration closing the window */
     double norm = 0;
-    int rc = t->cfg->max_norm > 0 ? ct_grad_clip_norm(t->params, t->n_params, t->cfg->max_norm, &norm)
-                                  : ct_grad_global_norm(t->params, t->n_params, &norm);
+    const ct_backend *be = ct_model_backend(t->model);
+    int rc = t->cfg->max_norm > 0 ? ct_grad_clip_norm(be, t->params, t->n_params, t->cfg->max_norm, &norm)
+                                  : ct_grad_global_norm(be, t->params, t->n_params, &norm);
     if (rc == CT_ENONFINITE) {
         char msg[768];
         snprintf(msg, sizeof msg, "the gradient is not finite (%s)", ct_last_error());
@@ -116,7 +117,7 @@ static int optimizer_step(ct_trainer *t) {
     }
     CT_TRY(rc);
     CT_TRY(ct_adamw_step(t->adamw, lr));
-    ct_adamw_zero_grad(t->adamw);
+    CT_TRY(ct_adamw_zero_grad(t->adamw));
     t->step++;
     t->last_lr = lr;
     t->last_grad_norm = norm;

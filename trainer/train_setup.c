@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "datasets/dataset_cache.h"
 #include "trainer/model/adapter.h"
@@ -28,10 +27,10 @@ static int load_model(ct_trainer *t) {
     }
     CT_TRY(ct_model_load(c->pretrained_model_name_or_path, &mo, &t->model));
     CT_TRY(ct_model_set_compute(t->model, c->compute_dtype));
+    const ct_backend *be = ct_model_backend(t->model);
+    const char *note = be->compute_note ? be->compute_note(c->compute_dtype) : NULL;
     if (t->out && c->compute_dtype == CT_BF16)
-        fprintf(t->out, "compute: bf16 GEMMs with fp32 sums, %s\n",
-                ct_cpu_bf16_dot_supported() ? "AVX512-BF16"
-                                            : "without AVX512-BF16 on this CPU: bf16 numbers at fp32 speed");
+        fprintf(t->out, "compute: bf16 GEMMs with fp32 sums%s%s\n", note ? ", " : "", note ? note : "");
 
     ct_lora_config lc = {.r = (int)c->lora.r, .alpha = c->lora.lora_alpha, .dropout = (float)c->lora.lora_dropout,
                          .targets = c->lora.target_modules, .use_rslora = c->lora.use_rslora,
@@ -121,7 +120,7 @@ static int make_loop_state(ct_trainer *t) {
     ct_adamw_config ac = {.beta1 = c->betas[0], .beta2 = c->betas[1], .eps = c->eps,
                           .weight_decay = c->weight_decay};
     CT_TRY(ct_adamw_config_check(&ac, "optimizer"));
-    CT_TRY(ct_adamw_new(&ac, t->params, t->n_params, &t->adamw));
+    CT_TRY(ct_adamw_new(&ac, ct_model_backend(t->model), t->params, t->n_params, &t->adamw));
     return CT_OK;
 }
 

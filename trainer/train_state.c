@@ -178,7 +178,7 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
         snprintf(name, sizeof name, "grad/%s", p->name);
         if (mid) CT_TRY(ct_ckpt_get_f32(r, name, p->t->ndim, p->t->shape, p->t->grad->data));
     }
-    if (!mid) ct_adamw_zero_grad(t->adamw);
+    if (!mid) CT_TRY(ct_adamw_zero_grad(t->adamw));
     CT_TRY(ct_adamw_load(t->adamw, r, "optim"));
     if (ct_adamw_get_step(t->adamw) != step)
         return ct_errorf(CT_EINPUT, "%s: optimizer step %lld but train/step %lld: the file is inconsistent", path,

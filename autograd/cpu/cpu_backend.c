@@ -3,6 +3,7 @@
 
 #include "../ct_error.h"
 #include "cpu_kernels.h"
+#include "gemm_bf16.h" /* ct_cpu_bf16_dot_supported */
 
 static int cpu_zero(void *p, size_t n) {
     memset(p, 0, n);
@@ -16,38 +17,46 @@ static int cpu_copy(void *dst, const void *src, size_t n) {
 
 static int cpu_sync(void) { return CT_OK; }
 
-static const ct_backend *make_cpu(void) {
-    static ct_backend be;
-    if (be.name) return &be;
-    be.device = CT_CPU;
-    be.mem = ct_host_allocator();
-    be.zero = cpu_zero;
-    be.copy = cpu_copy;
-    be.upload = cpu_copy;
-    be.download = cpu_copy;
-    be.sync = cpu_sync;
-    be.embedding_fwd = ct_cpu_embedding_fwd;
-    be.embedding_bwd = ct_cpu_embedding_bwd;
-    be.rmsnorm_fwd = ct_cpu_rmsnorm_fwd;
-    be.rmsnorm_bwd = ct_cpu_rmsnorm_bwd;
-    be.swiglu_fwd = ct_cpu_swiglu_fwd;
-    be.swiglu_bwd = ct_cpu_swiglu_bwd;
-    be.axpy = ct_cpu_axpy;
-    be.add_fwd = ct_cpu_add_fwd;
-    be.lora_linear_fwd = ct_cpu_lora_linear_fwd;
-    be.lora_linear_bwd = ct_cpu_lora_linear_bwd;
-    be.linear_xent_fwd = ct_cpu_linear_xent_fwd;
-    be.rope_fwd = ct_cpu_rope_fwd;
-    be.rope_bwd = ct_cpu_rope_bwd;
-    be.attention_fwd = ct_cpu_attention_fwd;
-    be.attention_bwd = ct_cpu_attention_bwd;
-    be.attention_decode = ct_cpu_attention_decode;
-    be.name = "cpu";
-    return &be;
+static const char *cpu_compute_note(ct_dtype compute) {
+    if (compute != CT_BF16) return NULL;
+    return ct_cpu_bf16_dot_supported() ? "AVX512-BF16"
+                                       : "without AVX512-BF16 on this CPU: bf16 numbers at fp32 speed";
 }
 
-const ct_backend *ct_cpu_backend(void) {
-    static const ct_backend *be;
-    if (!be) be = make_cpu();
-    return be;
-}
+#define BIT(dt) (1u << (dt))
+
+static const ct_backend k_cpu = {
+    .name = "cpu",
+    .device = CT_CPU,
+    .act_dtype = CT_F32,
+    .compute_dtypes = BIT(CT_F32) | BIT(CT_BF16),
+    .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16) | BIT(CT_NF4),
+    .compute_note = cpu_compute_note,
+    .mem = {ct_host_alloc, ct_host_free},
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .sync = cpu_sync,
+    .embedding_fwd = ct_cpu_embedding_fwd,
+    .embedding_bwd = ct_cpu_embedding_bwd,
+    .rmsnorm_fwd = ct_cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = ct_cpu_rmsnorm_bwd,
+    .rope_fwd = ct_cpu_rope_fwd,
+    .rope_bwd = ct_cpu_rope_bwd,
+    .attention_fwd = ct_cpu_attention_fwd,
+    .attention_bwd = ct_cpu_attention_bwd,
+    .attention_decode = ct_cpu_attention_decode,
+    .swiglu_fwd = ct_cpu_swiglu_fwd,
+    .swiglu_bwd = ct_cpu_swiglu_bwd,
+    .axpy = ct_cpu_axpy,
+    .add_fwd = ct_cpu_add_fwd,
+    .lora_linear_fwd = ct_cpu_lora_linear_fwd,
+    .lora_linear_bwd = ct_cpu_lora_linear_bwd,
+    .linear_xent_fwd = ct_cpu_linear_xent_fwd,
+    .adamw_update = ct_cpu_adamw_update,
+    .sum_squares = ct_cpu_sum_squares,
+    .scale = ct_cpu_scale,
+};
+
+const ct_backend *ct_cpu_backend(void) { return &k_cpu; }

@@ -75,5 +75,9 @@ int ct_cpu_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t se
 int ct_cpu_linear_xent_fwd(const ct_tensor *x, const ct_linear *head, const ct_tensor *labels,
                            float grad_scale, double *nll_sum, int64_t *n_trained, ct_tensor *dx,
                            ct_tensor *da, ct_tensor *db, ct_arena *scratch);
+/* The optimizer's entries (cpu/optim.c). */
+int ct_cpu_adamw_update(const ct_adamw_scalars *s, const ct_adamw_slot *slots, size_t n);
+int ct_cpu_sum_squares(const float *const *xs, const int64_t *ns, size_t n, double *sums);
+int ct_cpu_scale(float c, float *const *xs, const int64_t *ns, size_t n);
 
 #endif

@@ -25,7 +25,7 @@ static ct_tensor *add(ct_tape *t, ct_tensor *a, ct_tensor *b, bool value) {
         return NULL;
     }
     ct_tensor *y = ct_tape_new_like(t, a);
-    if (!y) return NULL;
+    if (!y || ct_backend_require(t->be, CT_OP_ADD, NULL)) return NULL;
     if (!value) {
         /* the value is never read (ct_add_tail): only the entry matters */
     } else if (t->be->add_fwd) { /* one pass: read a, b, write y */

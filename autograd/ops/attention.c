@@ -116,7 +116,14 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_att
     ct_tensor *out = ct_tape_new(t, CT_F32, 2, oshape);
     ct_tensor *lse = ct_tape_new(t, CT_F32, 2, lshape);
     if (!out || !lse) return NULL;
-    if (t->be->attention_fwd(qkv, seg, p, out, lse, &t->scratch)) return NULL;
+    if (p->compute != CT_F32 && p->compute != CT_BF16) {
+        ct_errorf(CT_EINPUT, "attention: compute dtype %s: only float32 and bfloat16 are offered",
+                  ct_dtype_name(p->compute));
+        return NULL;
+    }
+    if (ct_backend_require(t->be, CT_OP_ATTENTION, &(ct_op_query){CT_DTYPE_COUNT, p->compute}) ||
+        t->be->attention_fwd(qkv, seg, p, out, lse, &t->scratch))
+        return NULL;
     attention_saved *s = NULL;
     if (ct_tape_wants_grad(t, in, n_in)) {
         if (!(s = ct_tape_meta(t, sizeof *s))) return NULL;

@@ -89,6 +89,9 @@ ct_tensor *ct_linear_cross_entropy(ct_tape *t, ct_tensor *x, const ct_linear *he
     }
     double nll_sum = 0.0;
     int64_t n = 0;
+    ct_op_query q = {head->w->dtype, head->compute};
+    if (ct_backend_require(t->be, CT_OP_LINEAR_XENT, &q) || ct_backend_require(t->be, CT_OP_ADD, NULL))
+        return NULL;
     if (t->be->linear_xent_fwd(x, &eff, labels, 1.0f, &nll_sum, &n,
                                s ? s->dx_nll : NULL, s ? s->da_nll : NULL, s ? s->db_nll : NULL,
                                &t->scratch))

@@ -46,6 +46,9 @@ int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin) {
                          "with last dim = in; check the model config's sizes",
                          op, name, ct_shape_str(x, sx, sizeof sx), ct_dtype_name(x->dtype),
                          ct_shape_str(w, sw, sizeof sw));
+    if (lin->compute != CT_F32 && lin->compute != CT_BF16)
+        return ct_errorf(CT_EINPUT, "%s %s: compute dtype %s: only float32 and bfloat16 are offered", op,
+                         name, ct_dtype_name(lin->compute));
     if (ct_rows(x) > INT_MAX || w->shape[0] > INT_MAX || w->shape[1] > INT_MAX)
         return ct_errorf(CT_EINPUT, "%s %s: a dimension of x %s or weight %s exceeds %d (BLAS int)",
                          op, name, ct_shape_str(x, sx, sizeof sx), ct_shape_str(w, sw, sizeof sw), INT_MAX);
@@ -94,6 +97,8 @@ static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bo
         int64_t ushape[2] = {ct_rows(x), lin->a ? lin->a->shape[0] : 0};
         if (lin->a && !(s->u = ct_tape_new(t, CT_F32, 2, ushape))) return NULL;
     }
+    ct_op_query q = {lin->w->dtype, lin->compute};
+    if (ct_backend_require(t->be, CT_OP_LORA_LINEAR, &q)) return NULL;
     if (t->be->lora_linear_fwd(x, &eff, seed, value ? y : NULL, s ? s->u : NULL, &t->scratch))
         return NULL;
     if (ct_tape_record(t, &k_lora_linear, y, in, n_in, s)) return NULL;

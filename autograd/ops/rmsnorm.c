@@ -38,7 +38,9 @@ ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps) {
         if (!s || !(s->rstd = ct_tape_new(t, CT_F32, 1, &rows))) return NULL;
         s->eps = eps;
     }
-    if (t->be->rmsnorm_fwd(x, w, eps, y, s ? s->rstd : NULL)) return NULL;
+    if (ct_backend_require(t->be, CT_OP_RMSNORM, &(ct_op_query){w->dtype, CT_DTYPE_COUNT}) ||
+        t->be->rmsnorm_fwd(x, w, eps, y, s ? s->rstd : NULL))
+        return NULL;
     if (ct_tape_record(t, &k_rmsnorm, y, in, 2, s)) return NULL;
     return y;
 }

@@ -72,7 +72,7 @@ ct_tensor *ct_rope(ct_tape *t, ct_tensor *x, ct_tensor *pos, const ct_rope_param
     ct_tensor *in[2] = {x, pos};
     bool grad = ct_tape_wants_grad(t, in, 2);
     ct_tensor *y = ct_tape_new_like(t, x);
-    if (!y || t->be->rope_fwd(x, pos, p, y)) return NULL;
+    if (!y || ct_backend_require(t->be, CT_OP_ROPE, NULL) || t->be->rope_fwd(x, pos, p, y)) return NULL;
     rope_saved *s = NULL;
     if (grad) {
         if (!(s = ct_tape_meta(t, sizeof *s))) return NULL;

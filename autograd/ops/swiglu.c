@@ -20,7 +20,7 @@ ct_tensor *ct_swiglu(ct_tape *t, ct_tensor *gate, ct_tensor *up) {
         return NULL;
     }
     ct_tensor *y = ct_tape_new_like(t, gate);
-    if (!y || t->be->swiglu_fwd(gate, up, y)) return NULL;
+    if (!y || ct_backend_require(t->be, CT_OP_SWIGLU, NULL) || t->be->swiglu_fwd(gate, up, y)) return NULL;
     ct_tensor *in[2] = {gate, up};
     if (ct_tape_record(t, &k_swiglu, y, in, 2, NULL)) return NULL;
     return y;

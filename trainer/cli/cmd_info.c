@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include "autograd/backend.h"
-#include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
@@ -14,11 +13,19 @@ int ct_cmd_info(int argc, char **argv) {
                  .summary = "Show the build, the backends and the devices found."};
     CT_TRY(ct_args_parse(&a, argc, argv));
     printf("ctuner 0.1.0\n");
-    printf("cpu backend: %s, %d OpenMP threads\n", ct_cpu_backend()->name, omp_get_max_threads());
-    printf("bf16 GEMMs (compute_dtype: bfloat16): %s\n",
-           ct_cpu_bf16_dot_supported() ? "AVX512-BF16 (about 2x fp32)" : "fp32 fallback (no AVX512-BF16 here)");
-    const ct_backend *cuda = ct_cuda_backend();
-    if (cuda) printf("cuda backend: available\n");
-    else printf("cuda backend: not available (%s)\n", ct_last_error());
+    printf("OpenMP threads: %d\n", omp_get_max_threads());
+    const char *names[8], *why[8];
+    const ct_backend *bes[8];
+    int n = ct_backend_list(names, bes, why, 8);
+    for (int i = 0; i < n; i++) {
+        if (!bes[i]) {
+            printf("%s backend: not available (%s)\n", names[i], why[i]);
+            continue;
+        }
+        printf("%s backend: available\n", names[i]);
+        ct_backend_describe(bes[i], stdout);
+        const char *note = bes[i]->compute_note ? bes[i]->compute_note(CT_BF16) : NULL;
+        if (note) printf("  bf16 GEMMs (compute_dtype: bfloat16): %s\n", note);
+    }
     return CT_OK;
 }

@@ -269,8 +269,8 @@ int ct_adapter_load_into(const char *dir, ct_lora *lora) {
         return ct_errorf(CT_EINPUT, "%s/adapter_config.json: target_modules differ from the LoRA slots' targets",
                          dir);
     const ct_lora_param *p0 = ct_lora_at(lora, 0);
-    const ct_backend *be = p0 && p0->t->device == CT_CPU ? ct_cpu_backend() : ct_cuda_backend();
-    if (!be) return ct_errorf(CT_ERUNTIME, "LoRA slots on a device without a backend");
+    const ct_backend *be = ct_backend_of(p0 ? p0->t->device : CT_CPU);
+    if (!be) return ct_error_wrap(CT_ERUNTIME, "LoRA slots on a device without a backend");
     return load_weights(dir, lora, be);
 }
 

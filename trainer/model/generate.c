@@ -59,8 +59,7 @@ static int check_model(const ct_decoder_model *m) {
 int ct_gen_new(const ct_decoder_model *m, const ct_backend *be, int64_t max_len, ct_generator **out) {
     *out = NULL;
     CT_TRY(check_model(m));
-    if (!be->attention_decode)
-        return ct_errorf(CT_EINPUT, "generate: the %s backend has no cached attention kernel", be->name);
+    CT_TRY(ct_backend_require(be, CT_OP_ATTENTION_DECODE, NULL));
     if (max_len < 1 || max_len > INT32_MAX)
         return ct_errorf(CT_EINPUT, "generate: context length %lld must be in 1..%d", (long long)max_len,
                          INT32_MAX);

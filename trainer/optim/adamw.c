@@ -1,5 +1,7 @@
 /* AdamW as torch.optim.AdamW (single-tensor path, amsgrad off): decoupled
- * weight decay, bias-corrected moments, fp32 element math. See adamw.h. */
+ * weight decay, bias-corrected moments, fp32 element math. See adamw.h. The
+ * per-step scalars are formed here, the element loop is the backend's
+ * adamw_update; the moments live in the backend's memory. */
 #include "adamw.h"
 
 #include <math.h>
@@ -13,12 +15,14 @@
 
 struct ct_adamw {
     ct_adamw_config cfg;
+    const ct_backend *be; /* where params, grads and moments live; borrowed */
     int64_t step;
     size_t n;
-    ct_tensor **params; /* [n], not owned */
-    int64_t *offset;    /* [n] start of param i's slice within each moment half */
-    int64_t half;       /* floats per moment (sum of aligned sizes) */
-    float *moments;     /* [2 * half]: m of every param, then v of every param */
+    ct_tensor **params;   /* [n], not owned */
+    int64_t *offset;      /* [n] start of param i's slice within each moment half */
+    int64_t half;         /* floats per moment (sum of aligned sizes) */
+    float *moments;       /* [2 * half] backend memory: m of every param, then v of every param */
+    ct_adamw_slot *slots; /* [n] host: the kernel's argument list, built once */
 };
 
 ct_adamw_config ct_adamw_defaults(void) {
@@ -44,31 +48,34 @@ static const char *pname(const ct_tensor *t, size_t i, char *buf, size_t cap) {
     return buf;
 }
 
-int ct_adamw_new(const ct_adamw_config *cfg, ct_tensor *const *params, size_t n,
-                 ct_adamw **out) {
+int ct_adamw_new(const ct_adamw_config *cfg, const ct_backend *be, ct_tensor *const *params,
+                 size_t n, ct_adamw **out) {
     *out = NULL;
     CT_TRY(ct_adamw_config_check(cfg, "optimizer"));
+    CT_TRY(ct_backend_require(be, CT_OP_ADAMW, NULL));
     for (size_t i = 0; i < n; i++) {
         const ct_tensor *p = params[i];
         char nb[32];
         if (!p) return ct_errorf(CT_EINPUT, "AdamW: parameter %zu is NULL", i);
         const char *nm = pname(p, i, nb, sizeof nb);
-        if (p->dtype != CT_F32 || p->device != CT_CPU)
-            return ct_errorf(CT_EINPUT, "AdamW: parameter '%s' is %s on %s; the optimizer updates "
-                             "f32 host tensors", nm, ct_dtype_name(p->dtype),
-                             p->device == CT_CPU ? "cpu" : "cuda");
+        if (p->dtype != CT_F32 || p->device != be->device)
+            return ct_errorf(CT_EINPUT, "AdamW: parameter '%s' is %s on %s; the optimizer on "
+                             "backend '%s' updates f32 tensors on its device", nm,
+                             ct_dtype_name(p->dtype), ct_device_name(p->device), be->name);
         const ct_tensor *g = p->grad;
-        if (!g || g->dtype != CT_F32 || g->device != CT_CPU || !ct_same_shape(p, g))
-            return ct_errorf(CT_EINPUT, "AdamW: parameter '%s' needs a long-lived f32 host grad "
-                             "of its shape", nm);
+        if (!g || g->dtype != CT_F32 || g->device != be->device || !ct_same_shape(p, g))
+            return ct_errorf(CT_EINPUT, "AdamW: parameter '%s' needs a long-lived f32 grad of its "
+                             "shape on the same device", nm);
     }
     ct_adamw *o = calloc(1, sizeof *o);
     if (!o) return ct_errorf(CT_ERUNTIME, "AdamW: out of memory");
     o->cfg = *cfg;
+    o->be = be;
     o->n = n;
     o->params = calloc(n ? n : 1, sizeof *o->params);
     o->offset = calloc(n ? n : 1, sizeof *o->offset);
-    if (!o->params || !o->offset) {
+    o->slots = calloc(n ? n : 1, sizeof *o->slots);
+    if (!o->params || !o->offset || !o->slots) {
         ct_adamw_free(o);
         return ct_errorf(CT_ERUNTIME, "AdamW: out of memory");
     }
@@ -82,20 +89,26 @@ int ct_adamw_new(const ct_adamw_config *cfg, ct_tensor *const *params, size_t n,
     }
     o->half = at;
     size_t bytes = (size_t)(2 * at) * sizeof(float);
-    o->moments = aligned_alloc(64, bytes ? bytes : 64);
-    if (!o->moments) {
+    o->moments = be->mem.alloc(bytes ? bytes : 64); /* CT_ARENA_ALIGN (>= 64 bytes) aligned */
+    if (!o->moments || be->zero(o->moments, bytes)) {
         ct_adamw_free(o);
-        return ct_errorf(CT_ERUNTIME, "AdamW: out of memory for %.1f MiB of moments",
-                         (double)bytes / (1 << 20));
+        return ct_errorf(CT_ERUNTIME, "AdamW: out of memory for %.1f MiB of moments on %s",
+                         (double)bytes / (1 << 20), be->name);
     }
-    memset(o->moments, 0, bytes);
+    for (size_t i = 0; i < n; i++)
+        o->slots[i] = (ct_adamw_slot){.p = (float *)params[i]->data,
+                                      .g = (const float *)params[i]->grad->data,
+                                      .m = ct_adamw_exp_avg(o, i),
+                                      .v = ct_adamw_exp_avg_sq(o, i),
+                                      .n = ct_numel(params[i])};
     *out = o;
     return CT_OK;
 }
 
 void ct_adamw_free(ct_adamw *o) {
     if (!o) return;
-    free(o->moments);
+    if (o->moments) o->be->mem.free(o->moments);
+    free(o->slots);
     free(o->offset);
     free(o->params);
     free(o);
@@ -126,39 +139,23 @@ int ct_adamw_step(ct_adamw *o, double lr) {
     double t = (double)o->step;
     /* Scalars in double as torch computes them from Python floats, then used
      * as fp32 in the element loop (torch's CPU kernels cast them to float). */
-    const float decay = (float)(1.0 - lr * c->weight_decay);
-    const float w1 = (float)(1.0 - c->beta1);           /* lerp weight */
-    const float b2 = (float)c->beta2, w2 = (float)(1.0 - c->beta2);
-    const float neg_step = (float)(-(lr / (1.0 - pow(c->beta1, t))));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow(c->beta2, t));
-    const float eps = (float)c->eps;
-    const bool use_decay = c->weight_decay != 0.0;
-    for (size_t i = 0; i < o->n; i++) {
-        float *p = (float *)o->params[i]->data;
-        const float *g = (const float *)o->params[i]->grad->data;
-        float *m = ct_adamw_exp_avg(o, i), *v = ct_adamw_exp_avg_sq(o, i);
-        int64_t numel = ct_numel(o->params[i]);
-        /* Element-wise: static schedule, no reduction, so any thread count
-         * gives the same bits. */
-#pragma omp parallel for schedule(static) if (numel > 32768)
-        for (int64_t j = 0; j < numel; j++) {
-            float pj = p[j], gj = g[j];
-            if (use_decay) pj = pj * decay;
-            float mj = m[j];
-            mj = w1 < 0.5f ? mj + w1 * (gj - mj) : gj - (gj - mj) * (1.0f - w1); /* torch lerp */
-            float vj = v[j] * b2 + w2 * gj * gj;
-            float denom = sqrtf(vj) / bc2_sqrt + eps;
-            p[j] = pj + neg_step * (mj / denom);
-            m[j] = mj;
-            v[j] = vj;
-        }
-    }
-    return CT_OK;
+    ct_adamw_scalars k = {
+        .decay = (float)(1.0 - lr * c->weight_decay),
+        .w1 = (float)(1.0 - c->beta1), /* lerp weight */
+        .b2 = (float)c->beta2,
+        .w2 = (float)(1.0 - c->beta2),
+        .neg_step = (float)(-(lr / (1.0 - pow(c->beta1, t)))),
+        .bc2_sqrt = (float)sqrt(1.0 - pow(c->beta2, t)),
+        .eps = (float)c->eps,
+        .use_decay = c->weight_decay != 0.0,
+    };
+    return o->be->adamw_update(&k, o->slots, o->n);
 }
 
-void ct_adamw_zero_grad(ct_adamw *o) {
+int ct_adamw_zero_grad(ct_adamw *o) {
     for (size_t i = 0; i < o->n; i++)
-        memset(o->params[i]->grad->data, 0, ct_nbytes(o->params[i]->grad));
+        CT_TRY(o->be->zero(o->params[i]->grad->data, ct_nbytes(o->params[i]->grad)));
+    return CT_OK;
 }
 
 /* "<prefix>/<what>/<param name>" into buf. */
@@ -175,22 +172,28 @@ int ct_adamw_save(const ct_adamw *o, ct_ckpt_writer *w, const char *prefix) {
     char name[1100];
     snprintf(name, sizeof name, "%s/step", prefix);
     CT_TRY(ct_ckpt_put_i64(w, name, 1, &o->step));
-    for (size_t i = 0; i < o->n; i++) {
+    /* The moments come to the host in one download (backend memory). */
+    size_t bytes = (size_t)(2 * o->half) * sizeof(float);
+    float *host = malloc(bytes ? bytes : 1); /* [2 * half] */
+    if (!host) return ct_errorf(CT_ERUNTIME, "AdamW: out of memory saving moments");
+    int rc = o->be->download(host, o->moments, bytes);
+    for (size_t i = 0; !rc && i < o->n; i++) {
         const ct_tensor *p = o->params[i];
-        CT_TRY(moment_name(name, sizeof name, prefix, "exp_avg", p, i));
-        CT_TRY(ct_ckpt_put_f32(w, name, p->ndim, p->shape, ct_adamw_exp_avg(o, i)));
-        CT_TRY(moment_name(name, sizeof name, prefix, "exp_avg_sq", p, i));
-        CT_TRY(ct_ckpt_put_f32(w, name, p->ndim, p->shape, ct_adamw_exp_avg_sq(o, i)));
+        rc = moment_name(name, sizeof name, prefix, "exp_avg", p, i);
+        if (!rc) rc = ct_ckpt_put_f32(w, name, p->ndim, p->shape, host + o->offset[i]);
+        if (!rc) rc = moment_name(name, sizeof name, prefix, "exp_avg_sq", p, i);
+        if (!rc) rc = ct_ckpt_put_f32(w, name, p->ndim, p->shape, host + o->half + o->offset[i]);
     }
-    return CT_OK;
+    free(host);
+    return rc;
 }
 
 int ct_adamw_load(ct_adamw *o, ct_ckpt_reader *r, const char *prefix) {
-    /* Into a scratch block first so a failure leaves the optimizer as it was. */
+    /* Into a host block first (the padding between slices zeroed, as the
+     * moments were made) so a failure leaves the optimizer as it was. */
     size_t bytes = (size_t)(2 * o->half) * sizeof(float);
-    float *tmp = malloc(bytes ? bytes : 1);
+    float *tmp = calloc(1, bytes ? bytes : 1);
     if (!tmp) return ct_errorf(CT_ERUNTIME, "AdamW: out of memory loading moments");
-    memcpy(tmp, o->moments, bytes);
     char name[1100];
     int64_t step = 0;
     snprintf(name, sizeof name, "%s/step", prefix);
@@ -205,10 +208,8 @@ int ct_adamw_load(ct_adamw *o, ct_ckpt_reader *r, const char *prefix) {
         if (!rc) rc = moment_name(name, sizeof name, prefix, "exp_avg_sq", p, i);
         if (!rc) rc = ct_ckpt_get_f32(r, name, p->ndim, p->shape, tmp + o->half + o->offset[i]);
     }
-    if (!rc) {
-        memcpy(o->moments, tmp, bytes);
-        o->step = step;
-    }
+    if (!rc) rc = o->be->upload(o->moments, tmp, bytes);
+    if (!rc) o->step = step;
     free(tmp);
     return rc;
 }

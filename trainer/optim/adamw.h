@@ -16,9 +16,11 @@
  * moments"), carved by offset from a size table: m of all params, then v of all
  * params, each tensor's slice starting on a 64-byte boundary.
  *
- * Parameters and grads are host memory (CT_CPU, f32, contiguous); grads are
- * long-lived (e.g. ct_lora's grad block) and must exist when the optimizer is
- * created. The optimizer keeps pointers to the tensors, which must outlive it.
+ * Parameters, grads and moments live on one backend (f32, contiguous; the
+ * element loop is its adamw_update entry, the norm its sum_squares and
+ * scale); grads are long-lived (e.g. ct_lora's grad block) and must exist when
+ * the optimizer is created. The optimizer keeps pointers to the tensors and
+ * the backend, which must outlive it.
  *
  * Checkpoint names (ct_adamw_save/ct_adamw_load): "<prefix>/step" (i64[1]),
  * "<prefix>/exp_avg/<name>" and "<prefix>/exp_avg_sq/<name>" (f32, the
@@ -29,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "autograd/backend.h"
 #include "autograd/tensor.h"
 #include "trainer/io/checkpoint.h"
 
@@ -46,11 +49,12 @@ int ct_adamw_config_check(const ct_adamw_config *c, const char *where);
 
 typedef struct ct_adamw ct_adamw;
 
-/* An optimizer over params[0..n) (each f32 CT_CPU with an f32 grad of the same
- * shape); moments zeroed, step 0. CT_EINPUT naming the tensor when one does not
- * qualify; CT_ERUNTIME when out of memory. *out is owned by the caller. */
-int ct_adamw_new(const ct_adamw_config *cfg, ct_tensor *const *params, size_t n,
-                 ct_adamw **out);
+/* An optimizer on backend be over params[0..n) (each f32 on be's device with
+ * an f32 grad of the same shape); moments zeroed on be, step 0. CT_EINPUT
+ * naming the tensor when one does not qualify; CT_ERUNTIME when out of memory
+ * or be has no adamw_update. *out is owned by the caller. */
+int ct_adamw_new(const ct_adamw_config *cfg, const ct_backend *be, ct_tensor *const *params,
+                 size_t n, ct_adamw **out);
 void ct_adamw_free(ct_adamw *o); /* NULL ok */
 
 /* One update of every parameter from its grad at learning rate lr (>= 0,
@@ -58,7 +62,7 @@ void ct_adamw_free(ct_adamw *o); /* NULL ok */
  * cleared. */
 int ct_adamw_step(ct_adamw *o, double lr);
 /* Sets every grad to 0. */
-void ct_adamw_zero_grad(ct_adamw *o);
+int ct_adamw_zero_grad(ct_adamw *o);
 
 int64_t ct_adamw_get_step(const ct_adamw *o);
 /* For resuming; with the moments restored this continues bit-identically. */
@@ -66,7 +70,8 @@ void ct_adamw_set_step(ct_adamw *o, int64_t step);
 
 size_t ct_adamw_count(const ct_adamw *o);
 ct_tensor *ct_adamw_param(const ct_adamw *o, size_t i);
-/* Moments of parameter i: numel floats each, inside the optimizer's block. */
+/* Moments of parameter i: numel floats each, inside the optimizer's block
+ * (backend memory: read them through the backend's download). */
 float *ct_adamw_exp_avg(const ct_adamw *o, size_t i);
 float *ct_adamw_exp_avg_sq(const ct_adamw *o, size_t i);
 
@@ -89,11 +94,12 @@ int ct_adamw_load(ct_adamw *o, ct_ckpt_reader *r, const char *prefix);
  *
  * A NaN or ±Inf anywhere gives CT_ENONFINITE with a message naming the first
  * such tensor and element; *norm is then NaN or +Inf and no grad is changed. */
-int ct_grad_global_norm(ct_tensor *const *params, size_t n, double *norm);
+int ct_grad_global_norm(const ct_backend *be, ct_tensor *const *params, size_t n, double *norm);
 
 /* torch.nn.utils.clip_grad_norm_(max_norm, norm_type=2): total norm as above
  * (returned in *norm, before clipping); when coef = max_norm / (norm + 1e-6) is
  * below 1 every grad is multiplied by (float)coef. max_norm must be > 0. */
-int ct_grad_clip_norm(ct_tensor *const *params, size_t n, double max_norm, double *norm);
+int ct_grad_clip_norm(const ct_backend *be, ct_tensor *const *params, size_t n, double max_norm,
+                      double *norm);
 
 #endif

@@ -78,7 +78,7 @@ static void test_vs_reference(double wd) {
     float *p0 = malloc(sizeof(float) * 15);
     memcpy(p0, P.t[0]->data, sizeof(float) * 15);
     ct_adamw *o = NULL;
-    CHECK_OK(ct_adamw_new(&c, P.t, NP, &o));
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o));
     for (int s = 1; s <= 10 && o; s++) {
         fill_grads(&P, s);
         for (int i = 0; i < NP; i++)
@@ -109,7 +109,7 @@ static void test_vs_reference(double wd) {
         }
     }
     /* zero_grad clears every grad. */
-    ct_adamw_zero_grad(o);
+    CHECK_OK(ct_adamw_zero_grad(o));
     bool zero = true;
     for (int i = 0; i < NP; i++)
         for (int64_t j = 0; j < ct_numel(P.t[i]); j++)
@@ -140,10 +140,10 @@ static float *run_steps(int threads, int steps, double *norm) {
     make_params(&P, 11);
     ct_adamw_config c = ct_adamw_defaults();
     ct_adamw *o = NULL;
-    CHECK_OK(ct_adamw_new(&c, P.t, NP, &o));
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o));
     for (int s = 1; s <= steps && o; s++) {
         fill_grads(&P, s);
-        CHECK_OK(ct_grad_clip_norm(P.t, NP, 1.0, norm));
+        CHECK_OK(ct_grad_clip_norm(ct_cpu_backend(), P.t, NP, 1.0, norm));
         CHECK_OK(ct_adamw_step(o, lr_of(s)));
     }
     int64_t total = 0;
@@ -188,13 +188,13 @@ static void test_clipping(void) {
     make_params(&P, 3);
     fill_grads(&P, 2); /* norm ≈ 0.2 * sqrt(60022) ≈ 49 */
     double want = hand_norm(&P), norm = 0;
-    CHECK_OK(ct_grad_global_norm(P.t, NP, &norm));
+    CHECK_OK(ct_grad_global_norm(ct_cpu_backend(), P.t, NP, &norm));
     CHECK(fabs(norm - want) <= 1e-12 * want, "norm %.17g vs %.17g", norm, want);
 
     /* max_norm above the norm: grads untouched, bit for bit. */
     float *keep = malloc(ct_nbytes(P.t[2]));
     memcpy(keep, P.t[2]->grad->data, ct_nbytes(P.t[2]));
-    CHECK_OK(ct_grad_clip_norm(P.t, NP, want * 2, &norm));
+    CHECK_OK(ct_grad_clip_norm(ct_cpu_backend(), P.t, NP, want * 2, &norm));
     CHECK(memcmp(keep, P.t[2]->grad->data, ct_nbytes(P.t[2])) == 0,
           "grads changed without clipping");
 
@@ -206,7 +206,7 @@ static void test_clipping(void) {
         for (int64_t j = 0; j < n; j++)
             scaled[i][j] = ((float *)P.t[i]->grad->data)[j] * (1.0 / (want + 1e-6));
     }
-    CHECK_OK(ct_grad_clip_norm(P.t, NP, 1.0, &norm));
+    CHECK_OK(ct_grad_clip_norm(ct_cpu_backend(), P.t, NP, 1.0, &norm));
     CHECK(fabs(norm - want) <= 1e-12 * want, "clip returns the norm before clipping: %g", norm);
     for (int i = 0; i < NP; i++) {
         ct_check_close("clipped grads", (const float *)P.t[i]->grad->data, scaled[i],
@@ -214,25 +214,25 @@ static void test_clipping(void) {
         free(scaled[i]);
     }
     CHECK(fabs(hand_norm(&P) - 1.0) < 1e-5, "clipped norm %g", hand_norm(&P));
-    CHECK(ct_grad_clip_norm(P.t, NP, 0.0, &norm) == CT_EINPUT, "max_norm 0 accepted");
+    CHECK(ct_grad_clip_norm(ct_cpu_backend(), P.t, NP, 0.0, &norm) == CT_EINPUT, "max_norm 0 accepted");
 
     /* Large but finite grads are not mistaken for overflow. */
     ((float *)P.t[1]->grad->data)[3] = 3e38f;
-    CHECK_OK(ct_grad_global_norm(P.t, NP, &norm));
+    CHECK_OK(ct_grad_global_norm(ct_cpu_backend(), P.t, NP, &norm));
     CHECK(isfinite(norm) && norm >= 3e38, "norm %g", norm);
 
     /* NaN / Inf: distinct status naming tensor and element; grads untouched. */
     ((float *)P.t[1]->grad->data)[3] = 0.5f;
     ((float *)P.t[2]->grad->data)[12345] = NAN;
     memcpy(keep, P.t[2]->grad->data, ct_nbytes(P.t[2]));
-    int rc = ct_grad_clip_norm(P.t, NP, 1e-3, &norm);
+    int rc = ct_grad_clip_norm(ct_cpu_backend(), P.t, NP, 1e-3, &norm);
     CHECK(rc == CT_ENONFINITE, "NaN grad gave %d", rc);
     CHECK(strstr(ct_last_error(), "'big'") && strstr(ct_last_error(), "NaN") &&
               strstr(ct_last_error(), "12345"), "message: %s", ct_last_error());
     CHECK(memcmp(keep, P.t[2]->grad->data, ct_nbytes(P.t[2])) == 0, "grads changed on NaN");
     ((float *)P.t[2]->grad->data)[12345] = 0.0f;
     ((float *)P.t[0]->grad->data)[4] = -INFINITY;
-    rc = ct_grad_global_norm(P.t, NP, &norm);
+    rc = ct_grad_global_norm(ct_cpu_backend(), P.t, NP, &norm);
     CHECK(rc == CT_ENONFINITE && isinf(norm), "Inf grad gave %d, norm %g", rc, norm);
     CHECK(strstr(ct_last_error(), NAMES[0]) && strstr(ct_last_error(), "Inf"), "message: %s",
           ct_last_error());
@@ -246,7 +246,7 @@ static void test_bad_input(void) {
     ct_adamw_config c = ct_adamw_defaults();
     ct_adamw *o = NULL;
     c.beta1 = 1.0;
-    CHECK(ct_adamw_new(&c, P.t, NP, &o) == CT_EINPUT && !o, "beta1 = 1 accepted");
+    CHECK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o) == CT_EINPUT && !o, "beta1 = 1 accepted");
     c = ct_adamw_defaults();
     c.eps = -1;
     CHECK(ct_adamw_config_check(&c, "cfg.yaml") == CT_EINPUT && strstr(ct_last_error(), "eps"),
@@ -254,10 +254,10 @@ static void test_bad_input(void) {
     c = ct_adamw_defaults();
     ct_tensor *g = P.t[1]->grad;
     P.t[1]->grad = NULL;
-    CHECK(ct_adamw_new(&c, P.t, NP, &o) == CT_EINPUT && strstr(ct_last_error(), NAMES[1]), "%s",
+    CHECK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o) == CT_EINPUT && strstr(ct_last_error(), NAMES[1]), "%s",
           ct_last_error());
     P.t[1]->grad = g;
-    CHECK_OK(ct_adamw_new(&c, P.t, NP, &o));
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o));
     CHECK(ct_adamw_step(o, -1e-3) == CT_EINPUT, "negative lr accepted");
     CHECK(ct_adamw_step(o, NAN) == CT_EINPUT, "NaN lr accepted");
     CHECK(ct_adamw_get_step(o) == 0, "a refused step counted");
@@ -277,8 +277,8 @@ static void test_resume(void) {
     make_params(&A, 21);
     make_params(&B, 99); /* different start: everything must come from the file */
     ct_adamw *oa = NULL, *ob = NULL;
-    CHECK_OK(ct_adamw_new(&c, A.t, NP, &oa));
-    CHECK_OK(ct_adamw_new(&c, B.t, NP, &ob));
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), A.t, NP, &oa));
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), B.t, NP, &ob));
     for (int s = 1; s <= 3; s++) {
         fill_grads(&A, s);
         CHECK_OK(ct_adamw_step(oa, lr_of(s)));
