@@ -172,12 +172,13 @@ typedef struct ct_backend {
     int (*rope_bwd)(const ct_tensor *dy, const ct_tensor *pos, const ct_rope_params *p,
                     ct_tensor *dx);
 
-    /* out [T, Hq*hd] from qkv [T, Hkv*(G+2)*hd]; seg (i32 [T], contiguous runs) or
-     * NULL for one sequence; lse [Hq, T] saved for backward. Blockwise: no T×T
-     * buffer per head. */
-    int (*attention_fwd)(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+    /* out [T, Hq*hd] from qkv [T, Hkv*(G+2)*hd]; runs (i32 [n_runs + 1], the
+     * boundaries of the packed samples, ct_segment_runs in ops.h; made and
+     * validated on the host) or NULL for one sequence; lse [Hq, T] saved for
+     * backward. Blockwise: no T×T buffer per head. */
+    int (*attention_fwd)(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          ct_tensor *out, ct_tensor *lse, ct_arena *scratch);
-    int (*attention_bwd)(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+    int (*attention_bwd)(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                          ct_tensor *dqkv, ct_arena *scratch);
 

@@ -23,9 +23,20 @@ ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps);
 ct_tensor *ct_rope(ct_tape *t, ct_tensor *x, ct_tensor *pos, const ct_rope_params *p);
 
 /* Causal, grouped-KV attention on InternLM2's packed qkv [T, Hkv*(G+2)*hd];
- * seg (i32 [T], equal values form one sample; samples are contiguous) keeps
- * packed samples apart, NULL = one sequence. Returns [T, Hq*hd]. */
-ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_attn_params *p);
+ * runs (i32 [n_runs + 1], from ct_segment_runs) keeps packed samples apart,
+ * NULL = one sequence. Returns [T, Hq*hd]. */
+ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_attn_params *p);
+
+/* Packed samples as attention sees them, made on the host where the batch is
+ * made: from per-token sample ids seg [T] (equal neighbours = one sample),
+ * the run boundaries runs [n + 1] (runs[0] = 0, runs[n] = T; run k is tokens
+ * [runs[k], runs[k+1])) and n in *n_runs. runs must hold T + 1 values.
+ * CT_EINPUT naming the tokens when an id comes back after another one (the
+ * samples would not be contiguous runs). */
+int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs);
+/* ct_segment_runs uploaded into a tape tensor i32 [n_runs + 1]; NULL with the
+ * message set. */
+ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T);
 
 /* silu(gate) * up, both [.., F]. */
 ct_tensor *ct_swiglu(ct_tape *t, ct_tensor *gate, ct_tensor *up);

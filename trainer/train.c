@@ -70,11 +70,10 @@ static int run_iteration(ct_trainer *t, double *nll, int64_t *targets, int64_t *
     ct_tape_reset(tp);
     tp->step_seed = ct_mix64((uint64_t)t->cfg->seed ^ ct_mix64((uint64_t)t->iter));
     ct_tensor *ids = input_tensor(tp, b->ids, n), *labels = input_tensor(tp, b->labels, n);
-    ct_tensor *pos = input_tensor(tp, b->pos, n), *seg = input_tensor(tp, t->seg, n);
-    if (!ids || !labels || !pos || !seg)
+    if (!ids || !labels)
         return ct_error_wrap(CT_ERUNTIME, "iteration %lld: the batch's inputs", (long long)t->iter + 1);
     ct_decoder_input in;
-    CT_TRY(ct_decoder_input_init(&in, tp->be, pos, seg));
+    CT_TRY(ct_decoder_input_make(&in, tp, b->pos, t->seg, n));
     /* A window without any trained token (possible with pre-tokenized data)
      * contributes nothing: its loss is 0 whatever the divisor. */
     float norm = (float)(t->window_targets > 0 ? t->window_targets : 1);

@@ -3,8 +3,9 @@
  *
  * Layout: a qkv row holds, for each KV head g, G query heads, then k_g, then
  * v_g (head_dim each); query head h reads KV head h / G. Key j is visible to
- * query i iff j <= i and both lie in the same run of equal seg values, so query
- * i sees the keys [start(i), i] and key j is seen by the queries [j, end(j)).
+ * query i iff j <= i and both lie in the same run (packed sample: the runs
+ * boundaries), so query i sees the keys [start(i), i] and key j is seen by the
+ * queries [j, end(j)).
  *
  * Forward, per (query head, block of BLK queries): walk the visible key blocks
  * with an online softmax (running max m, sum l, unnormalised O), then
@@ -225,13 +226,17 @@ static void clamp_range(int64_t x_lo, int64_t x_hi, int64_t base, int64_t n, int
     *hi = h;
 }
 
-/* Run starts and ends from seg (NULL: one sequence). */
-static void segment_bounds(const ct_tensor *seg, int64_t T, int64_t *start, int64_t *end) {
-    const int32_t *s = seg ? seg->data : NULL;
-    for (int64_t i = 0; i < T; i++)
-        start[i] = (i > 0 && (!s || s[i] == s[i - 1])) ? start[i - 1] : i;
-    for (int64_t i = T - 1; i >= 0; i--)
-        end[i] = (i < T - 1 && (!s || s[i] == s[i + 1])) ? end[i + 1] : i + 1;
+/* Each token's run start and end from the run boundaries (NULL: one
+ * sequence); boundaries are clamped to [0, T] so a malformed runs tensor
+ * cannot send a kernel outside the rows. */
+static void segment_bounds(const ct_tensor *runs, int64_t T, int64_t *start, int64_t *end) {
+    const int32_t *r = runs ? runs->data : NULL;
+    int64_t n = runs ? ct_numel(runs) - 1 : 1;
+    for (int64_t i = 0; i < T; i++) start[i] = 0, end[i] = T;
+    for (int64_t k = 0; r && k < n; k++) {
+        int64_t lo = r[k] < 0 ? 0 : r[k] > T ? T : r[k], hi = r[k + 1] < lo ? lo : r[k + 1] > T ? T : r[k + 1];
+        for (int64_t i = lo; i < hi; i++) start[i] = lo, end[i] = hi;
+    }
 }
 
 static int dims_init(attn_dims *a, const ct_tensor *qkv, const ct_attn_params *p) {
@@ -312,11 +317,11 @@ static void pack_kv(const attn_dims *a, const float *qkv, float *kv, bool bwd, b
     }
 }
 
-/* The call's setup shared by forward and backward: run bounds from seg into
+/* The call's setup shared by forward and backward: run bounds from runs into
  * bounds [2, T] (start, end), then K and V packed into kv. */
-static void set_segments_pack_kv(attn_dims *a, const ct_tensor *seg, int64_t *bounds, const float *qkv, float *kv,
+static void set_segments_pack_kv(attn_dims *a, const ct_tensor *runs, int64_t *bounds, const float *qkv, float *kv,
                                  bool bwd, bool par) {
-    segment_bounds(seg, a->T, bounds, bounds + a->T);
+    segment_bounds(runs, a->T, bounds, bounds + a->T);
     a->start = bounds;
     a->end = bounds + a->T;
     pack_kv(a, qkv, kv, bwd, par);
@@ -437,7 +442,7 @@ static void fwd_block(const attn_dims *a, const float *qkv, const float *kv, int
     }
 }
 
-int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          ct_tensor *out, ct_tensor *lse, ct_arena *scratch) {
     attn_dims a;
     CT_TRY(dims_init(&a, qkv, p));
@@ -452,7 +457,7 @@ int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_at
         ct_arena_rewind(scratch, mark);
         return ct_error_wrap(CT_ERUNTIME, "attention forward: scratch for T=%lld", (long long)a.T);
     }
-    set_segments_pack_kv(&a, seg, bounds, qkv->data, kv, false, par);
+    set_segments_pack_kv(&a, runs, bounds, qkv->data, kv, false, par);
 
     const float *q = qkv->data;
     float *o = out->data, *l = lse->data;
@@ -652,7 +657,7 @@ static void bwd_item(const attn_dims *a, const bwd_io *io, int64_t g, int64_t h0
     }
 }
 
-int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                          ct_tensor *dqkv, ct_arena *scratch) {
     attn_dims a;
@@ -681,7 +686,7 @@ int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_at
         ct_arena_rewind(scratch, mark);
         return ct_error_wrap(CT_ERUNTIME, "attention backward: scratch for T=%lld", (long long)a.T);
     }
-    set_segments_pack_kv(&a, seg, bounds, qkv->data, kv, true, par);
+    set_segments_pack_kv(&a, runs, bounds, qkv->data, kv, true, par);
     bwd_io io = {qkv->data, kv, out->data, lse->data, dout->data, dd, dqkv->data};
     const int64_t out_w = a.Hq * a.hd;
 

@@ -55,9 +55,9 @@ int ct_cpu_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_para
                     ct_tensor *y);
 int ct_cpu_rope_bwd(const ct_tensor *dy, const ct_tensor *pos, const ct_rope_params *p,
                     ct_tensor *dx);
-int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+int ct_cpu_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          ct_tensor *out, ct_tensor *lse, ct_arena *scratch);
-int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+int ct_cpu_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                          ct_tensor *dqkv, ct_arena *scratch);
 /* Cached attention for generation (attention_decode.c); contract in backend.h. */

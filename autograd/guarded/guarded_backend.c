@@ -104,14 +104,14 @@ static int g_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_pa
 static int g_rope_bwd(const ct_tensor *dy, const ct_tensor *pos, const ct_rope_params *p, ct_tensor *dx) {
     GUARDED(ct_cpu_rope_bwd(dy, pos, p, dx));
 }
-static int g_attention_fwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+static int g_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                            ct_tensor *out, ct_tensor *lse, ct_arena *scratch) {
-    GUARDED(ct_cpu_attention_fwd(qkv, seg, p, out, lse, scratch));
+    GUARDED(ct_cpu_attention_fwd(qkv, runs, p, out, lse, scratch));
 }
-static int g_attention_bwd(const ct_tensor *qkv, const ct_tensor *seg, const ct_attn_params *p,
+static int g_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                            const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout,
                            ct_tensor *dqkv, ct_arena *scratch) {
-    GUARDED(ct_cpu_attention_bwd(qkv, seg, p, out, lse, dout, dqkv, scratch));
+    GUARDED(ct_cpu_attention_bwd(qkv, runs, p, out, lse, dout, dqkv, scratch));
 }
 static int g_attention_decode(const ct_tensor *qkv, int64_t p0, const ct_attn_params *p,
                               ct_tensor *k_cache, ct_tensor *v_cache, ct_tensor *out, ct_arena *scratch) {

@@ -1,7 +1,11 @@
-/* attention: checks the packed qkv layout and the segment ids, runs the
- * blockwise kernel, and saves {lse, out, params} so the backward can recompute
- * the probabilities block by block (no T×T matrix is ever kept). */
+/* attention: checks the packed qkv layout and the runs tensor's shape, runs
+ * the blockwise kernel, and saves {lse, out, params} so the backward can
+ * recompute the probabilities block by block (no T×T matrix is ever kept).
+ * The runs themselves are made and validated on the host, once per batch
+ * (ct_segment_runs): the op never reads device memory. */
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 
 #include "../ct_error.h"
 #include "../ops.h"
@@ -9,7 +13,7 @@
 typedef struct {
     ct_tensor *lse;   /* [Hq, T] f32 log-sum-exp of each query row's scores */
     ct_tensor *out;   /* [T, Hq*hd] the op's output (its grad is dO) */
-    ct_tensor *seg;   /* i32 [T] or NULL */
+    ct_tensor *runs;  /* i32 [n_runs + 1] run boundaries, or NULL */
     ct_attn_params p; /* copy: the caller's struct may not outlive the step */
 } attention_saved;
 
@@ -19,7 +23,7 @@ static int attention_backward(ct_tape *t, const ct_tape_entry *e) {
     if (!qkv->requires_grad) return CT_OK;
     ct_tensor *dqkv = ct_grad(t, qkv);
     if (!dqkv) return CT_ERUNTIME;
-    return t->be->attention_bwd(qkv, s->seg, &s->p, s->out, s->lse, e->out->grad, dqkv,
+    return t->be->attention_bwd(qkv, s->runs, &s->p, s->out, s->lse, e->out->grad, dqkv,
                                 &t->scratch);
 }
 
@@ -49,41 +53,50 @@ static void heapsort_i32(int32_t *v, int64_t n) {
     }
 }
 
-/* The kernels treat each run of equal seg values as one sample; that matches
- * "same id = same sample" only when no id comes back after another one. Checks
- * it on a host copy (temporary, in the meta arena). */
-static int check_segments(ct_tape *t, const ct_tensor *seg, int64_t T) {
-    ct_arena_mark mark = ct_arena_get_mark(&t->meta);
-    int32_t *ids = ct_tape_meta(t, (size_t)T * sizeof *ids);  /* (T) seg on the host */
-    int32_t *runs = ct_tape_meta(t, (size_t)T * sizeof *ids); /* (n_runs) id of each run */
+int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs) {
+    *n_runs = 0;
+    if (T < 1 || T > INT32_MAX)
+        return ct_errorf(CT_EINPUT, "segment runs: %lld tokens (need 1..%d)", (long long)T, INT32_MAX);
+    int32_t *ids = malloc((size_t)T * sizeof *ids); /* (n) the id of each run, sorted below */
+    if (!ids) return ct_errorf(CT_ERUNTIME, "segment runs: out of memory for %lld ids", (long long)T);
+    int64_t n = 0;
+    for (int64_t i = 0; i < T; i++)
+        if (i == 0 || seg[i] != seg[i - 1]) runs[n] = (int32_t)i, ids[n++] = seg[i];
+    runs[n] = (int32_t)T;
+    heapsort_i32(ids, n);
     int rc = CT_OK;
-    if (!ids || !runs) {
-        rc = ct_error_wrap(CT_ERUNTIME, "attention: checking %lld segment ids", (long long)T);
-    } else if (!(rc = t->be->download(ids, seg->data, (size_t)T * sizeof *ids))) {
-        int64_t n = 0;
-        for (int64_t i = 0; i < T; i++)
-            if (i == 0 || ids[i] != ids[i - 1]) runs[n++] = ids[i];
-        heapsort_i32(runs, n);
-        for (int64_t i = 1; i < n; i++)
-            if (runs[i] == runs[i - 1]) {
-                int64_t first = 0, again = 0;
-                while (ids[first] != runs[i]) first++;
-                again = first;
-                while (ids[again] == runs[i]) again++;
-                while (ids[again] != runs[i]) again++;
-                rc = ct_errorf(CT_EINPUT,
-                               "attention: segment id %d at token %lld reappears at token %lld after "
-                               "other ids; packed samples must be contiguous runs (give each sample "
-                               "its own id)",
-                               runs[i], (long long)first, (long long)again);
-                break;
-            }
-    }
-    ct_arena_rewind(&t->meta, mark);
+    for (int64_t i = 1; i < n && !rc; i++)
+        if (ids[i] == ids[i - 1]) { /* name the first token of the id and where it comes back */
+            int64_t first = 0, again;
+            while (seg[first] != ids[i]) first++;
+            again = first;
+            while (seg[again] == ids[i]) again++;
+            while (seg[again] != ids[i]) again++;
+            rc = ct_errorf(CT_EINPUT, "attention: segment id %d at token %lld reappears at token %lld after "
+                           "other ids; packed samples must be contiguous runs (give each sample its own id)",
+                           ids[i], (long long)first, (long long)again);
+        }
+    free(ids);
+    if (!rc) *n_runs = n;
     return rc;
 }
 
-ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_attn_params *p) {
+ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T) {
+    int32_t *runs = malloc((size_t)(T + 1) * sizeof *runs); /* (T + 1) at most */
+    if (!runs) {
+        ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
+        return NULL;
+    }
+    int64_t n = 0, len;
+    ct_tensor *r = NULL;
+    if (!ct_segment_runs(seg, T, runs, &n) && (len = n + 1, r = ct_tape_new(t, CT_I32, 1, &len)) &&
+        t->be->upload(r->data, runs, (size_t)len * sizeof *runs))
+        r = NULL;
+    free(runs);
+    return r;
+}
+
+ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_attn_params *p) {
     char sq[64], ss[64];
     if (qkv->dtype != CT_F32 || qkv->ndim != 2) {
         ct_errorf(CT_EINPUT, "attention: qkv must be f32 [T, kv_heads*(group+2)*head_dim], got %s %s",
@@ -103,15 +116,15 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_att
                   p->group, p->head_dim, (long long)want);
         return NULL;
     }
-    if (seg && (seg->dtype != CT_I32 || ct_numel(seg) != T)) {
-        ct_errorf(CT_EINPUT, "attention: seg %s %s must be i32 with one id per token (%lld)",
-                  ct_dtype_name(seg->dtype), ct_shape_str(seg, ss, sizeof ss), (long long)T);
+    if (runs && (runs->dtype != CT_I32 || runs->ndim != 1 || runs->shape[0] < 2 || runs->shape[0] > T + 1)) {
+        ct_errorf(CT_EINPUT, "attention: runs %s %s must be i32 [n_runs + 1] run boundaries (from "
+                  "ct_segment_runs) for %lld tokens", ct_dtype_name(runs->dtype),
+                  ct_shape_str(runs, ss, sizeof ss), (long long)T);
         return NULL;
     }
-    if (seg && T > 0 && check_segments(t, seg, T)) return NULL;
 
-    ct_tensor *in[2] = {qkv, seg};
-    int n_in = seg ? 2 : 1;
+    ct_tensor *in[2] = {qkv, runs};
+    int n_in = runs ? 2 : 1;
     int64_t oshape[2] = {T, Hq * hd}, lshape[2] = {Hq, T};
     ct_tensor *out = ct_tape_new(t, CT_F32, 2, oshape);
     ct_tensor *lse = ct_tape_new(t, CT_F32, 2, lshape);
@@ -122,14 +135,14 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, const ct_att
         return NULL;
     }
     if (ct_backend_require(t->be, CT_OP_ATTENTION, &(ct_op_query){CT_DTYPE_COUNT, p->compute}) ||
-        t->be->attention_fwd(qkv, seg, p, out, lse, &t->scratch))
+        t->be->attention_fwd(qkv, runs, p, out, lse, &t->scratch))
         return NULL;
     attention_saved *s = NULL;
     if (ct_tape_wants_grad(t, in, n_in)) {
         if (!(s = ct_tape_meta(t, sizeof *s))) return NULL;
         s->lse = lse;
         s->out = out;
-        s->seg = seg;
+        s->runs = runs;
         s->p = *p;
     }
     if (ct_tape_record(t, &k_attention, out, in, n_in, s)) return NULL;

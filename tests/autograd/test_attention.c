@@ -102,6 +102,20 @@ typedef struct {
     int n_fd;          /* 0: every coordinate; else this many sampled ones */
 } attn_case;
 
+/* The run boundaries the kernels take for per-token sample ids (a heap
+ * tensor; NULL for NULL ids). */
+static ct_tensor *runs_tensor(const ct_backend *be, const int32_t *ids, int64_t T) {
+    if (!ids) return NULL;
+    int32_t *r = ct_test_need(malloc((size_t)(T + 1) * sizeof *r));
+    int64_t n = 0;
+    CHECK_OK(ct_segment_runs(ids, T, r, &n));
+    int64_t len = n + 1;
+    ct_tensor *t = ct_tensor_new(be, CT_I32, 1, &len, false);
+    memcpy(t->data, r, (size_t)len * sizeof *r);
+    free(r);
+    return t;
+}
+
 static void run_case(const attn_case *ac, ct_test_rng *rng) {
     const ct_backend *be = ct_cpu_backend();
     ct_arena scratch;
@@ -128,6 +142,7 @@ static void run_case(const attn_case *ac, ct_test_rng *rng) {
             for (int n = 0; n < ac->seg_len[k]; n++) ids[t++] = 1000 - 7 * k; /* decreasing ids */
         CHECK(t == T, "%s: sample lengths sum to %lld, not T", ac->name, (long long)t);
     }
+    ct_tensor *runs = runs_tensor(be, ids, T);
     ref_dims d = {T, ac->Hkv, ac->G, ac->hd, p.scale, ids};
     double *xd = malloc((size_t)(T * C) * sizeof *xd), *od = malloc((size_t)(T * W) * sizeof *od);
     double *ld = malloc((size_t)(Hq * T) * sizeof *ld), *s = malloc((size_t)T * sizeof *s);
@@ -140,7 +155,7 @@ static void run_case(const attn_case *ac, ct_test_rng *rng) {
     for (int64_t i = 0; i < T * W; i++) rd[i] = ((float *)dout->data)[i];
 
     char what[160];
-    CHECK_OK(ct_cpu_attention_fwd(qkv, seg, &p, out, lse, &scratch));
+    CHECK_OK(ct_cpu_attention_fwd(qkv, runs, &p, out, lse, &scratch));
     ref_attn_rows(&d, xd, 0, T, od, ld, s);
     snprintf(what, sizeof what, "%s: out", ac->name);
     ct_check_close(what, out->data, od, T * W, 2e-6, 1e-5);
@@ -149,7 +164,7 @@ static void run_case(const attn_case *ac, ct_test_rng *rng) {
 
     /* backward with dO = r, accumulated onto `pre` */
     memcpy(dqkv->data, pre, (size_t)(T * C) * sizeof(float));
-    CHECK_OK(ct_cpu_attention_bwd(qkv, seg, &p, out, lse, dout, dqkv, &scratch));
+    CHECK_OK(ct_cpu_attention_bwd(qkv, runs, &p, out, lse, dout, dqkv, &scratch));
     CHECK(scratch.used == 0, "%s: the kernels left %zu bytes of scratch in use", ac->name, scratch.used);
     fd_ctx c = {&d, xd, od, s, rd};
     const float *g = dqkv->data;
@@ -170,15 +185,15 @@ static void run_case(const attn_case *ac, ct_test_rng *rng) {
     }
 
     /* the same bits on a second run */
-    CHECK_OK(ct_cpu_attention_fwd(qkv, seg, &p, out2, lse2, &scratch));
+    CHECK_OK(ct_cpu_attention_fwd(qkv, runs, &p, out2, lse2, &scratch));
     CHECK(memcmp(out->data, out2->data, ct_nbytes(out)) == 0 &&
               memcmp(lse->data, lse2->data, ct_nbytes(lse)) == 0,
           "%s: forward not repeatable", ac->name);
     memcpy(dqkv2->data, pre, (size_t)(T * C) * sizeof(float));
-    CHECK_OK(ct_cpu_attention_bwd(qkv, seg, &p, out, lse, dout, dqkv2, &scratch));
+    CHECK_OK(ct_cpu_attention_bwd(qkv, runs, &p, out, lse, dout, dqkv2, &scratch));
     CHECK(memcmp(dqkv->data, dqkv2->data, ct_nbytes(dqkv)) == 0, "%s: backward not repeatable", ac->name);
 
-    ct_tensor *ts[] = {qkv, dqkv, dqkv2, out, out2, dout, lse, lse2, seg};
+    ct_tensor *ts[] = {qkv, dqkv, dqkv2, out, out2, dout, lse, lse2, seg, runs};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) ct_tensor_free(be, ts[i]);
     free(xd), free(od), free(ld), free(s), free(rd), free(want), free(pre);
     ct_arena_free(&scratch);
@@ -215,13 +230,14 @@ static void test_tape(void) {
     ct_tensor *seg = ct_tensor_new(be, CT_I32, 1, &T, false);
     int32_t *ids = seg->data;
     for (int64_t t = 0; t < T; t++) ids[t] = t < 40 ? 0 : t < 75 ? 1 : 2;
+    ct_tensor *runs = runs_tensor(be, ids, T);
     float *r = malloc((size_t)(T * W) * sizeof *r);
     ct_test_fill(&rng, qkv->data, T * C, 1.0);
     ct_test_fill(&rng, r, T * W, 1.0);
 
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
-    ct_tensor *out = ct_attention(&tape, qkv, seg, &p);
+    ct_tensor *out = ct_attention(&tape, qkv, runs, &p);
     CHECK_PTR(out);
     ct_tensor *loss = out ? ct_test_dot_loss(&tape, out, r) : NULL;
     CHECK_PTR(loss);
@@ -250,6 +266,7 @@ static void test_tape(void) {
     ct_tape_free(&tape);
     ct_tensor_free(be, qkv);
     ct_tensor_free(be, seg);
+    ct_tensor_free(be, runs);
     free(r);
 }
 
@@ -258,7 +275,7 @@ static void test_tape(void) {
  * their temporaries. Grads must equal the plain run's bit for bit (fp32 and
  * bf16 math). */
 typedef struct {
-    ct_tensor *pos, *seg;
+    ct_tensor *pos, *runs;
     ct_rope_params rp;
     ct_attn_params ap;
 } seg_ctx;
@@ -266,7 +283,7 @@ typedef struct {
 static int rope_attention(ct_tape *t, void *vc, ct_tensor *in, ct_tensor **out) {
     seg_ctx *c = vc;
     ct_tensor *r = ct_rope(t, in, c->pos, &c->rp);
-    *out = r ? ct_attention(t, r, c->seg, &c->ap) : NULL;
+    *out = r ? ct_attention(t, r, c->runs, &c->ap) : NULL;
     return *out ? CT_OK : CT_ERUNTIME;
 }
 
@@ -282,10 +299,11 @@ static void test_checkpoint(ct_dtype compute) {
         ((int32_t *)seg->data)[i] = i < 33 ? 0 : 1;
         ((int32_t *)pos->data)[i] = (int32_t)(i < 33 ? i : i - 33);
     }
+    ct_tensor *runs = runs_tensor(be, seg->data, T);
     float *r = malloc((size_t)(T * W) * sizeof *r), *g0 = malloc((size_t)(T * C) * sizeof *g0);
     ct_test_fill(&rng, x->data, T * C, 1.0);
     ct_test_fill(&rng, r, T * W, 1.0);
-    seg_ctx c = {pos, seg, {.head_dim = 16, .group = 5, .rotate_per_group = 4, .theta = 1e6},
+    seg_ctx c = {pos, runs, {.head_dim = 16, .group = 5, .rotate_per_group = 4, .theta = 1e6},
                  {2, 3, 16, 0.25f, compute}};
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
@@ -315,45 +333,49 @@ static void test_checkpoint(ct_dtype compute) {
     ct_tensor_free(be, x);
     ct_tensor_free(be, pos);
     ct_tensor_free(be, seg);
+    ct_tensor_free(be, runs);
     free(r), free(g0);
 }
 
-static void expect_error(ct_tape *t, ct_tensor *qkv, ct_tensor *seg, ct_attn_params p,
+static void expect_error(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, ct_attn_params p,
                          const char *needle) {
     ct_error_clear();
-    ct_tensor *y = ct_attention(t, qkv, seg, &p);
+    ct_tensor *y = ct_attention(t, qkv, runs, &p);
     CHECK(y == NULL && strstr(ct_last_error(), needle) != NULL,
           "expected an error mentioning '%s', got '%s'", needle, ct_last_error());
 }
 
 static void test_errors(void) {
     const ct_backend *be = ct_cpu_backend();
-    int64_t sq[2] = {5, 32}, T = 5, four = 4;
+    int64_t sq[2] = {5, 32}, T = 5, seven = 7;
     ct_tensor *qkv = ct_tensor_new(be, CT_F32, 2, sq, false); /* 1 kv head × (2+2) × 8 */
-    ct_tensor *seg = ct_tensor_new(be, CT_I32, 1, &T, false);
-    ct_tensor *seg4 = ct_tensor_new(be, CT_I32, 1, &four, false);
+    ct_tensor *runs7 = ct_tensor_new(be, CT_I32, 1, &seven, false); /* more boundaries than T + 1 */
     memset(qkv->data, 0, ct_nbytes(qkv));
-    memset(seg4->data, 0, ct_nbytes(seg4));
+    memset(runs7->data, 0, ct_nbytes(runs7));
     ct_tape tape;
     CHECK_OK(ct_tape_init(&tape, be, 1 << 16));
     ct_attn_params ok = {1, 2, 8, 0.35f, CT_F32};
     expect_error(&tape, qkv, NULL, (ct_attn_params){2, 2, 8, 0.35f, CT_F32}, "expected 2 kv heads");
     expect_error(&tape, qkv, NULL, (ct_attn_params){1, 3, 8, 0.35f, CT_F32}, "columns");
     expect_error(&tape, qkv, NULL, (ct_attn_params){0, 2, 8, 0.35f, CT_F32}, "bad parameters");
-    expect_error(&tape, qkv, seg4, ok, "one id per token");
+    expect_error(&tape, qkv, runs7, ok, "run boundaries");
     expect_error(&tape, qkv, NULL, (ct_attn_params){1, 2, 8, 0.35f, CT_F16}, "compute dtype");
-    int32_t *ids = seg->data;
-    int32_t bad[5] = {4, 4, 9, 9, 4};
-    memcpy(ids, bad, sizeof bad);
-    expect_error(&tape, qkv, seg, ok, "segment id 4 at token 0 reappears at token 4");
+    /* the runs are made on the host: a sample id that comes back is refused there */
+    int32_t bad[5] = {4, 4, 9, 9, 4}, r[6];
+    int64_t n_runs = -1;
+    CHECK(ct_segment_runs(bad, T, r, &n_runs) == CT_EINPUT &&
+              strstr(ct_last_error(), "segment id 4 at token 0 reappears at token 4"),
+          "reappearing id: %s", ct_last_error());
     int32_t good[5] = {4, 4, 9, 9, 2};
-    memcpy(ids, good, sizeof good);
+    CHECK_OK(ct_segment_runs(good, T, r, &n_runs));
+    CHECK(n_runs == 3 && r[0] == 0 && r[1] == 2 && r[2] == 4 && r[3] == 5, "runs of 4 4 9 9 2: %lld",
+          (long long)n_runs);
     ct_error_clear();
-    CHECK_PTR(ct_attention(&tape, qkv, seg, &ok));
+    ct_tensor *runs = ct_test_need(ct_segment_runs_tensor(&tape, good, T));
+    CHECK_PTR(ct_attention(&tape, qkv, runs, &ok));
     ct_tape_free(&tape);
     ct_tensor_free(be, qkv);
-    ct_tensor_free(be, seg);
-    ct_tensor_free(be, seg4);
+    ct_tensor_free(be, runs7);
 }
 
 /* ---- bf16 math ---- */
@@ -493,6 +515,7 @@ static void run_bf16_case(const attn_case *ac, ct_test_rng *rng) {
         for (int k = 0; ac->seg_len[k]; k++)
             for (int n = 0; n < ac->seg_len[k]; n++) ids[t++] = 3 * k + 1;
     }
+    ct_tensor *runs = runs_tensor(be, ids, T);
     float *pre = malloc((size_t)(T * C) * sizeof *pre);
     double *x = malloc((size_t)(T * C) * sizeof *x), *dor = malloc((size_t)(T * W) * sizeof *dor);
     double *od = malloc((size_t)(T * W) * sizeof *od), *mo = malloc((size_t)(T * W) * sizeof *mo);
@@ -511,8 +534,8 @@ static void run_bf16_case(const attn_case *ac, ct_test_rng *rng) {
         bool prev = ct_bf16_force_fallback(k == 2);
         memcpy(dqkv[k]->data, pre, (size_t)(T * C) * sizeof(float));
         const ct_attn_params *pk = k == 3 ? &p32 : &p;
-        CHECK_OK(ct_cpu_attention_fwd(qkv, seg, pk, out[k], lse[k], &scratch));
-        CHECK_OK(ct_cpu_attention_bwd(qkv, seg, pk, out[k], lse[k], dout, dqkv[k], &scratch));
+        CHECK_OK(ct_cpu_attention_fwd(qkv, runs, pk, out[k], lse[k], &scratch));
+        CHECK_OK(ct_cpu_attention_bwd(qkv, runs, pk, out[k], lse[k], dout, dqkv[k], &scratch));
         ct_bf16_force_fallback(prev);
         CHECK(scratch.used == 0, "%s: the kernels left %zu bytes of scratch in use", ac->name,
               scratch.used);
@@ -583,6 +606,7 @@ static void run_bf16_case(const attn_case *ac, ct_test_rng *rng) {
     ct_tensor_free(be, qkv);
     ct_tensor_free(be, dout);
     ct_tensor_free(be, seg);
+    ct_tensor_free(be, runs);
     free(pre), free(x), free(dor), free(od), free(mo), free(ld), free(pr), free(gd), free(mg);
     ct_arena_free(&scratch);
 }

@@ -2,6 +2,7 @@
 #include "decoder.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "autograd/ct_error.h"
@@ -14,31 +15,26 @@
         if (!((dst) = (expr))) return ct_error_wrap(ct_last_status(), "%s", (what)); \
     } while (0)
 
-int ct_decoder_input_init(ct_decoder_input *in, const ct_backend *be, ct_tensor *pos,
-                          ct_tensor *seg) {
+int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, const int32_t *seg,
+                          int64_t T) {
     memset(in, 0, sizeof *in);
-    if (!pos || pos->dtype != CT_I32)
-        return ct_errorf(CT_EINPUT, "decoder input: positions must be an i32 tensor [T]");
-    int64_t T = ct_numel(pos);
-    if (seg && (seg->dtype != CT_I32 || ct_numel(seg) != T))
-        return ct_errorf(CT_EINPUT, "decoder input: segment ids must be i32 [%lld] like the positions",
-                         (long long)T);
-    /* max(pos) over the whole step, read back in pieces through a stack buffer so
-     * that no host allocation happens per step (pos may live on the device). */
-    int32_t buf[256];
+    if (T < 1 || T > INT32_MAX)
+        return ct_errorf(CT_EINPUT, "decoder input: %lld tokens (need 1..%d)", (long long)T, INT32_MAX);
     int64_t max_pos = -1;
-    for (int64_t i0 = 0; i0 < T; i0 += 256) {
-        int64_t n = T - i0 < 256 ? T - i0 : 256;
-        CT_TRY(be->download(buf, (const int32_t *)pos->data + i0, (size_t)n * sizeof(int32_t)));
-        for (int64_t i = 0; i < n; i++) {
-            if (buf[i] < 0)
-                return ct_errorf(CT_EINPUT, "decoder input: negative position %d at token %lld",
-                                 buf[i], (long long)(i0 + i));
-            if (buf[i] > max_pos) max_pos = buf[i];
-        }
+    for (int64_t i = 0; i < T; i++) {
+        if (pos[i] < 0)
+            return ct_errorf(CT_EINPUT, "decoder input: negative position %d at token %lld", pos[i],
+                             (long long)i);
+        if (pos[i] > max_pos) max_pos = pos[i];
     }
-    in->pos = pos;
-    in->seg = seg;
+    ct_tensor *pt = ct_tape_new(t, CT_I32, 1, &T);
+    if (!pt || t->be->upload(pt->data, pos, (size_t)T * sizeof *pos))
+        return ct_error_wrap(CT_ERUNTIME, "decoder input: positions");
+    ct_tensor *runs = NULL;
+    if (seg && !(runs = ct_segment_runs_tensor(t, seg, T)))
+        return ct_error_wrap(ct_last_status(), "decoder input");
+    in->pos = pt;
+    in->runs = runs;
     in->seq_len = max_pos + 1;
     return CT_OK;
 }
@@ -105,7 +101,7 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
     CT_OP(x, ct_rmsnorm(t, h, w->attention_norm, d->eps), "attention_norm");   /* [T, D] */
     CT_OP(qkv, ct_lora_linear(t, x, &w->wqkv), "wqkv");           /* [T, Hkv*(G+2)*hd] */
     CT_OP(qkv_r, ct_rope(t, qkv, in->pos, &rp), "rope");          /* same shape */
-    CT_OP(att, ct_attention(t, qkv_r, in->seg, &ap), "attention"); /* [T, Hq*hd] */
+    CT_OP(att, ct_attention(t, qkv_r, in->runs, &ap), "attention"); /* [T, Hq*hd] */
     CT_OP(o, ct_lora_linear(t, att, &w->wo), "wo");               /* [T, D] */
     CT_OP(h1, ct_add(t, h, o), "attention residual");             /* [T, D] */
 
@@ -123,7 +119,7 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
 
 static int check_layer_input(const ct_decoder_dims *d, const ct_decoder_input *in,
                              const ct_tensor *h) {
-    if (!in->pos) return ct_errorf(CT_EINPUT, "decoder: no positions (call ct_decoder_input_init)");
+    if (!in->pos) return ct_errorf(CT_EINPUT, "decoder: no positions (call ct_decoder_input_make)");
     if (h->dtype != CT_F32 || h->ndim != 2 || h->shape[1] != d->hidden ||
         h->shape[0] != ct_numel(in->pos)) {
         char s[64];

@@ -51,18 +51,22 @@ typedef struct {
     ct_linear w2;              /* down [D, F] */
 } ct_decoder_layer_weights;
 
-/* Per-step inputs shared by every layer. */
+/* Per-step inputs shared by every layer, in the tape's backend memory. */
 typedef struct {
     ct_tensor *pos;  /* i32 [T]: position of each token, restarting per packed sample */
-    ct_tensor *seg;  /* i32 [T]: sample id of each token (contiguous runs), or NULL */
+    ct_tensor *runs; /* i32 [n_runs + 1]: packed samples' boundaries (ct_segment_runs), or NULL */
     int64_t seq_len; /* max(pos) + 1: the length the dynamic-NTK rope rule looks at */
 } ct_decoder_input;
 
-/* Fills *in from pos/seg; computes seq_len = max(pos) + 1 (reads pos back from
- * the device in small pieces, no allocation). CT_EINPUT for a negative
- * position or a pos/seg that is not i32 [T]. */
-int ct_decoder_input_init(ct_decoder_input *in, const ct_backend *be, ct_tensor *pos,
-                          ct_tensor *seg);
+/* Made on the host where the batch is made, once per step: validates the
+ * positions (pos [T] >= 0) and the sample ids (seg [T], contiguous runs, or
+ * NULL for one sequence), summarises them (seq_len, the runs) and uploads pos
+ * and runs into the tape's arena (they live until the next ct_tape_reset).
+ * Nothing above the backend reads them back.
+ * CT_EINPUT naming the token for a negative position or a sample id that
+ * comes back after another. */
+int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, const int32_t *seg,
+                          int64_t T);
 
 /* Checks the weights' shapes against dims (CT_EINPUT naming the tensor). The
  * layer functions call it; a model loader can call it once up front. */

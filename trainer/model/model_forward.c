@@ -90,12 +90,11 @@ static int nll_run(const ct_model *m, ct_tape *tape, const int32_t *ids, const i
             return ct_errorf(CT_EINPUT, "label %d at position %lld is neither -100 nor in [0, %lld)", labels[t],
                              (long long)t, (long long)V);
     CT_TRY(make_positions(seg, T, n_samples, pos));
-    ct_tensor *ids_t, *pos_t, *seg_t = NULL, *lab_t, *hidden;
-    if (!(ids_t = i32_upload(tape, ids, T)) || !(pos_t = i32_upload(tape, pos, T)) ||
-        !(lab_t = i32_upload(tape, labels, T)) || (seg && !(seg_t = i32_upload(tape, seg, T))))
+    ct_tensor *ids_t, *lab_t, *hidden;
+    if (!(ids_t = i32_upload(tape, ids, T)) || !(lab_t = i32_upload(tape, labels, T)))
         return ct_error_wrap(CT_ERUNTIME, "eval inputs");
     ct_decoder_input in;
-    CT_TRY(ct_decoder_input_init(&in, tape->be, pos_t, seg_t));
+    CT_TRY(ct_decoder_input_make(&in, tape, pos, seg, T));
     CT_TRY(hidden_no_grad(tape, dm, ids_t, &in, &hidden));
     /* The head + loss per sample over its rows of hidden, so each sample's NLL
      * sum comes out in double (no dropout: recording is off). */
@@ -140,11 +139,10 @@ static int logits_run(const ct_model *m, ct_tape *tape, const int32_t *ids, int6
     const ct_decoder_model *dm = ct_model_decoder(m);
     CT_TRY(check_ids(ids, T, ct_model_config(m)->vocab_size));
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
-    ct_tensor *ids_t, *pos_t, *hidden, x;
-    if (!(ids_t = i32_upload(tape, ids, T)) || !(pos_t = i32_upload(tape, pos, T)))
-        return ct_error_wrap(CT_ERUNTIME, "logits inputs");
+    ct_tensor *ids_t, *hidden, x;
+    if (!(ids_t = i32_upload(tape, ids, T))) return ct_error_wrap(CT_ERUNTIME, "logits inputs");
     ct_decoder_input in;
-    CT_TRY(ct_decoder_input_init(&in, tape->be, pos_t, NULL));
+    CT_TRY(ct_decoder_input_make(&in, tape, pos, NULL, T));
     CT_TRY(hidden_no_grad(tape, dm, ids_t, &in, &hidden));
     CT_TRY(row_view(hidden, rows_from, T, &x));
     ct_tensor *y = ct_lora_linear(tape, &x, &dm->output); /* [T - rows_from, V] */

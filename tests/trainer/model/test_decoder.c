@@ -250,7 +250,7 @@ static float run_model(ct_tape *tp, tmodel *tm, batch *b, bool ckpt, uint64_t st
     ct_decoder_input in;
     ct_tensor *loss = NULL;
     int64_t n_trained = -1;
-    CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, b->seg_t));
+    CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
     CHECK_OK(ct_decoder_model_loss(tp, &tm->m, b->ids, &in, b->labels, ckpt, 0.0f, &loss, &n_trained));
     if (!loss) return NAN;
     CHECK(n_trained == b->n_trained, "%lld trained tokens, expected %d", (long long)n_trained, b->n_trained);
@@ -331,7 +331,7 @@ static void test_layer(ct_tape *tp, batch *b) {
         zero_grads(&tm);
         memset(h->grad->data, 0, ct_nbytes(h->grad));
         ct_decoder_input in;
-        CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, b->seg_t));
+        CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
         CHECK(in.seq_len == 6, "seq_len %lld, expected max(pos)+1 = 6", (long long)in.seq_len);
         ct_tensor *out = NULL;
         CHECK_OK(ckpt ? ct_decoder_layer_checkpointed(tp, &tm.m.dims, &tm.lw[0], &in, h, &out)
@@ -370,7 +370,7 @@ static void test_layer(ct_tape *tp, batch *b) {
     /* seg NULL: the whole step is one causal sequence (the reference agrees). */
     ct_tape_reset(tp);
     ct_decoder_input in;
-    CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, NULL));
+    CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, NULL, b->T));
     ct_tensor *out = NULL;
     CHECK_OK(ct_decoder_layer(tp, &tm.m.dims, &tm.lw[0], &in, h, &out));
     double *want = ct_test_need(malloc((size_t)T * tm.D * sizeof(double)));
@@ -403,15 +403,16 @@ static void test_model(ct_tape *tp, batch *b, ct_dtype wdt, bool fd) {
     bool prev = ct_tape_set_recording(tp, false);
     ct_decoder_input in;
     ct_tensor *loss = NULL;
-    CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, b->seg_t));
+    CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
     CHECK_OK(ct_decoder_model_loss(tp, &tm.m, b->ids, &in, b->labels, true, 0.0f, &loss, NULL));
     CHECK(loss && *(float *)loss->data == got && tp->n_entries == 0,
           "no_grad loss %.9g (want %.9g), %d entries", loss ? *(float *)loss->data : NAN, got, tp->n_entries);
     ct_tape_set_recording(tp, prev);
 
     /* norm > 0 divides the NLL sum by it instead of the trained count. */
-    ct_tape_reset(tp);
+    ct_tape_reset(tp); /* the input lived in the tape's arena: made again */
     double want3 = want * b->n_trained / 3.0;
+    CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
     CHECK_OK(ct_decoder_model_loss(tp, &tm.m, b->ids, &in, b->labels, false, 3.0f, &loss, NULL));
     CHECK(loss && fabs(*(float *)loss->data - want3) <= 1e-5 * want3, "norm 3: loss %.9g, want %.9g",
           loss ? *(float *)loss->data : NAN, want3);
@@ -491,12 +492,12 @@ static void test_errors(ct_tape *tp, batch *b) {
     tmodel tm;
     build(&tm, &k_tiny, 1, CT_F32, 0.0f, false);
     ct_decoder_input in;
-    int32_t *pos = b->pos_t->data, keep = pos[3];
+    int32_t *pos = b->pos, keep = pos[3];
     pos[3] = -2;
-    CHECK(ct_decoder_input_init(&in, be, b->pos_t, b->seg_t) == CT_EINPUT, "negative position accepted");
+    CHECK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T) == CT_EINPUT, "negative position accepted");
     CHECK(strstr(ct_last_error(), "token 3") != NULL, "message: %s", ct_last_error());
     pos[3] = keep;
-    CHECK_OK(ct_decoder_input_init(&in, be, b->pos_t, b->seg_t));
+    CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
 
     ct_decoder_dims bad = tm.m.dims;
     bad.n_kv_heads = 3; /* 4 heads are not a multiple of 3 */

@@ -153,11 +153,12 @@ static void train_logits(const tmodel *tm, const int32_t *ids, int T, float *out
     ct_tape_set_recording(&tape, false);
     int64_t shape[1] = {T};
     ct_tensor *ids_t = ct_test_need(ct_tape_new(&tape, CT_I32, 1, shape));
-    ct_tensor *pos_t = ct_test_need(ct_tape_new(&tape, CT_I32, 1, shape));
-    for (int t = 0; t < T; t++) ((int32_t *)ids_t->data)[t] = ids[t], ((int32_t *)pos_t->data)[t] = t;
+    int32_t *pos = ct_test_need(malloc((size_t)T * sizeof *pos)); /* [T] 0..T-1 */
+    for (int t = 0; t < T; t++) ((int32_t *)ids_t->data)[t] = ids[t], pos[t] = t;
     ct_decoder_input in;
     ct_tensor *hidden, *logits;
-    CHECK_OK(ct_decoder_input_init(&in, be, pos_t, NULL));
+    CHECK_OK(ct_decoder_input_make(&in, &tape, pos, NULL, T));
+    free(pos);
     CHECK_OK(ct_decoder_model_hidden(&tape, &tm->m, ids_t, &in, false, &hidden));
     logits = ct_test_need(ct_lora_linear(&tape, hidden, &tm->m.output));
     memcpy(out, logits->data, (size_t)T * (size_t)tm->s.V * sizeof *out);
