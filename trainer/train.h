@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "autograd/backend.h"
 #include "trainer/config/config.h"
 #include "trainer/io/fsutil.h"
 
@@ -46,6 +47,9 @@ typedef struct {
      * mean over the iteration's trained tokens); NULL: none. */
     void (*on_iter)(void *ctx, int64_t iter, double loss);
     void *cb_ctx;
+    /* The backend to train on; NULL: the config's device (tests pass the
+     * guarded backend here). */
+    const ct_backend *backend;
 } ct_train_options;
 
 typedef struct {

@@ -15,10 +15,10 @@
 
 static int load_model(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
-    if (c->device == CT_DEVICE_CUDA)
-        return ct_errorf(CT_EINPUT, "device: cuda: training runs on the CPU backend in this build (models load "
-                         "on the CPU only); set device: cpu or auto");
-    ct_model_options mo = {0};
+    if (c->device == CT_DEVICE_CUDA && !t->opt->backend)
+        return ct_errorf(CT_EINPUT, "device: cuda: training runs on the CPU backend in this build (the CUDA "
+                         "kernels are not all written yet); set device: cpu or auto");
+    ct_model_options mo = {.backend = t->opt->backend};
     if (c->quantization.load_in_4bit) {
         mo.quant = c->quantization.quant_type == CT_QUANT_FP4 ? CT_MODEL_QUANT_FP4 : CT_MODEL_QUANT_NF4;
         mo.double_quant = c->quantization.double_quant;

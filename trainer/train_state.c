@@ -44,6 +44,7 @@ static int put_cursor(ct_ckpt_writer *w, const char *name, ct_ds_cursor c) {
 }
 
 static int put_state(ct_trainer *t, ct_ckpt_writer *w, bool mid_window) {
+    const ct_backend *be = ct_model_backend(t->model);
     int32_t version = CT_TRAIN_STATE_VERSION, mid = mid_window;
     int64_t shape[2] = {t->cfg->batch_size, t->cfg->accumulative_counts};
     int64_t data[3] = {t->ds.n_samples, t->ds.rows.n_rows, t->ds.stats.n_targets};
@@ -69,10 +70,10 @@ static int put_state(ct_trainer *t, ct_ckpt_writer *w, bool mid_window) {
     for (size_t i = 0; i < t->n_params; i++) {
         const ct_lora_param *p = ct_lora_at(t->lora, i);
         snprintf(name, sizeof name, "lora/%s", p->name);
-        ct_ckpt_put_f32(w, name, p->t->ndim, p->t->shape, p->t->data);
+        ct_ckpt_put_tensor(w, name, be, p->t);
         if (mid_window) {
             snprintf(name, sizeof name, "grad/%s", p->name);
-            ct_ckpt_put_f32(w, name, p->t->ndim, p->t->shape, p->t->grad->data);
+            ct_ckpt_put_tensor(w, name, be, p->t->grad);
         }
     }
     return ct_adamw_save(t->adamw, w, "optim"); /* errors are sticky: the commit reports the first */
@@ -129,6 +130,7 @@ static void compare_config(ct_trainer *t, const char *path, const char *text) {
 }
 
 static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
+    const ct_backend *be = ct_model_backend(t->model);
     int32_t version = 0, mid = 0;
     if (!ct_ckpt_has(r, "train/version"))
         return ct_errorf(CT_EINPUT, "%s: not a training checkpoint (no train/version)", path);
@@ -174,9 +176,9 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
     for (size_t i = 0; i < t->n_params; i++) {
         const ct_lora_param *p = ct_lora_at(t->lora, i);
         snprintf(name, sizeof name, "lora/%s", p->name);
-        CT_TRY(ct_ckpt_get_f32(r, name, p->t->ndim, p->t->shape, p->t->data));
+        CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t));
         snprintf(name, sizeof name, "grad/%s", p->name);
-        if (mid) CT_TRY(ct_ckpt_get_f32(r, name, p->t->ndim, p->t->shape, p->t->grad->data));
+        if (mid) CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t->grad));
     }
     if (!mid) CT_TRY(ct_adamw_zero_grad(t->adamw));
     CT_TRY(ct_adamw_load(t->adamw, r, "optim"));

@@ -607,3 +607,25 @@ int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out) {
     *out = buf;
     return CT_OK;
 }
+
+int ct_ckpt_put_tensor(ct_ckpt_writer *w, const char *name, const ct_backend *be, const ct_tensor *t) {
+    if (t->dtype != CT_F32) return ct_errorf(CT_EINPUT, "checkpoint: '%s' is not an f32 tensor", name);
+    if (be->device == CT_CPU) return ct_ckpt_put_f32(w, name, t->ndim, t->shape, t->data);
+    float *host = malloc(ct_nbytes(t) ? ct_nbytes(t) : 1); /* [numel] */
+    if (!host) return ct_errorf(CT_ERUNTIME, "checkpoint: out of memory for '%s'", name);
+    int rc = be->download(host, t->data, ct_nbytes(t));
+    if (!rc) rc = ct_ckpt_put_f32(w, name, t->ndim, t->shape, host);
+    free(host);
+    return rc;
+}
+
+int ct_ckpt_get_tensor(ct_ckpt_reader *r, const char *name, const ct_backend *be, ct_tensor *t) {
+    if (t->dtype != CT_F32) return ct_errorf(CT_EINPUT, "checkpoint: '%s' is not an f32 tensor", name);
+    if (be->device == CT_CPU) return ct_ckpt_get_f32(r, name, t->ndim, t->shape, t->data);
+    float *host = malloc(ct_nbytes(t) ? ct_nbytes(t) : 1); /* [numel] */
+    if (!host) return ct_errorf(CT_ERUNTIME, "checkpoint: out of memory for '%s'", name);
+    int rc = ct_ckpt_get_f32(r, name, t->ndim, t->shape, host);
+    if (!rc) rc = be->upload(t->data, host, ct_nbytes(t));
+    free(host);
+    return rc;
+}

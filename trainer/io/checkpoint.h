@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "autograd/backend.h"
+
 #define CT_CKPT_FORMAT 1   /* the version this build writes and the newest it reads */
 #define CT_CKPT_MAX_DIMS 4
 
@@ -55,6 +57,9 @@ int ct_ckpt_put_u64(ct_ckpt_writer *w, const char *name, int64_t n, const uint64
 int ct_ckpt_put_i32(ct_ckpt_writer *w, const char *name, int64_t n, const int32_t *data);
 /* A NUL-terminated string (the config text). */
 int ct_ckpt_put_str(ct_ckpt_writer *w, const char *name, const char *text);
+/* An f32 tensor in backend be's memory (its shape): downloaded through a host
+ * copy when be is not the CPU. */
+int ct_ckpt_put_tensor(ct_ckpt_writer *w, const char *name, const ct_backend *be, const ct_tensor *t);
 
 /* Finishes the file and renames it into place (see above), then frees w.
  * On failure (including an earlier sticky one) the .tmp is removed, the
@@ -93,6 +98,9 @@ int ct_ckpt_get_u64(ct_ckpt_reader *r, const char *name, int64_t n, uint64_t *ou
 int ct_ckpt_get_i32(ct_ckpt_reader *r, const char *name, int64_t n, int32_t *out);
 /* *out: malloc'ed, NUL-terminated, owned by the caller. */
 int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out);
+/* Into an f32 tensor in backend be's memory (the dataset must have its shape),
+ * through a host copy when be is not the CPU; t is unchanged on error. */
+int ct_ckpt_get_tensor(ct_ckpt_reader *r, const char *name, const ct_backend *be, ct_tensor *t);
 
 /* ---- a work directory's checkpoints (checkpoint_dir.c) ----
  *

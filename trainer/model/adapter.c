@@ -375,7 +375,7 @@ int ct_adapter_save(const char *dir, const ct_lora *lora, const char *base_model
     const ct_lora_param *p0 = ct_lora_at(lora, 0);
     float *host = ct_lora_values(lora), *copy = NULL; /* [numel] values on the host */
     if (p0 && p0->t->device != CT_CPU) {
-        const ct_backend *be = ct_cuda_backend();
+        const ct_backend *be = ct_backend_of(p0->t->device);
         if (!(copy = malloc(bytes ? bytes : 1))) return ct_errorf(CT_ERUNTIME, "out of memory");
         if (!be || be->download(copy, host, bytes)) {
             free(copy);

@@ -29,6 +29,8 @@ struct ct_model {
     ct_quant_state *qs;               /* [n_qs] states of the 4-bit weights */
     size_t n_qs;
     unsigned char *copies;            /* one block: misaligned tensors and bnb arrays */
+    void *device;                     /* after ct_model_place on a non-CPU backend: every frozen
+                                         tensor and 4-bit array in one block of be's memory */
     ct_model_memory mem;
     ct_lora *lora;
 };
@@ -310,9 +312,6 @@ int ct_model_load(const char *dir, const ct_model_options *opt, ct_model **out) 
     *out = NULL;
     ct_model_options o = {0};
     if (opt) o = *opt;
-    if (o.backend && o.backend->device != CT_CPU)
-        return ct_errorf(CT_EINPUT, "%s: models load on the CPU backend only for now (asked for %s)", dir,
-                         o.backend->name);
     if (strlen(dir) >= CT_PATH_MAX) return ct_errorf(CT_EINPUT, "model path too long: %.80s...", dir);
     ct_model *m = calloc(1, sizeof *m);
     if (!m) return ct_errorf(CT_ERUNTIME, "out of memory");
@@ -339,6 +338,7 @@ int ct_model_load(const char *dir, const ct_model_options *opt, ct_model **out) 
             if (rc) rc = ct_error_wrap(rc, "%s: layer %d", dir, l);
         }
     }
+    if (rc == CT_OK && o.backend) rc = ct_model_place(m, o.backend);
     if (rc) {
         ct_model_free(m);
         return rc;
@@ -351,6 +351,7 @@ int ct_model_load(const char *dir, const ct_model_options *opt, ct_model **out) 
 void ct_model_free(ct_model *m) {
     if (!m) return;
     ct_lora_free(m->lora);
+    if (m->device) m->be->mem.free(m->device);
     for (size_t i = 0; i < m->n_qs; i++) ct_quant_free(&m->qs[i]);
     free(m->qs);
     free(m->tensors);
@@ -380,3 +381,88 @@ void ct_model_drop_lora(ct_model *m) {
 }
 
 void ct_model_get_memory(const ct_model *m, ct_model_memory *out) { *out = m->mem; }
+
+/* ---- placing the model on a backend ---- */
+
+#define PLACE_ALIGN 256 /* every piece of the device block starts on 256 bytes */
+
+static size_t place_size(size_t bytes) { return (bytes + PLACE_ALIGN - 1) / PLACE_ALIGN * PLACE_ALIGN; }
+
+/* Uploads n bytes from host src into the block at *at (advancing it);
+ * returns the device address through *dst. */
+static int place_bytes(const ct_backend *be, unsigned char **at, const void *src, size_t n, void **dst) {
+    *dst = *at;
+    *at += place_size(n);
+    return n ? be->upload(*dst, src, n) : CT_OK;
+}
+
+/* Bytes of a 4-bit state's arrays (codes, absmax or qabsmax + nested absmax). */
+static size_t quant_arrays(const ct_quant_state *st, size_t sz[3]) {
+    sz[0] = (size_t)(st->n + 1) / 2;
+    sz[1] = st->nested ? (size_t)st->nblocks : (size_t)st->nblocks * sizeof(float);
+    sz[2] = st->nested ? (size_t)((st->nblocks + st->nested_blocksize - 1) / st->nested_blocksize) * sizeof(float) : 0;
+    return place_size(sz[0]) + place_size(sz[1]) + place_size(sz[2]);
+}
+
+int ct_model_place(ct_model *m, const ct_backend *be) {
+    if (!be) return ct_errorf(CT_EINPUT, "%s: no backend to place the model on", m->path);
+    if (be == m->be) return CT_OK;
+    if (m->be->device != CT_CPU || m->device)
+        return ct_errorf(CT_EINPUT, "%s: the model is already on backend %s", m->path, m->be->name);
+    if (m->lora)
+        return ct_errorf(CT_EINPUT, "%s: place the model before adding LoRA (the pairs are made on the "
+                         "model's backend)", m->path);
+    /* Sizes first: one allocation for everything. A tied head is the embedding
+     * tensor itself, placed once. */
+    size_t total = 0, sz[3];
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const ct_tensor *t = &m->tensors[i];
+        total += t->quant ? quant_arrays(t->quant, sz) : place_size(ct_nbytes(t));
+    }
+    unsigned char *block = be->mem.alloc(total ? total : PLACE_ALIGN), *at = block;
+    if (!block)
+        return ct_errorf(CT_ERUNTIME, "%s: out of memory on backend %s for %.1f MiB of frozen weights", m->path,
+                         be->name, (double)total / (1 << 20));
+    int rc = CT_OK;
+    for (size_t i = 0; rc == CT_OK && i < m->n_tensors; i++) {
+        ct_tensor *t = &m->tensors[i];
+        if (t->quant) {
+            /* The state stays a host struct (its tables code[16] and map8[256]
+             * travel with it); its arrays move to the device. */
+            ct_quant_state *st = (ct_quant_state *)t->quant;
+            void *codes, *absmax, *nested = NULL;
+            quant_arrays(st, sz);
+            rc = place_bytes(be, &at, st->codes, sz[0], &codes);
+            if (!rc) rc = place_bytes(be, &at, st->nested ? (const void *)st->qabsmax : (const void *)st->absmax, sz[1],
+                                      &absmax);
+            if (!rc && st->nested) rc = place_bytes(be, &at, st->nested_absmax, sz[2], &nested);
+            if (rc) break;
+            free(st->owned); /* the host arrays (NULL when borrowed from the mapping) */
+            st->owned = NULL;
+            st->codes = codes;
+            if (st->nested) st->qabsmax = absmax, st->nested_absmax = nested;
+            else st->absmax = absmax;
+            t->data = codes;
+        } else {
+            void *dst;
+            rc = place_bytes(be, &at, t->data, ct_nbytes(t), &dst);
+            t->data = dst;
+        }
+        t->device = be->device;
+    }
+    if (rc) {
+        /* Headers now point into a block that is about to go: the model is
+         * unusable; the caller frees it (ct_model_load does). */
+        be->mem.free(block);
+        return ct_error_wrap(rc, "%s: placing the weights on backend %s", m->path, be->name);
+    }
+    m->device = block;
+    m->be = be;
+    m->mem.device_bytes = total;
+    /* Nothing on the host refers to the file or the copies any more. */
+    ct_st_close(m->st);
+    m->st = NULL;
+    free(m->copies);
+    m->copies = NULL;
+    return CT_OK;
+}

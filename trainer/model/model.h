@@ -17,7 +17,14 @@
  * ".quant_state.bitsandbytes__nf4|fp4") loads as stored, without
  * re-quantizing, whatever opt->quant says.
  *
- * Only the CPU backend holds models for now (opt->backend NULL or the CPU).
+ * Placing (ct_model_place, or opt->backend): a model is loaded on the host,
+ * then placed on its backend in one explicit step. Every frozen tensor (the
+ * embedding table, norms, linears, head) and every 4-bit array (codes,
+ * absmax, double-quant state) is uploaded into one block of the backend's
+ * memory; the quant states stay host structs (their 16- and 256-entry tables
+ * travel with them) pointing at device arrays; the mapping and the host
+ * copies are released. LoRA pairs added afterwards are made on the backend.
+ * docs/DESIGN.md ("Placing a model") says what stays on the host and why.
  * config.json with "bias": true is refused (InternLM2 releases have none).
  *
  * Ownership: ct_model_load returns a model owned by the caller (ct_model_free);
@@ -45,7 +52,7 @@ typedef struct {
     bool double_quant;         /* bnb_4bit_use_double_quant */
     int blocksize;             /* 0 = 64 */
     bool quant_output;         /* also quantize the output head */
-    const ct_backend *backend; /* NULL = CPU */
+    const ct_backend *backend; /* NULL = CPU; another: ct_model_place after loading */
 } ct_model_options;
 
 /* "none" / "nf4" / "fp4" into *q; CT_EINPUT naming the value otherwise. */
@@ -74,6 +81,12 @@ int ct_model_set_compute(ct_model *m, ct_dtype compute);
 /* Creates LoRA slots for cfg and attaches them (see lora.h); the model owns
  * them. CT_EINPUT when the model already has LoRA or cfg is bad. */
 int ct_model_add_lora(ct_model *m, const ct_lora_config *cfg, bool trainable, ct_lora **out);
+/* Moves the weights to backend be (see "Placing" above): a no-op for the
+ * backend the model is on. CT_EINPUT when the model is already placed off the
+ * CPU or has LoRA attached (place first, then add LoRA); CT_ERUNTIME when be
+ * is out of memory (the model must then be freed). */
+int ct_model_place(ct_model *m, const ct_backend *be);
+
 /* The attached LoRA, or NULL. */
 ct_lora *ct_model_lora(const ct_model *m);
 /* Detaches and frees the LoRA (no-op without one). */
@@ -88,6 +101,8 @@ typedef struct {
     int n_quantized;        /* weights held as nf4/fp4 */
     bool prequantized;      /* loaded from a bitsandbytes checkpoint */
     int64_t n_params;       /* base parameters (config) */
+    uint64_t device_bytes;  /* after ct_model_place off the CPU: the device block (the
+                               mapped/copied/quant figures describe the load) */
 } ct_model_memory;
 void ct_model_get_memory(const ct_model *m, ct_model_memory *out);
 
