@@ -56,7 +56,7 @@ ct_tensor *ct_tape_zeros(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape
 }
 
 ct_tensor *ct_tape_new_like(ct_tape *tp, const ct_tensor *t) {
-    return ct_tape_new(tp, CT_F32, t->ndim, t->shape);
+    return ct_tape_new(tp, tp->be->act_dtype, t->ndim, t->shape);
 }
 
 bool ct_tape_wants_grad(const ct_tape *t, ct_tensor *const *in, int n_in) {
@@ -92,7 +92,7 @@ int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *c
 }
 
 ct_tensor *ct_grad(ct_tape *tp, ct_tensor *t) {
-    if (!t->grad) t->grad = ct_tape_zeros(tp, CT_F32, t->ndim, t->shape);
+    if (!t->grad) t->grad = ct_tape_zeros(tp, t->dtype == CT_F32 ? CT_F32 : tp->be->act_dtype, t->ndim, t->shape);
     return t->grad;
 }
 

@@ -68,7 +68,7 @@ bool ct_tape_set_recording(ct_tape *t, bool on);
 /* A tensor in the current data arena (uninitialised, or zeroed); NULL on OOM. */
 ct_tensor *ct_tape_new(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape);
 ct_tensor *ct_tape_zeros(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape);
-/* A tensor with t's shape, f32. */
+/* A tensor with t's shape in the backend's activation dtype (f32 on the CPU). */
 ct_tensor *ct_tape_new_like(ct_tape *tp, const ct_tensor *t);
 /* Host memory for saved state, lives until the next reset. */
 void *ct_tape_meta(ct_tape *t, size_t bytes);
@@ -79,8 +79,9 @@ bool ct_tape_wants_grad(const ct_tape *t, ct_tensor *const *in, int n_in);
 int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *const *in,
                    int n_in, void *saved);
 
-/* t->grad, created zeroed in the current data arena on first use; NULL on OOM.
- * Leaves (parameters) carry their own long-lived grad. */
+/* t->grad, created zeroed in the current data arena on first use (f32 for an
+ * f32 tensor, else the activation dtype); NULL on OOM. Leaves (parameters)
+ * carry their own long-lived grad. */
 ct_tensor *ct_grad(ct_tape *tp, ct_tensor *t);
 
 /* Seeds d(loss) = seed (loss must have one element) and runs the tape backward. */

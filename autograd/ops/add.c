@@ -18,8 +18,8 @@ static const ct_op_def k_add = {"add", add_backward};
 
 static ct_tensor *add(ct_tape *t, ct_tensor *a, ct_tensor *b, bool value) {
     char sa[64], sb[64];
-    if (!ct_same_shape(a, b) || a->dtype != CT_F32 || b->dtype != CT_F32) {
-        ct_errorf(CT_ERUNTIME, "add: shapes %s and %s (%s, %s) must match and be f32",
+    if (!ct_same_shape(a, b) || a->dtype != t->be->act_dtype || b->dtype != a->dtype) {
+        ct_errorf(CT_ERUNTIME, "add: shapes %s and %s (%s, %s) must match and be the backend's activation dtype",
                   ct_shape_str(a, sa, sizeof sa), ct_shape_str(b, sb, sizeof sb),
                   ct_dtype_name(a->dtype), ct_dtype_name(b->dtype));
         return NULL;

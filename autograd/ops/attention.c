@@ -98,7 +98,7 @@ ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T) {
 
 ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_attn_params *p) {
     char sq[64], ss[64];
-    if (qkv->dtype != CT_F32 || qkv->ndim != 2) {
+    if (qkv->dtype != t->be->act_dtype || qkv->ndim != 2) {
         ct_errorf(CT_EINPUT, "attention: qkv must be f32 [T, kv_heads*(group+2)*head_dim], got %s %s",
                   ct_dtype_name(qkv->dtype), ct_shape_str(qkv, sq, sizeof sq));
         return NULL;
@@ -126,7 +126,7 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_at
     ct_tensor *in[2] = {qkv, runs};
     int n_in = runs ? 2 : 1;
     int64_t oshape[2] = {T, Hq * hd}, lshape[2] = {Hq, T};
-    ct_tensor *out = ct_tape_new(t, CT_F32, 2, oshape);
+    ct_tensor *out = ct_tape_new(t, t->be->act_dtype, 2, oshape);
     ct_tensor *lse = ct_tape_new(t, CT_F32, 2, lshape);
     if (!out || !lse) return NULL;
     if (p->compute != CT_F32 && p->compute != CT_BF16) {

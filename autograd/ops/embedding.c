@@ -25,7 +25,7 @@ ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids) {
         return NULL;
     }
     int64_t shape[2] = {ct_numel(ids), table->shape[1]};
-    ct_tensor *y = ct_tape_new(t, CT_F32, 2, shape);
+    ct_tensor *y = ct_tape_new(t, t->be->act_dtype, 2, shape);
     if (!y || ct_backend_require(t->be, CT_OP_EMBEDDING, &(ct_op_query){table->dtype, CT_DTYPE_COUNT}) ||
         t->be->embedding_fwd(table, ids, y))
         return NULL;

@@ -62,7 +62,7 @@ ct_tensor *ct_linear_cross_entropy(ct_tape *t, ct_tensor *x, const ct_linear *he
         if (!(s = ct_tape_meta(t, sizeof *s))) return NULL;
         s->dx_nll = s->da_nll = s->db_nll = NULL;
         int64_t xs[2] = {T, D};
-        if (x->requires_grad && !(s->dx_nll = ct_tape_zeros(t, CT_F32, 2, xs))) return NULL;
+        if (x->requires_grad && !(s->dx_nll = ct_tape_zeros(t, x->dtype, 2, xs))) return NULL;
         if (head->a && head->a->requires_grad &&
             !(s->da_nll = ct_tape_zeros(t, CT_F32, 2, head->a->shape)))
             return NULL;

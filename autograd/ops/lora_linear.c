@@ -86,7 +86,7 @@ static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bo
     int64_t shape[CT_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
     shape[x->ndim - 1] = lin->w->shape[0];
-    ct_tensor *y = ct_tape_new(t, CT_F32, x->ndim, shape);
+    ct_tensor *y = ct_tape_new(t, t->be->act_dtype, x->ndim, shape);
     if (!y) return NULL;
     lora_saved *s = NULL;
     if (grad) {
@@ -95,7 +95,7 @@ static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bo
         s->seed = seed;
         s->u = NULL;
         int64_t ushape[2] = {ct_rows(x), lin->a ? lin->a->shape[0] : 0};
-        if (lin->a && !(s->u = ct_tape_new(t, CT_F32, 2, ushape))) return NULL;
+        if (lin->a && !(s->u = ct_tape_new(t, t->be->act_dtype, 2, ushape))) return NULL;
     }
     ct_op_query q = {lin->w->dtype, lin->compute};
     if (ct_backend_require(t->be, CT_OP_LORA_LINEAR, &q)) return NULL;

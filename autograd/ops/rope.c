@@ -61,7 +61,7 @@ static int rope_check(const ct_rope_params *p, int64_t cols) {
 
 ct_tensor *ct_rope(ct_tape *t, ct_tensor *x, ct_tensor *pos, const ct_rope_params *p) {
     char sx[64], sp[64];
-    if (x->dtype != CT_F32 || x->ndim < 2 || pos->dtype != CT_I32 ||
+    if (x->dtype != t->be->act_dtype || x->ndim < 2 || pos->dtype != CT_I32 ||
         ct_numel(pos) != ct_rows(x)) {
         ct_errorf(CT_EINPUT, "rope: x %s must be f32 [T, heads*head_dim] and pos %s i32 [T] (got %s, %s)",
                   ct_shape_str(x, sx, sizeof sx), ct_shape_str(pos, sp, sizeof sp),
