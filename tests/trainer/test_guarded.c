@@ -13,7 +13,10 @@
  *    iterations, dropout, bf16 compute, clipping, the evaluation hook
  *    (generation), a checkpoint saved inside an accumulation window and
  *    resumed, and the final eval_data loss: per-iteration losses (memcmp of
- *    doubles) and the adapter's bytes equal the CPU run's. */
+ *    doubles) and the adapter's bytes equal the CPU run's;
+ *  - adapters: the adapter written by the guarded run loads into a model on
+ *    either backend with the same logits. (Merging reads base and adapter
+ *    from disk on the host: no backend is involved.) */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,7 @@
 #include "autograd/ct_inline.h"
 #include "testutil.h"
 #include "trainer/io/fsutil.h"
+#include "trainer/model/adapter.h"
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
 #include "trainer/train.h"
@@ -220,6 +224,36 @@ static void test_train(void) {
            "eval loss %.6f and the adapter bytes equal\n", rc.eval_loss);
 }
 
+/* The trained adapter loaded into a model on each backend: the same logits. */
+static void logits_with_adapter(const ct_backend *be, const char *dir, float *out, int64_t T) {
+    ct_model_options o = {.quant = CT_MODEL_QUANT_NF4, .double_quant = true, .backend = be};
+    ct_model *m = NULL;
+    ct_lora *l = NULL;
+    CHECK_OK(ct_model_load(g_model, &o, &m));
+    if (m) CHECK_OK(ct_adapter_load(dir, m, false, &l));
+    int32_t ids[12];
+    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(3 + 29 * t % 500);
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
+    if (l) CHECK_OK(ct_model_logits(m, &tape, ids, T, 0, out));
+    ct_tape_free(&tape);
+    ct_model_free(m);
+}
+
+static void test_adapter_load(void) {
+    const int64_t T = 12, V = 512;
+    char dir[CT_PATH_MAX];
+    work_path(dir, "guarded/adapter");
+    float *a = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
+    float *b = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
+    logits_with_adapter(ct_cpu_backend(), dir, a, T);
+    logits_with_adapter(guarded(), dir, b, T);
+    CHECK(memcmp(a, b, (size_t)(T * V) * sizeof(float)) == 0 && a[0] != 0.0f,
+          "the adapter trained on the guarded backend gives other logits when loaded there");
+    printf("adapter from the guarded run loaded on both backends: logits equal\n");
+    free(a), free(b);
+}
+
 static void write_data(void) {
     const char *inputs[] = {"Tell me a story.", "What did Lily do?", "Who is Tom?", "Where is the cat?"};
     const char *outputs[] = {"Once upon a time, there was a little girl named Lily.", "Lily went to the park to play.",
@@ -247,6 +281,7 @@ int main(void) {
     test_forward();
     test_generate();
     test_train();
+    test_adapter_load();
     if (ct_test_failures == 0) ct_remove_tree(g_dir);
     else fprintf(stderr, "work files kept in %s\n", g_dir);
     return ct_test_finish();
