@@ -3,8 +3,8 @@
  * backend (cpu/) is the reference; the CUDA backend (cuda_kernels/) and the
  * tests' guarded backend (guarded/) implement the same table. Ops (the ops
  * folder) do shape checks and tape bookkeeping and call these; kernels do the
- * math only. docs/DESIGN.md ("The backend interface") has the whole contract
- * and the checklist for adding an op or a kernel.
+ * math only. docs/DESIGN.md has the whole contract ("The backend interface")
+ * and the checklists for adding an op or a kernel ("Checklists").
  *
  * Conventions for every kernel:
  * - all tensors live on the backend's device: code above the backend never
@@ -80,7 +80,8 @@ typedef struct {
  * it needs: an op is supported when all of them are non-NULL and the
  * backend's supports_op (if any) accepts the dtypes asked about. */
 typedef enum {
-    CT_OP_EMBEDDING,        /* embedding_fwd (+ embedding_bwd for a trainable table) */
+    CT_OP_EMBEDDING,        /* embedding_fwd (the op also needs embedding_bwd for a trainable
+                             * table and refuses one without it) */
     CT_OP_RMSNORM,          /* rmsnorm_fwd, rmsnorm_bwd */
     CT_OP_ROPE,             /* rope_fwd, rope_bwd */
     CT_OP_ATTENTION,        /* attention_fwd, attention_bwd */
@@ -247,8 +248,9 @@ bool ct_backend_supports(const ct_backend *be, ct_op_id op, const ct_op_query *q
  * before their first kernel call. */
 int ct_backend_require(const ct_backend *be, ct_op_id op, const ct_op_query *q);
 
-/* Writes what `be` offers, one line per item (name, device, activation dtype,
- * compute and weight dtypes, then each op with yes/no) to f. */
+/* Writes what `be` offers to f, indented lines under the caller's heading:
+ * activation dtype, compute dtypes, weight dtypes, the ops it offers and, on
+ * a line of its own, those it lacks (`ctuner info`). */
 void ct_backend_describe(const ct_backend *be, FILE *f);
 
 /* The CPU backend: always available. */

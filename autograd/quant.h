@@ -86,8 +86,9 @@ int ct_quant_absmax(const ct_quant_state *st, int64_t b0, int64_t count, float *
  * CT_EINPUT naming `name` with what is wrong. O(1). */
 int ct_quant_check(const ct_quant_state *st, const char *name);
 
-/* Fills a CT_NF4 tensor header (device cpu) for the state: shape = st->shape,
- * data = st->codes, quant = st, name = name (not copied). */
+/* Fills a CT_NF4 tensor header (device cpu: where a state is made) for the
+ * state: shape = st->shape, data = st->codes, quant = st, name = name (not
+ * copied). ct_model_place moves the arrays and sets the device. */
 int ct_quant_tensor(ct_tensor *t, const ct_quant_state *st, const char *name);
 
 /* Frees what the state owns and clears it. NULL is fine. */

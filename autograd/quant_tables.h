@@ -30,7 +30,7 @@
 
 #include "ct_inline.h"
 
-/* NF4 code c (0..15) -> value: bnb's nf4 quant_map (ARCHITECTURE.md §6). */
+/* NF4 code c (0..15) -> value: bnb's nf4 quant_map (docs/DESIGN.md, "NF4 and FP4"). */
 #define CT_NF4_VALUES                                                                      \
     {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,           \
      -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,          \

@@ -1,5 +1,5 @@
 /* Conversation turns -> token ids and labels, exactly as XTuner's encode step
- * (TEMPLATES.md "From turns to ids and labels"): BOS at the start and after a
+ * (../shared/docs/TEMPLATES.md "From turns to ids and labels"): BOS at the start and after a
  * turn that ended with EOS (when the tokenizer adds a BOS: it has one and
  * add_bos_token is true); each turn's input text (SYSTEM + INSTRUCTION) masked;
  * output + SUFFIX trained (masked when the turn's output is untrained); EOS

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds (warnings are errors), runs
 # every ctest test, the unit tests again on two other kinds of machine (another
-# OpenBLAS kernel; a CPU without AVX512-BF16), then the unit tests under
-# ASan + UBSan.
+# OpenBLAS kernel; a CPU without AVX512-BF16), then the unit and parity tests
+# under ASan + UBSan.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -25,4 +25,4 @@ CT_NO_BF16_DOT=1 ctest --test-dir build -L unit --output-on-failure -j"$(nproc)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCT_SANITIZE=ON -DCT_CUDA=OFF -DCT_WERROR=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --test-dir build-asan -L unit --output-on-failure -j"$(nproc)"
+  ctest --test-dir build-asan -L "unit|parity" --output-on-failure -j"$(nproc)"

@@ -1,7 +1,7 @@
 /* lora_linear on the CPU: y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ and its backward.
  *
  * W [out, in] is frozen and never gets a grad. f32 W goes straight to sgemm;
- * 16-bit (and later quantized) W is converted to f32 one row tile at a time into
+ * 16-bit and quantized (nf4/fp4) W are converted to f32 one row tile at a time into
  * a scratch buffer of bounded size (weight_tile_bytes), so a 14336×4096 bf16
  * layer never exists whole in f32. The frozen-weight GEMMs and the dropout
  * helper here are shared with linear_xent.c (declared in cpu_kernels.h).

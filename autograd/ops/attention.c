@@ -53,53 +53,63 @@ static void heapsort_i32(int32_t *v, int64_t n) {
     }
 }
 
-int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs) {
+/* ct_segment_runs with the caller's scratch: ids [T] (the id of each run,
+ * sorted to find one that comes back). */
+static int segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int32_t *ids, int64_t *n_runs) {
     *n_runs = 0;
     if (T < 1 || T > INT32_MAX)
         return ct_errorf(CT_EINPUT, "segment runs: %lld tokens (need 1..%d)", (long long)T, INT32_MAX);
-    int32_t *ids = malloc((size_t)T * sizeof *ids); /* (n) the id of each run, sorted below */
-    if (!ids) return ct_errorf(CT_ERUNTIME, "segment runs: out of memory for %lld ids", (long long)T);
     int64_t n = 0;
     for (int64_t i = 0; i < T; i++)
         if (i == 0 || seg[i] != seg[i - 1]) runs[n] = (int32_t)i, ids[n++] = seg[i];
     runs[n] = (int32_t)T;
     heapsort_i32(ids, n);
-    int rc = CT_OK;
-    for (int64_t i = 1; i < n && !rc; i++)
+    for (int64_t i = 1; i < n; i++)
         if (ids[i] == ids[i - 1]) { /* name the first token of the id and where it comes back */
             int64_t first = 0, again;
             while (seg[first] != ids[i]) first++;
             again = first;
             while (seg[again] == ids[i]) again++;
             while (seg[again] != ids[i]) again++;
-            rc = ct_errorf(CT_EINPUT, "attention: segment id %d at token %lld reappears at token %lld after "
-                           "other ids; packed samples must be contiguous runs (give each sample its own id)",
-                           ids[i], (long long)first, (long long)again);
+            return ct_errorf(CT_EINPUT, "attention: segment id %d at token %lld reappears at token %lld after "
+                             "other ids; packed samples must be contiguous runs (give each sample its own id)",
+                             ids[i], (long long)first, (long long)again);
         }
+    *n_runs = n;
+    return CT_OK;
+}
+
+int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs) {
+    int32_t *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof *ids); /* [T] */
+    if (!ids) return ct_errorf(CT_ERUNTIME, "segment runs: out of memory for %lld ids", (long long)T);
+    int rc = segment_runs(seg, T, runs, ids, n_runs);
     free(ids);
-    if (!rc) *n_runs = n;
     return rc;
 }
 
 ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T) {
-    int32_t *runs = malloc((size_t)(T + 1) * sizeof *runs); /* (T + 1) at most */
-    if (!runs) {
-        ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
-        return NULL;
-    }
-    int64_t n = 0, len;
-    ct_tensor *r = NULL;
-    if (!ct_segment_runs(seg, T, runs, &n) && (len = n + 1, r = ct_tape_new(t, CT_I32, 1, &len)) &&
-        t->be->upload(r->data, runs, (size_t)len * sizeof *runs))
-        r = NULL;
-    free(runs);
+    /* The tensor first, sized for the most runs (its header lives in the meta
+     * arena too), then host temporaries from the meta arena, released after:
+     * no malloc per batch. */
+    int64_t cap = T + 1, n = 0;
+    ct_tensor *r = T >= 1 ? ct_tape_new(t, CT_I32, 1, &cap) : NULL;
+    if (T < 1) ct_errorf(CT_EINPUT, "segment runs: %lld tokens (need at least 1)", (long long)T);
+    if (!r) return NULL;
+    ct_arena_mark mark = ct_arena_get_mark(&t->meta);
+    int32_t *runs = ct_tape_meta(t, (size_t)cap * sizeof *runs); /* [T + 1] at most */
+    int32_t *ids = ct_tape_meta(t, (size_t)T * sizeof *ids);     /* [T] */
+    int rc = runs && ids ? segment_runs(seg, T, runs, ids, &n) : ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
+    if (!rc) rc = t->be->upload(r->data, runs, (size_t)(n + 1) * sizeof *runs);
+    ct_arena_rewind(&t->meta, mark);
+    if (rc) return NULL;
+    r->shape[0] = n + 1; /* the boundaries written; the rest of the buffer is unused */
     return r;
 }
 
 ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_attn_params *p) {
     char sq[64], ss[64];
     if (qkv->dtype != t->be->act_dtype || qkv->ndim != 2) {
-        ct_errorf(CT_EINPUT, "attention: qkv must be f32 [T, kv_heads*(group+2)*head_dim], got %s %s",
+        ct_errorf(CT_EINPUT, "attention: qkv must be [T, kv_heads*(group+2)*head_dim] in the backend's activation dtype, got %s %s",
                   ct_dtype_name(qkv->dtype), ct_shape_str(qkv, sq, sizeof sq));
         return NULL;
     }

@@ -24,6 +24,11 @@ ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids) {
         ct_errorf(CT_EINPUT, "embedding: a trainable table must be f32");
         return NULL;
     }
+    if (table->requires_grad && !t->be->embedding_bwd) {
+        ct_errorf(CT_ERUNTIME, "backend '%s' has no embedding backward kernel: the table cannot be trained "
+                  "there (`ctuner info` lists what each backend offers)", t->be->name);
+        return NULL;
+    }
     int64_t shape[2] = {ct_numel(ids), table->shape[1]};
     ct_tensor *y = ct_tape_new(t, t->be->act_dtype, 2, shape);
     if (!y || ct_backend_require(t->be, CT_OP_EMBEDDING, &(ct_op_query){table->dtype, CT_DTYPE_COUNT}) ||

@@ -13,7 +13,7 @@
 typedef struct {
     ct_linear lin; /* copy; dropout is 0 when this forward applied none */
     uint64_t seed;
-    ct_tensor *u; /* [T, r] f32, NULL without LoRA */
+    ct_tensor *u; /* [T, r] activation dtype, NULL without LoRA */
 } lora_saved;
 
 static int lora_linear_backward(ct_tape *t, const ct_tape_entry *e) {
@@ -41,6 +41,8 @@ int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin) {
     if (!w || w->ndim != 2 || !frozen_dtype_ok(w->dtype))
         return ct_errorf(CT_EINPUT, "%s %s: the base weight must be a 2-D [out, in] f32/bf16/f16/nf4 tensor",
                          op, name);
+    /* x: f32 activations (every backend today; a bf16-activation backend
+     * widens this check with its kernels) */
     if (x->dtype != CT_F32 || ct_dim_from_end(x, 1) != w->shape[1])
         return ct_errorf(CT_EINPUT, "%s %s: input %s (%s) does not fit weight %s [out, in]: x must be f32 "
                          "with last dim = in; check the model config's sizes",

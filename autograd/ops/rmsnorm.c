@@ -22,7 +22,7 @@ ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps) {
     bool wfloat = w->dtype == CT_F32 || w->dtype == CT_BF16 || w->dtype == CT_F16;
     if (x->dtype != t->be->act_dtype || ct_numel(w) != ct_dim_from_end(x, 1) || !wfloat ||
         (w->requires_grad && w->dtype != CT_F32)) {
-        ct_errorf(CT_EINPUT, "rmsnorm: x must be f32 with last dim %lld = weight size %lld; weight "
+        ct_errorf(CT_EINPUT, "rmsnorm: x must be in the backend's activation dtype with last dim %lld = weight size %lld; weight "
                   "f32/bf16/f16, f32 when trainable (got %s)",
                   (long long)ct_dim_from_end(x, 1), (long long)ct_numel(w), ct_dtype_name(w->dtype));
         return NULL;

@@ -63,7 +63,7 @@ ct_tensor *ct_rope(ct_tape *t, ct_tensor *x, ct_tensor *pos, const ct_rope_param
     char sx[64], sp[64];
     if (x->dtype != t->be->act_dtype || x->ndim < 2 || pos->dtype != CT_I32 ||
         ct_numel(pos) != ct_rows(x)) {
-        ct_errorf(CT_EINPUT, "rope: x %s must be f32 [T, heads*head_dim] and pos %s i32 [T] (got %s, %s)",
+        ct_errorf(CT_EINPUT, "rope: x %s must be [T, heads*head_dim] in the backend's activation dtype and pos %s i32 [T] (got %s, %s)",
                   ct_shape_str(x, sx, sizeof sx), ct_shape_str(pos, sp, sizeof sp),
                   ct_dtype_name(x->dtype), ct_dtype_name(pos->dtype));
         return NULL;

@@ -15,7 +15,7 @@ static const ct_op_def k_swiglu = {"swiglu", swiglu_backward};
 ct_tensor *ct_swiglu(ct_tape *t, ct_tensor *gate, ct_tensor *up) {
     char sa[64], sb[64];
     if (!ct_same_shape(gate, up) || gate->dtype != t->be->act_dtype || up->dtype != gate->dtype) {
-        ct_errorf(CT_EINPUT, "swiglu: gate %s and up %s must be f32 of one shape",
+        ct_errorf(CT_EINPUT, "swiglu: gate %s and up %s must be of one shape, in the backend's activation dtype",
                   ct_shape_str(gate, sa, sizeof sa), ct_shape_str(up, sb, sizeof sb));
         return NULL;
     }

@@ -1,6 +1,6 @@
 /* NF4/FP4 quantization against an independent scalar reimplementation of
  * bitsandbytes' algorithm written here (own tables typed in from
- * ARCHITECTURE.md §6 and the bitsandbytes sources, own linear threshold and
+ * the bitsandbytes sources, listed in docs/DESIGN.md ("NF4 and FP4"), own linear threshold and
  * nearest-value searches, own dynamic map), plus round-trip error, range
  * dequantization, the CPU weight-tile path and lora_linear with an NF4 base.
  *
@@ -23,7 +23,7 @@
 
 /* ---------------- the reference ---------------- */
 
-/* ARCHITECTURE.md §6, code 0..15. */
+/* docs/DESIGN.md ("NF4 and FP4"), code 0..15. */
 static const double REF_NF4[16] = {
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,

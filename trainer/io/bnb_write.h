@@ -1,5 +1,5 @@
 /* Writing bitsandbytes 4-bit weights into a streamed safetensors file, as
- * transformers saves a model loaded with load_in_4bit (ARCHITECTURE.md §6).
+ * transformers saves a model loaded with load_in_4bit (docs/DESIGN.md, "bitsandbytes 4-bit checkpoints").
  * Used by ctuner merge --quantize and ctuner quantize (trainer/model/merge.c).
  *
  * A 4-bit weight "X.weight" becomes the parts bitsandbytes' state_dict has:

@@ -1,5 +1,5 @@
 /* Training checkpoints: one HDF5 file holding everything needed to continue a
- * run bit-identically (ARCHITECTURE.md §10) — LoRA weights, AdamW moments and
+ * run bit-identically (docs/DESIGN.md, "Training checkpoints") — LoRA weights, AdamW moments and
  * step, scheduler position, RNG states, data order and cursor, config text.
  *
  * The container is generic: named datasets of four kinds, written and read by

@@ -373,7 +373,9 @@ int ct_adapter_save(const char *dir, const ct_lora *lora, const char *base_model
     CT_TRY(check_target_dir(dir, &replace));
     size_t bytes = (size_t)ct_lora_numel(lora) * sizeof(float);
     const ct_lora_param *p0 = ct_lora_at(lora, 0);
-    float *host = ct_lora_values(lora), *copy = NULL; /* [numel] values on the host */
+    /* [numel] the values in the LoRA's backend memory; read through a host copy
+     * when that is not the CPU */
+    float *host = ct_lora_values(lora), *copy = NULL;
     if (p0 && p0->t->device != CT_CPU) {
         const ct_backend *be = ct_backend_of(p0->t->device);
         if (!(copy = malloc(bytes ? bytes : 1))) return ct_errorf(CT_ERUNTIME, "out of memory");

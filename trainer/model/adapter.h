@@ -1,4 +1,4 @@
-/* PEFT LoRA adapter directories (ARCHITECTURE.md §7): adapter_config.json +
+/* PEFT LoRA adapter directories (docs/DESIGN.md, "LoRA and PEFT adapters"): adapter_config.json +
  * adapter_model.safetensors, as PEFT's save_pretrained writes them and as
  * PEFT/XTuner/transformers read them.
  *

@@ -120,7 +120,7 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
 static int check_layer_input(const ct_decoder_dims *d, const ct_decoder_input *in,
                              const ct_tensor *h) {
     if (!in->pos) return ct_errorf(CT_EINPUT, "decoder: no positions (call ct_decoder_input_make)");
-    if (h->dtype != CT_F32 || h->ndim != 2 || h->shape[1] != d->hidden ||
+    if (h->dtype != CT_F32 /* the activations of every backend today */ || h->ndim != 2 || h->shape[1] != d->hidden ||
         h->shape[0] != ct_numel(in->pos)) {
         char s[64];
         return ct_errorf(CT_EINPUT, "decoder: hidden states %s %s, expected f32 [%lld, %d] (tokens, hidden)",

@@ -1,4 +1,4 @@
-/* The InternLM2 decoder built from the autograd ops (ARCHITECTURE.md §5):
+/* The InternLM2 decoder built from the autograd ops (docs/DESIGN.md, "InternLM2 weights"):
  *
  *   layer:  h += wo(attention(rope(wqkv(rmsnorm(h, attention_norm)))))
  *           h += w2(swiglu(w1 x, w3 x)),  x = rmsnorm(h, ffn_norm)

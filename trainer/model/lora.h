@@ -1,4 +1,4 @@
-/* LoRA slots on an InternLM2 decoder (ARCHITECTURE.md §7).
+/* LoRA slots on an InternLM2 decoder (docs/DESIGN.md, "LoRA and PEFT adapters").
  *
  * A ct_lora holds the A/B pairs of every targeted linear: all A/B values in one
  * f32 block and (when trainable) all their grads in a second block, tensors

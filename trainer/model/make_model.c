@@ -90,7 +90,7 @@ static int fill_tensor(void *vctx, ct_st_writer *w, const ct_st_tensor *t) {
 }
 
 /* Declares every tensor in InternLM2ForCausalLM's state_dict order (which decides
- * the sharding), with the shapes of ARCHITECTURE.md §5. */
+ * the sharding), with the shapes of docs/DESIGN.md ("InternLM2 weights"). */
 static int declare_model(ct_st_writer *w, const ct_hf_config *c, ct_st_dtype dt) {
     int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
     int64_t qkv = (c->num_attention_heads + 2 * c->num_key_value_heads) * hd, attn = c->num_attention_heads * hd;

@@ -1,4 +1,4 @@
-/* Merging a LoRA adapter into its base model (ARCHITECTURE.md §7), or, with
+/* Merging a LoRA adapter into its base model (docs/DESIGN.md, "LoRA and PEFT adapters"), or, with
  * no adapter, rewriting a model (ctuner quantize: a bitsandbytes 4-bit
  * checkpoint of a full-precision model). For every
  * targeted linear W' = W + scale · B · A, computed in fp32 from the base's own
@@ -11,7 +11,7 @@
  * With quantize the block linears (wqkv, wo, w1, w3, w2; the head too with
  * quantize_output) are written as a bitsandbytes 4-bit checkpoint (nf4 or fp4,
  * double quantization unless no_double_quant, blocks of 64 unless blocksize),
- * as transformers saves a model loaded with load_in_4bit (ARCHITECTURE.md §6,
+ * as transformers saves a model loaded with load_in_4bit (docs/DESIGN.md, "bitsandbytes 4-bit checkpoints";
  * trainer/io/bnb_write.h): the merged weight is cast to the output dtype and
  * quantized from that, so the file equals what quantize-on-load of the
  * unquantized merge gives. Embeddings, norms and (by default) the head stay in

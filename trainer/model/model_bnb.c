@@ -1,4 +1,4 @@
-/* bitsandbytes 4-bit weights in a safetensors checkpoint (ARCHITECTURE.md §6),
+/* bitsandbytes 4-bit weights in a safetensors checkpoint (docs/DESIGN.md, "bitsandbytes 4-bit checkpoints"),
  * as transformers saves a model loaded with load_in_4bit: for a weight X.weight
  *   X.weight                                u8 [(n+1)/2, 1]   packed codes
  *   X.weight.absmax                         u8 [nblocks] (double quant) or f32

@@ -101,6 +101,7 @@ static int nll_run(const ct_model *m, ct_tape *tape, const int32_t *ids, const i
     uint64_t seed;
     ct_linear head = ct_linear_for_step(tape, &dm->output, &seed);
     head.id = seed;
+    CT_TRY(ct_backend_require(tape->be, CT_OP_LINEAR_XENT, &(ct_op_query){head.w->dtype, head.compute}));
     for (int64_t t0 = 0, s = 0; t0 < T; s++) {
         int64_t t1 = t0 + 1;
         while (t1 < T && (!seg || seg[t1] == seg[t0])) t1++;
