@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Include edges between the source folders must point downward (docs/DESIGN.md,
-# "Layers"): trainer/cli -> trainer (the training run) -> trainer/config ->
+# "Layers and folders"): trainer/cli -> trainer (the training run) -> trainer/config ->
 # trainer/model, trainer/optim -> trainer/io -> datasets -> autograd. Prints
 # every upward edge and exits 1 when there is one.
 set -euo pipefail
