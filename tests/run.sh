@@ -15,11 +15,11 @@ ctest --test-dir build --output-on-failure -j"$(nproc)"
 # some EPYCs). Haswell's sgemm sums in another order than the default kernel
 # here; CT_NO_BF16_DOT=1 takes the fp32 fallback of the bf16 GEMMs, as a CPU
 # without AVX512-BF16 does.
-echo "== unit tests with OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512"
+echo "== unit and parity tests with OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512"
 OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 \
-  ctest --test-dir build -L unit --output-on-failure -j"$(nproc)"
-echo "== unit tests with CT_NO_BF16_DOT=1 (the bf16 fallback)"
-CT_NO_BF16_DOT=1 ctest --test-dir build -L unit --output-on-failure -j"$(nproc)"
+  ctest --test-dir build -L "unit|parity" --output-on-failure -j"$(nproc)"
+echo "== unit and parity tests with CT_NO_BF16_DOT=1 (the bf16 fallback)"
+CT_NO_BF16_DOT=1 ctest --test-dir build -L "unit|parity" --output-on-failure -j"$(nproc)"
 
 # Sanitizer pass (CPU only: the CUDA backend cannot run without a GPU).
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCT_SANITIZE=ON -DCT_CUDA=OFF -DCT_WERROR=ON >/dev/null
