@@ -172,11 +172,13 @@ int ct_adamw_save(const ct_adamw *o, ct_ckpt_writer *w, const char *prefix) {
     char name[1100];
     snprintf(name, sizeof name, "%s/step", prefix);
     CT_TRY(ct_ckpt_put_i64(w, name, 1, &o->step));
-    /* The moments come to the host in one download (backend memory). */
+    /* Off the CPU the moments come to the host in one download; on the CPU
+     * they are written from where they are (no copy of the optimizer state). */
     size_t bytes = (size_t)(2 * o->half) * sizeof(float);
-    float *host = malloc(bytes ? bytes : 1); /* [2 * half] */
+    bool on_host = o->be->device == CT_CPU;
+    float *host = on_host ? o->moments : malloc(bytes ? bytes : 1); /* [2 * half] */
     if (!host) return ct_errorf(CT_ERUNTIME, "AdamW: out of memory saving moments");
-    int rc = o->be->download(host, o->moments, bytes);
+    int rc = on_host ? CT_OK : o->be->download(host, o->moments, bytes);
     for (size_t i = 0; !rc && i < o->n; i++) {
         const ct_tensor *p = o->params[i];
         rc = moment_name(name, sizeof name, prefix, "exp_avg", p, i);
@@ -184,7 +186,7 @@ int ct_adamw_save(const ct_adamw *o, ct_ckpt_writer *w, const char *prefix) {
         if (!rc) rc = moment_name(name, sizeof name, prefix, "exp_avg_sq", p, i);
         if (!rc) rc = ct_ckpt_put_f32(w, name, p->ndim, p->shape, host + o->half + o->offset[i]);
     }
-    free(host);
+    if (!on_host) free(host);
     return rc;
 }
 
