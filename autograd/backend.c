@@ -44,6 +44,12 @@ static bool has_entries(const ct_backend *be, ct_op_id op) {
     return false;
 }
 
+int ct_compute_dtype_check(ct_dtype compute, const char *what) {
+    if (compute == CT_F32 || compute == CT_BF16) return CT_OK;
+    return ct_errorf(CT_EINPUT, "%s%scompute dtype %s: only float32 and bfloat16 are offered", what ? what : "",
+                     what ? ": " : "", ct_dtype_name(compute));
+}
+
 static bool has_bit(uint32_t mask, ct_dtype dt) {
     return dt == CT_DTYPE_COUNT || ((unsigned)dt < 32 && (mask >> dt & 1u));
 }
@@ -124,14 +130,4 @@ int ct_backend_list(const char **names, const ct_backend **bes, const char **why
         k++;
     }
     return k;
-}
-
-const ct_backend *ct_backend_of(ct_device dev) {
-    switch (dev) {
-    case CT_CPU: return ct_cpu_backend();
-    case CT_CUDA: return ct_cuda_backend();
-    case CT_GUARDED: return ct_guarded_backend();
-    }
-    ct_errorf(CT_ERUNTIME, "unknown device %d", (int)dev);
-    return NULL;
 }

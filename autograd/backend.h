@@ -106,9 +106,6 @@ typedef struct {
     ct_dtype compute; /* GEMM / block-product math: CT_F32 or CT_BF16 */
 } ct_op_query;
 
-/* A query that asks about nothing but the entries. */
-#define CT_OP_ANY ((ct_op_query){CT_DTYPE_COUNT, CT_DTYPE_COUNT})
-
 /* AdamW's per-step scalars, computed on the host in double (as torch does
  * from Python floats) and used as fp32 by the kernel; see trainer/optim/adamw.h
  * for the update they define. */
@@ -240,6 +237,12 @@ typedef struct ct_backend {
     int (*scale)(float c, float *const *xs, const int64_t *ns, size_t n);
 } ct_backend;
 
+/* CT_OK for the compute dtypes ops and kernels know (CT_F32, CT_BF16);
+ * otherwise CT_EINPUT "<what>: compute dtype X: only float32 and bfloat16 are
+ * offered" (no prefix when what is NULL). Whether a backend offers one is
+ * ct_backend_supports' question. */
+int ct_compute_dtype_check(ct_dtype compute, const char *what);
+
 /* True when `be` can run `op` with what q asks (NULL q: the entries only). */
 bool ct_backend_supports(const ct_backend *be, ct_op_id op, const ct_op_query *q);
 
@@ -270,10 +273,6 @@ const ct_backend *ct_guarded_backend(void);
  * else ""). Returns the count (at most cap). For `ctuner info` and the
  * parity harness. */
 int ct_backend_list(const char **names, const ct_backend **bes, const char **why, int cap);
-
-/* The backend whose memory a tensor on `dev` is in, or NULL (message set)
- * when this build or machine has none. */
-const ct_backend *ct_backend_of(ct_device dev);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "autograd/ct_inline.h"
+#include "trainer/io/fsutil.h"
 
 int ct_test_checks, ct_test_failures;
 
@@ -95,6 +96,16 @@ const char *ct_fixture(const char *rel, char *buf, size_t cap) {
         return NULL;
     }
     return buf;
+}
+
+bool ct_test_same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    bool ok = ct_file_read_all(a, &x, &nx) == CT_OK && ct_file_read_all(b, &y, &ny) == CT_OK && nx == ny &&
+              memcmp(x, y, nx) == 0;
+    free(x);
+    free(y);
+    return ok;
 }
 
 bool ct_test_no_temp_left(const char *dir) {

@@ -57,6 +57,9 @@ bool ct_check_close(const char *what, const float *got, const double *want, int6
 bool ct_check_close_f(const char *what, const float *got, const float *want, int64_t n,
                       double atol, double rtol);
 
+/* True when files a and b both read and hold the same bytes. */
+bool ct_test_same_file(const char *a, const char *b);
+
 /* True when directory dir holds no entry named *.tmp-* (an atomic writer's
  * leftover); each one found is named on stderr. */
 bool ct_test_no_temp_left(const char *dir);

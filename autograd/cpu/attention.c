@@ -252,9 +252,7 @@ static int dims_init(attn_dims *a, const ct_tensor *qkv, const ct_attn_params *p
     if (a->Hkv < 1 || a->G < 1 || a->hd < 1 || a->C != a->Hkv * (a->G + 2) * a->hd)
         return ct_errorf(CT_EINPUT, "attention: qkv width %lld does not match %lld kv heads × (%lld+2) × head_dim %lld",
                          (long long)a->C, (long long)a->Hkv, (long long)a->G, (long long)a->hd);
-    if (p->compute != CT_F32 && p->compute != CT_BF16)
-        return ct_errorf(CT_EINPUT, "attention: compute dtype %s: only float32 and bfloat16 are offered",
-                         ct_dtype_name(p->compute));
+    CT_TRY(ct_compute_dtype_check(p->compute, "attention"));
     a->math = p->compute == CT_F32 ? MATH_F32 : ct_attn_bf16_dot() ? MATH_BF16_DOT : MATH_BF16_ROUND;
     return CT_OK;
 }

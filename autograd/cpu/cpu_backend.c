@@ -23,14 +23,12 @@ static const char *cpu_compute_note(ct_dtype compute) {
                                        : "without AVX512-BF16 on this CPU: bf16 numbers at fp32 speed";
 }
 
-#define BIT(dt) (1u << (dt))
-
 static const ct_backend k_cpu = {
     .name = "cpu",
     .device = CT_CPU,
     .act_dtype = CT_F32,
-    .compute_dtypes = BIT(CT_F32) | BIT(CT_BF16),
-    .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16) | BIT(CT_NF4),
+    .compute_dtypes = CT_CPU_COMPUTE_DTYPES,
+    .weight_dtypes = CT_CPU_WEIGHT_DTYPES,
     .compute_note = cpu_compute_note,
     .mem = {ct_host_alloc, ct_host_free},
     .zero = cpu_zero,

@@ -5,6 +5,11 @@
 
 #include "../backend.h"
 
+/* What the CPU kernels offer (ct_backend's masks): the CPU table's and the
+ * guarded backend's, which runs the same kernels. */
+#define CT_CPU_COMPUTE_DTYPES ((1u << CT_F32) | (1u << CT_BF16))
+#define CT_CPU_WEIGHT_DTYPES ((1u << CT_F32) | (1u << CT_BF16) | (1u << CT_F16) | (1u << CT_NF4))
+
 /* Reads element i of a frozen float tensor (f32/bf16/f16) as f32. */
 float ct_cpu_load(const ct_tensor *t, int64_t i);
 /* Converts rows [r0, r0+n) of a frozen [rows, cols] weight (f32/bf16/f16) to f32

@@ -152,14 +152,12 @@ static int g_scale(float c, float *const *xs, const int64_t *ns, size_t n) {
     GUARDED(ct_cpu_scale(c, xs, ns, n));
 }
 
-#define BIT(dt) (1u << (dt))
-
 static const ct_backend k_guarded = {
     .name = "guarded",
     .device = CT_GUARDED,
     .act_dtype = CT_F32,
-    .compute_dtypes = BIT(CT_F32) | BIT(CT_BF16),
-    .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16) | BIT(CT_NF4),
+    .compute_dtypes = CT_CPU_COMPUTE_DTYPES,
+    .weight_dtypes = CT_CPU_WEIGHT_DTYPES,
     .mem = {guarded_alloc, guarded_free},
     .zero = g_zero,
     .copy = g_copy,

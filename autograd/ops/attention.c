@@ -91,13 +91,12 @@ ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T) {
     /* The tensor first, sized for the most runs (its header lives in the meta
      * arena too), then host temporaries from the meta arena, released after:
      * no malloc per batch. */
-    int64_t cap = T + 1, n = 0;
-    ct_tensor *r = T >= 1 ? ct_tape_new(t, CT_I32, 1, &cap) : NULL;
-    if (T < 1) ct_errorf(CT_EINPUT, "segment runs: %lld tokens (need at least 1)", (long long)T);
+    int64_t cap = T > 0 ? T + 1 : 1, n = 0; /* segment_runs refuses T < 1 */
+    ct_tensor *r = ct_tape_new(t, CT_I32, 1, &cap);
     if (!r) return NULL;
     ct_arena_mark mark = ct_arena_get_mark(&t->meta);
     int32_t *runs = ct_tape_meta(t, (size_t)cap * sizeof *runs); /* [T + 1] at most */
-    int32_t *ids = ct_tape_meta(t, (size_t)T * sizeof *ids);     /* [T] */
+    int32_t *ids = ct_tape_meta(t, (size_t)cap * sizeof *ids);   /* [T] used (cap: a valid size for any T) */
     int rc = runs && ids ? segment_runs(seg, T, runs, ids, &n) : ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
     if (!rc) rc = t->be->upload(r->data, runs, (size_t)(n + 1) * sizeof *runs);
     ct_arena_rewind(&t->meta, mark);
@@ -139,12 +138,8 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_at
     ct_tensor *out = ct_tape_new(t, t->be->act_dtype, 2, oshape);
     ct_tensor *lse = ct_tape_new(t, CT_F32, 2, lshape);
     if (!out || !lse) return NULL;
-    if (p->compute != CT_F32 && p->compute != CT_BF16) {
-        ct_errorf(CT_EINPUT, "attention: compute dtype %s: only float32 and bfloat16 are offered",
-                  ct_dtype_name(p->compute));
-        return NULL;
-    }
-    if (ct_backend_require(t->be, CT_OP_ATTENTION, &(ct_op_query){CT_DTYPE_COUNT, p->compute}) ||
+    if (ct_compute_dtype_check(p->compute, "attention") ||
+        ct_backend_require(t->be, CT_OP_ATTENTION, &(ct_op_query){CT_DTYPE_COUNT, p->compute}) ||
         t->be->attention_fwd(qkv, runs, p, out, lse, &t->scratch))
         return NULL;
     attention_saved *s = NULL;

@@ -48,9 +48,8 @@ int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin) {
                          "with last dim = in; check the model config's sizes",
                          op, name, ct_shape_str(x, sx, sizeof sx), ct_dtype_name(x->dtype),
                          ct_shape_str(w, sw, sizeof sw));
-    if (lin->compute != CT_F32 && lin->compute != CT_BF16)
-        return ct_errorf(CT_EINPUT, "%s %s: compute dtype %s: only float32 and bfloat16 are offered", op,
-                         name, ct_dtype_name(lin->compute));
+    if (ct_compute_dtype_check(lin->compute, NULL))
+        return ct_error_wrap(CT_EINPUT, "%s %s", op, name);
     if (ct_rows(x) > INT_MAX || w->shape[0] > INT_MAX || w->shape[1] > INT_MAX)
         return ct_errorf(CT_EINPUT, "%s %s: a dimension of x %s or weight %s exceeds %d (BLAS int)",
                          op, name, ct_shape_str(x, sx, sizeof sx), ct_shape_str(w, sw, sizeof sw), INT_MAX);

@@ -8,7 +8,7 @@
  *  - a dtype outside a backend's masks is refused by name, a supports_op hook
  *    overrides the masks;
  *  - ct_backend_describe prints what `ctuner info` shows; ct_backend_list
- *    names cpu, cuda and (test builds) guarded; ct_backend_of maps devices. */
+ *    names cpu, cuda and (test builds) guarded. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,8 +106,6 @@ static void test_list(void) {
           "%d backends listed", n);
     CHECK(n >= 1 && bes[0] == ct_cpu_backend() && why[0][0] == '\0', "cpu listed unavailable");
     CHECK(n < 2 || (bes[1] != NULL) == (why[1][0] == '\0'), "cuda: a backend or a reason, not both");
-    CHECK(ct_backend_of(CT_CPU) == ct_cpu_backend() && ct_backend_of(CT_GUARDED) == ct_guarded_backend(),
-          "backend_of");
     CHECK(!strcmp(ct_device_name(CT_GUARDED), "guarded"), "device name");
     ct_error_clear();
 }

@@ -187,15 +187,6 @@ static int train(const ct_backend *be, const char *name, const char *resume, int
     return rc;
 }
 
-static bool same_file(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t na = 0, nb = 0;
-    bool ok = ct_file_read_all(a, &x, &na) == CT_OK && ct_file_read_all(b, &y, &nb) == CT_OK && na == nb &&
-              memcmp(x, y, na) == 0;
-    free(x), free(y);
-    return ok;
-}
-
 static void test_train(void) {
     losses cpu = {0}, grd = {0};
     ct_train_result rc, r1, r2;
@@ -216,10 +207,10 @@ static void test_train(void) {
     char a[CT_PATH_MAX], b[CT_PATH_MAX];
     work_path(a, "cpu/adapter/adapter_model.safetensors");
     work_path(b, "guarded/adapter/adapter_model.safetensors");
-    CHECK(same_file(a, b), "final adapters differ: %s vs %s", a, b);
+    CHECK(ct_test_same_file(a, b), "final adapters differ: %s vs %s", a, b);
     work_path(a, "cpu/iter_4_adapter/adapter_model.safetensors");
     work_path(b, "guarded/iter_4_adapter/adapter_model.safetensors");
-    CHECK(same_file(a, b), "mid-run adapters differ: %s vs %s", a, b);
+    CHECK(ct_test_same_file(a, b), "mid-run adapters differ: %s vs %s", a, b);
     printf("training (nf4, bf16 compute, checkpointing, accumulation 2, resumed mid-window): 6 losses, the "
            "eval loss %.6f and the adapter bytes equal\n", rc.eval_loss);
 }

@@ -172,14 +172,6 @@ static void test_accumulation(void) {
     CHECK(isfinite(la) && fabs(la - lb) <= 1e-6 * la, "window loss A %.9g vs B %.9g", la, lb);
 }
 
-static bool same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    bool same = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x), free(y);
-    return same;
-}
-
 static void test_resume(void) {
     losses straight = {0}, parts = {0};
     ct_train_result r1, r2, r3, rs;
@@ -209,7 +201,7 @@ static void test_resume(void) {
     char a[CT_PATH_MAX], b[CT_PATH_MAX];
     work_path(a, "straight/adapter/adapter_model.safetensors");
     work_path(b, "parts/adapter/adapter_model.safetensors");
-    CHECK(same_file(a, b), "final adapters differ: %s vs %s", a, b);
+    CHECK(ct_test_same_file(a, b), "final adapters differ: %s vs %s", a, b);
     work_path(a, "straight/iter_8.h5");
     CHECK(ct_path_exists(a), "final checkpoint missing");
 }

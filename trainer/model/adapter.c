@@ -268,10 +268,7 @@ int ct_adapter_load_into(const char *dir, ct_lora *lora) {
     if (cfg.lora.targets != have->targets)
         return ct_errorf(CT_EINPUT, "%s/adapter_config.json: target_modules differ from the LoRA slots' targets",
                          dir);
-    const ct_lora_param *p0 = ct_lora_at(lora, 0);
-    const ct_backend *be = ct_backend_of(p0 ? p0->t->device : CT_CPU);
-    if (!be) return ct_error_wrap(CT_ERUNTIME, "LoRA slots on a device without a backend");
-    return load_weights(dir, lora, be);
+    return load_weights(dir, lora, ct_lora_backend(lora));
 }
 
 int ct_adapter_load(const char *dir, ct_model *m, bool trainable, ct_lora **out) {
@@ -372,14 +369,13 @@ int ct_adapter_save(const char *dir, const ct_lora *lora, const char *base_model
     bool replace = false;
     CT_TRY(check_target_dir(dir, &replace));
     size_t bytes = (size_t)ct_lora_numel(lora) * sizeof(float);
-    const ct_lora_param *p0 = ct_lora_at(lora, 0);
+    const ct_backend *be = ct_lora_backend(lora);
     /* [numel] the values in the LoRA's backend memory; read through a host copy
      * when that is not the CPU */
     float *host = ct_lora_values(lora), *copy = NULL;
-    if (p0 && p0->t->device != CT_CPU) {
-        const ct_backend *be = ct_backend_of(p0->t->device);
+    if (be->device != CT_CPU) {
         if (!(copy = malloc(bytes ? bytes : 1))) return ct_errorf(CT_ERUNTIME, "out of memory");
-        if (!be || be->download(copy, host, bytes)) {
+        if (be->download(copy, host, bytes)) {
             free(copy);
             return ct_error_wrap(CT_ERUNTIME, "reading the LoRA values back from the device");
         }

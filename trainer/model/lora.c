@@ -242,6 +242,7 @@ void ct_lora_free(ct_lora *l) {
 
 const ct_lora_config *ct_lora_get_config(const ct_lora *l) { return &l->cfg; }
 const ct_decoder_model *ct_lora_decoder(const ct_lora *l) { return l->dm; }
+const ct_backend *ct_lora_backend(const ct_lora *l) { return l->be; }
 size_t ct_lora_count(const ct_lora *l) { return l->n; }
 const ct_lora_param *ct_lora_at(const ct_lora *l, size_t i) { return i < l->n ? &l->params[i] : NULL; }
 int64_t ct_lora_numel(const ct_lora *l) { return l->offset[l->n]; }

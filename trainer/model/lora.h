@@ -94,6 +94,8 @@ void ct_lora_free(ct_lora *l);
 const ct_lora_config *ct_lora_get_config(const ct_lora *l);
 /* The decoder the slots are attached to. */
 const ct_decoder_model *ct_lora_decoder(const ct_lora *l);
+/* The backend whose memory holds the values and grads. */
+const ct_backend *ct_lora_backend(const ct_lora *l);
 
 /* Parameters in PEFT key order (2 per targeted linear). */
 size_t ct_lora_count(const ct_lora *l);

@@ -175,6 +175,20 @@ static int prequant_kind(const ct_model *m, bool *bnb) {
     return CT_OK;
 }
 
+#define PLACE_ALIGN 256 /* every piece of the device block starts on 256 bytes */
+
+static size_t place_size(size_t bytes) { return (bytes + PLACE_ALIGN - 1) / PLACE_ALIGN * PLACE_ALIGN; }
+
+/* Bytes of a 4-bit state's arrays into sz: codes, absmax (or qabsmax), nested
+ * absmax (0 without double quantization); returns their total with each
+ * rounded up to PLACE_ALIGN, as ct_model_place lays them out. */
+static size_t quant_arrays(const ct_quant_state *st, size_t sz[3]) {
+    sz[0] = (size_t)(st->n + 1) / 2;
+    sz[1] = st->nested ? (size_t)st->nblocks : (size_t)st->nblocks * sizeof(float);
+    sz[2] = st->nested ? (size_t)((st->nblocks + st->nested_blocksize - 1) / st->nested_blocksize) * sizeof(float) : 0;
+    return place_size(sz[0]) + place_size(sz[1]) + place_size(sz[2]);
+}
+
 /* Pass 2 for one tensor: the header, quantized or in place (or copied). */
 static int build_one(ct_model *m, want *w, ct_tensor *hdr, const ct_model_options *o, unsigned char **cursor,
                      void **tmp, size_t *tmp_cap) {
@@ -206,9 +220,9 @@ static int build_one(ct_model *m, want *w, ct_tensor *hdr, const ct_model_option
         int rc = ct_quant_quantize(st, src, (ct_dtype)ct_st_dtype_to_ct(t->dtype), 2, w->shape, &qp, t->name);
         if (rc) return ct_error_wrap(rc, "%s", file_of(m->st, t));
         CT_TRY(ct_quant_tensor(hdr, st, t->name));
-        m->mem.quant_bytes += (uint64_t)(st->n + 1) / 2 +
-                              (uint64_t)st->nblocks * (st->nested ? 1 : 4) +
-                              (st->nested ? (uint64_t)((st->nblocks + st->nested_blocksize - 1) / st->nested_blocksize) * 4 : 0);
+        size_t sz[3];
+        quant_arrays(st, sz);
+        m->mem.quant_bytes += sz[0] + sz[1] + sz[2];
         m->mem.n_quantized++;
         ct_st_release(m->st, t); /* the source pages are not needed any more */
         *w->slot = hdr;
@@ -254,9 +268,7 @@ static void set_dims(ct_model *m) {
 }
 
 int ct_model_set_compute(ct_model *m, ct_dtype compute) {
-    if (compute != CT_F32 && compute != CT_BF16)
-        return ct_errorf(CT_EINPUT, "compute dtype %s: only float32 and bfloat16 are offered",
-                         ct_dtype_name(compute));
+    CT_TRY(ct_compute_dtype_check(compute, NULL));
     for (int l = 0; l < m->dm.n_layers; l++) {
         ct_decoder_layer_weights *lw = &m->layers[l];
         lw->wqkv.compute = lw->wo.compute = lw->w1.compute = lw->w3.compute = lw->w2.compute = compute;
@@ -384,24 +396,12 @@ void ct_model_get_memory(const ct_model *m, ct_model_memory *out) { *out = m->me
 
 /* ---- placing the model on a backend ---- */
 
-#define PLACE_ALIGN 256 /* every piece of the device block starts on 256 bytes */
-
-static size_t place_size(size_t bytes) { return (bytes + PLACE_ALIGN - 1) / PLACE_ALIGN * PLACE_ALIGN; }
-
 /* Uploads n bytes from host src into the block at *at (advancing it);
  * returns the device address through *dst. */
 static int place_bytes(const ct_backend *be, unsigned char **at, const void *src, size_t n, void **dst) {
     *dst = *at;
     *at += place_size(n);
     return n ? be->upload(*dst, src, n) : CT_OK;
-}
-
-/* Bytes of a 4-bit state's arrays (codes, absmax or qabsmax + nested absmax). */
-static size_t quant_arrays(const ct_quant_state *st, size_t sz[3]) {
-    sz[0] = (size_t)(st->n + 1) / 2;
-    sz[1] = st->nested ? (size_t)st->nblocks : (size_t)st->nblocks * sizeof(float);
-    sz[2] = st->nested ? (size_t)((st->nblocks + st->nested_blocksize - 1) / st->nested_blocksize) * sizeof(float) : 0;
-    return place_size(sz[0]) + place_size(sz[1]) + place_size(sz[2]);
 }
 
 int ct_model_place(ct_model *m, const ct_backend *be) {

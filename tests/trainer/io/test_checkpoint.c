@@ -142,16 +142,6 @@ static void test_round_trip(void) {
     unlink(path);
 }
 
-static bool same_file(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    bool ok = ct_file_read_all(a, &x, &nx) == CT_OK && ct_file_read_all(b, &y, &ny) == CT_OK &&
-              nx == ny && memcmp(x, y, nx) == 0;
-    free(x);
-    free(y);
-    return ok;
-}
-
 static void test_atomic(void) {
     char path[256], tmp[300], copy[256];
     path_in(path, sizeof path, "iter_100.h5");
@@ -174,21 +164,21 @@ static void test_atomic(void) {
     CHECK(ct_ckpt_put_i64(w, "later", 1, &one) == CT_EINPUT, "error not sticky");
     CHECK(ct_ckpt_writer_commit(w) == CT_EINPUT, "commit after a failure succeeded");
     CHECK(!ct_path_exists(tmp), "temp file left after a failed save");
-    CHECK(same_file(path, copy), "failed save changed the previous checkpoint");
+    CHECK(ct_test_same_file(path, copy), "failed save changed the previous checkpoint");
     fill_data(2);
     check_full(path, 100);
 
     /* Aborting discards the temp file too. */
     CHECK_OK(ct_ckpt_writer_open(path, &w));
     ct_ckpt_writer_abort(w);
-    CHECK(!ct_path_exists(tmp) && same_file(path, copy), "abort");
+    CHECK(!ct_path_exists(tmp) && ct_test_same_file(path, copy), "abort");
 
     /* The temp name is blocked (a directory): nothing is written or removed. */
     CHECK(mkdir(tmp, 0755) == 0, "mkdir %s", tmp);
     w = NULL;
     CHECK(ct_ckpt_writer_open(path, &w) == CT_EINPUT && !w && strstr(ct_last_error(), tmp),
           "%s", ct_last_error());
-    CHECK(ct_path_is_dir(tmp) && same_file(path, copy), "blocked save touched files");
+    CHECK(ct_path_is_dir(tmp) && ct_test_same_file(path, copy), "blocked save touched files");
     rmdir(tmp);
 
     /* A crash mid-save (the process dies before commit): the previous
@@ -208,7 +198,7 @@ static void test_atomic(void) {
     int status = 0;
     CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
     CHECK(ct_path_exists(tmp), "the crashed save left no temp file (did it run?)");
-    CHECK(same_file(path, copy), "a crash changed the previous checkpoint");
+    CHECK(ct_test_same_file(path, copy), "a crash changed the previous checkpoint");
     check_full(path, 100);
     bool found = false;
     char latest[256];
