@@ -108,13 +108,13 @@ void ct_backend_describe(const ct_backend *be, FILE *f) {
 }
 
 int ct_backend_list(const char **names, const ct_backend **bes, const char **why, int cap) {
-    static char reasons[3][256];
-    static const char *const n[] = {"cpu", "cuda",
+    static char reasons[4][256];
+    static const char *const n[] = {"cpu", "cuda", "cuda-emu",
 #ifdef CT_TEST_BACKENDS
                                     "guarded" /* test builds only */
 #endif
     };
-    const ct_backend *(*const get[])(void) = {ct_cpu_backend, ct_cuda_backend,
+    const ct_backend *(*const get[])(void) = {ct_cpu_backend, ct_cuda_backend, ct_cuda_emu_backend,
 #ifdef CT_TEST_BACKENDS
                                               ct_guarded_backend
 #endif

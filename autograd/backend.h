@@ -263,6 +263,26 @@ const ct_backend *ct_cpu_backend(void);
  * (message set saying why). Never crashes when the driver is missing. */
 const ct_backend *ct_cuda_backend(void);
 
+/* The emulated CUDA backend ("cuda-emu", cuda_kernels/emu/): the CUDA
+ * kernels' own sources run on the CPU by an emulator, for checking them
+ * without a GPU (slow: not for training speed). NULL (message set) in builds
+ * without nvcc. */
+const ct_backend *ct_cuda_emu_backend(void);
+
+/* For bench/bench_ops (cuda_kernels/bench_gemm.cu), each in a cuda and a
+ * cuda-emu flavour; in builds without one, its pair returns CT_ERUNTIME /
+ * NULL with the message set (no_cuda.c).
+ * *_bench_gemm: ms per call of a plain cuBLASLt GEMM C[M,N] (f32) = A[M,K] ·
+ * B[N,K]ᵀ with bf16 (bf16 != 0) or f32 inputs, fp32 accumulation, random
+ * data, one warm-up then `iters` timed calls: the ceiling the GEMM-based
+ * kernels are measured against. *_device_name: one line describing the device
+ * (name, compute capability, SMs, memory), in static storage. */
+int ct_cuda_bench_gemm(int64_t M, int64_t N, int64_t K, int bf16, int iters, double *ms_per_call);
+int ct_cuda_emu_bench_gemm(int64_t M, int64_t N, int64_t K, int bf16, int iters,
+                           double *ms_per_call);
+const char *ct_cuda_device_name(void);
+const char *ct_cuda_emu_device_name(void);
+
 /* The guarded test backend (guarded/guarded_backend.c): the CPU kernels over
  * memory that is unreadable outside backend calls. NULL (message set) in
  * builds without CT_TEST_BACKENDS. */

@@ -129,6 +129,7 @@ const char *ct_device_name(ct_device dev) {
     case CT_CPU: return "cpu";
     case CT_CUDA: return "cuda";
     case CT_GUARDED: return "guarded";
+    case CT_CUDA_EMU: return "cuda-emu";
     }
     return "unknown device";
 }

@@ -27,10 +27,12 @@ typedef enum {
 } ct_dtype;
 
 /* Where a tensor's memory is. CT_GUARDED: the tests' guarded backend (host
- * pages the host may not touch outside backend calls), a device like CUDA. */
-typedef enum { CT_CPU = 0, CT_CUDA = 1, CT_GUARDED = 2 } ct_device;
+ * pages the host may not touch outside backend calls), a device like CUDA.
+ * CT_CUDA_EMU: the emulated CUDA backend (host memory behind the CUDA runtime
+ * calls of cuda_kernels/emu/). */
+typedef enum { CT_CPU = 0, CT_CUDA = 1, CT_GUARDED = 2, CT_CUDA_EMU = 3 } ct_device;
 
-const char *ct_device_name(ct_device dev); /* "cpu", "cuda", "guarded" */
+const char *ct_device_name(ct_device dev); /* "cpu", "cuda", "guarded", "cuda-emu" */
 
 typedef struct ct_tensor {
     ct_dtype dtype;

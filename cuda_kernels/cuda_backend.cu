@@ -1,13 +1,22 @@
 /* The CUDA backend table: device memory, detection, and the kernels of this
  * folder. Detection never crashes: any error from the runtime (no driver, no
- * device) means "no GPU" and the caller stays on the CPU backend. */
-#include <cstdio>
+ * device) means "no GPU" and the caller stays on the CPU backend.
+ *
+ * The emulated build (CT_EMU_BUILD, emu/) compiles this same file into
+ * namespace ct_emu: the table is then "cuda-emu" (device CT_CUDA_EMU), its
+ * runtime calls go to the emulator's host memory and scheduler, and
+ * ct_cuda_emu_backend() returns it. */
+#include "cuda_common.cuh"
 
-#include <cuda_runtime.h>
-
-#include "autograd/backend.h"
-#include "cuda_check.h"
-#include "cuda_kernels.h"
+#ifdef CT_EMU_BUILD
+#define CT_BACKEND_NAME "cuda-emu"
+#define CT_BACKEND_DEVICE CT_CUDA_EMU
+#define CT_BACKEND_GETTER ct_cuda_emu_backend
+#else
+#define CT_BACKEND_NAME "cuda"
+#define CT_BACKEND_DEVICE CT_CUDA
+#define CT_BACKEND_GETTER ct_cuda_backend
+#endif
 
 static void *cuda_alloc(size_t n) {
     void *p = nullptr;
@@ -47,8 +56,8 @@ static int cuda_sync(void) {
 /* Designated initializers in the struct's declaration order (C++). The entries
  * not yet written are NULL: ct_backend_require reports them by name. */
 static const ct_backend k_cuda = {
-    .name = "cuda",
-    .device = CT_CUDA,
+    .name = CT_BACKEND_NAME,
+    .device = CT_BACKEND_DEVICE,
     .act_dtype = CT_F32, /* until the bf16-activation kernels land (issue 14) */
     .compute_dtypes = BIT(CT_F32),
     .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16),
@@ -61,27 +70,27 @@ static const ct_backend k_cuda = {
     .download = cuda_download,
     .sync = cuda_sync,
     .embedding_fwd = ct_cuda_embedding_fwd,
-    .embedding_bwd = nullptr,
+    .embedding_bwd = ct_cuda_embedding_bwd,
     .rmsnorm_fwd = ct_cuda_rmsnorm_fwd,
     .rmsnorm_bwd = ct_cuda_rmsnorm_bwd,
-    .rope_fwd = nullptr,
-    .rope_bwd = nullptr,
-    .attention_fwd = nullptr,
-    .attention_bwd = nullptr,
-    .attention_decode = nullptr,
+    .rope_fwd = ct_cuda_rope_fwd,
+    .rope_bwd = ct_cuda_rope_bwd,
+    .attention_fwd = ct_cuda_attention_fwd,
+    .attention_bwd = ct_cuda_attention_bwd,
+    .attention_decode = ct_cuda_attention_decode,
     .swiglu_fwd = ct_cuda_swiglu_fwd,
     .swiglu_bwd = ct_cuda_swiglu_bwd,
     .axpy = ct_cuda_axpy,
-    .add_fwd = nullptr,
-    .lora_linear_fwd = nullptr,
-    .lora_linear_bwd = nullptr,
-    .linear_xent_fwd = nullptr,
-    .adamw_update = nullptr,
-    .sum_squares = nullptr,
-    .scale = nullptr,
+    .add_fwd = ct_cuda_add_fwd,
+    .lora_linear_fwd = ct_cuda_lora_linear_fwd,
+    .lora_linear_bwd = ct_cuda_lora_linear_bwd,
+    .linear_xent_fwd = ct_cuda_linear_xent_fwd,
+    .adamw_update = ct_cuda_adamw_update,
+    .sum_squares = ct_cuda_sum_squares,
+    .scale = ct_cuda_scale,
 };
 
-extern "C" const ct_backend *ct_cuda_backend(void) {
+extern "C" const ct_backend *CT_BACKEND_GETTER(void) {
     static int probed = 0, usable = 0;
     static char why[256];
     if (!probed) {

@@ -1,10 +1,22 @@
 /* Helpers shared by the kernels of this folder: launch geometry for
  * one-thread-per-element kernels, loading a weight element of any float dtype
- * (conversions from the shared ct_inline.h), a deterministic block sum. */
+ * (conversions from the shared ct_inline.h), deterministic warp and block sums.
+ *
+ * Rules every .cu here follows (so the emulated build, emu/, runs it too):
+ * - include only this header (system headers go in cuda_includes.h);
+ * - kernels and file-local helpers are `static`; entry points are the C++
+ *   functions of cuda_kernels.h (no extern "C": the emulated build puts the
+ *   same code in namespace ct_emu);
+ * - launch only through CT_LAUNCH, dynamic shared memory only through
+ *   CT_DYN_SHARED, runtime errors through CT_CUDA_TRY;
+ * - no inline PTX, tensor-core intrinsics, cp.async or cooperative groups:
+ *   tensor cores come through the GEMM wrapper (gemm.cu, cuBLASLt);
+ * - warp collectives with a full mask over whole warps (block sizes are
+ *   multiples of 32). */
 #ifndef CT_CUDA_COMMON_CUH
 #define CT_CUDA_COMMON_CUH
 
-#include "autograd/ct_inline.h"
+#include "cuda_includes.h"
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 
@@ -12,14 +24,28 @@ static const int kThreads = 256;
 
 static inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
 
-__device__ __forceinline__ float load_w(const void *w, int dt, int64_t i) {
+static __device__ __forceinline__ float load_w(const void *w, int dt, int64_t i) {
     if (dt == CT_BF16) return ct_bf16_to_f32(((const uint16_t *)w)[i]);
     if (dt == CT_F16) return ct_f16_to_f32(((const uint16_t *)w)[i]);
     return ((const float *)w)[i];
 }
 
-/* Block-wide sum over 256 threads, deterministic (fixed tree order). */
-__device__ inline float block_sum(float v, float *sh) {
+/* Sum over the 32 lanes of a warp (xor butterfly: every lane gets the same,
+ * order fixed). */
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Block-wide sum over blockDim.x (a power of two, at most 1024) threads,
+ * deterministic (fixed tree order); sh has blockDim.x floats. Every thread
+ * gets the sum. */
+static __device__ inline float block_sum(float v, float *sh) {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {

@@ -2,7 +2,7 @@
  * f32/bf16/f16. The twin of autograd/cpu/rmsnorm.c. */
 #include "cuda_common.cuh"
 
-__global__ void rmsnorm_fwd_kernel(const float *x, const void *w, int wdt, float eps, float *y,
+static __global__ void rmsnorm_fwd_kernel(const float *x, const void *w, int wdt, float eps, float *y,
                                    float *rstd, int64_t D) {
     __shared__ float sh[256];
     const float *xr = x + blockIdx.x * D;
@@ -15,7 +15,7 @@ __global__ void rmsnorm_fwd_kernel(const float *x, const void *w, int wdt, float
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * inv * load_w(w, wdt, i);
 }
 
-__global__ void rmsnorm_bwd_dx_kernel(const float *x, const void *w, int wdt, const float *rstd,
+static __global__ void rmsnorm_bwd_dx_kernel(const float *x, const void *w, int wdt, const float *rstd,
                                       const float *dy, float *dx, int64_t D) {
     __shared__ float sh[256];
     const float *xr = x + blockIdx.x * D, *gr = dy + blockIdx.x * D;
@@ -29,7 +29,7 @@ __global__ void rmsnorm_bwd_dx_kernel(const float *x, const void *w, int wdt, co
 }
 
 /* dw[i] += sum_r dy[r,i] x[r,i] rstd[r]: one thread per column, rows in order. */
-__global__ void rmsnorm_bwd_dw_kernel(const float *x, const float *rstd, const float *dy, float *dw,
+static __global__ void rmsnorm_bwd_dw_kernel(const float *x, const float *rstd, const float *dy, float *dw,
                                       int64_t R, int64_t D) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= D) return;
@@ -38,28 +38,25 @@ __global__ void rmsnorm_bwd_dw_kernel(const float *x, const float *rstd, const f
     dw[i] += acc;
 }
 
-extern "C" int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
+int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
                                    ct_tensor *rstd) {
     int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
     if (R == 0) return CT_OK;
-    rmsnorm_fwd_kernel<<<(unsigned)R, 256>>>((const float *)x->data, w->data, (int)w->dtype, eps,
+    CT_LAUNCH(rmsnorm_fwd_kernel, (unsigned)R, 256, 0, (const float *)x->data, w->data, (int)w->dtype, eps,
                                             (float *)y->data, rstd ? (float *)rstd->data : nullptr, D);
-    CT_CUDA_TRY(cudaGetLastError());
     return CT_OK;
 }
 
-extern "C" int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
+int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
                                    const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw) {
     int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
     if (R == 0) return CT_OK;
     if (dx)
-        rmsnorm_bwd_dx_kernel<<<(unsigned)R, 256>>>((const float *)x->data, w->data, (int)w->dtype,
+        CT_LAUNCH(rmsnorm_bwd_dx_kernel, (unsigned)R, 256, 0, (const float *)x->data, w->data, (int)w->dtype,
                                                    (const float *)rstd->data, (const float *)dy->data,
                                                    (float *)dx->data, D);
     if (dw)
-        rmsnorm_bwd_dw_kernel<<<(unsigned)((D + 255) / 256), 256>>>(
-            (const float *)x->data, (const float *)rstd->data, (const float *)dy->data,
+        CT_LAUNCH(rmsnorm_bwd_dw_kernel, (unsigned)((D + 255) / 256), 256, 0, (const float *)x->data, (const float *)rstd->data, (const float *)dy->data,
             (float *)dw->data, R, D);
-    CT_CUDA_TRY(cudaGetLastError());
     return CT_OK;
 }

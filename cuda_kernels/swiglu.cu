@@ -3,12 +3,12 @@
  * runs. */
 #include "cuda_common.cuh"
 
-__global__ void swiglu_fwd_kernel(const float *g, const float *u, float *y, int64_t n) {
+static __global__ void swiglu_fwd_kernel(const float *g, const float *u, float *y, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = ct_silu_s(g[i], ct_sigmoidf(g[i])) * u[i];
 }
 
-__global__ void swiglu_bwd_kernel(const float *g, const float *u, const float *dy, float *dg,
+static __global__ void swiglu_bwd_kernel(const float *g, const float *u, const float *dy, float *dg,
                                   float *du, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
@@ -18,22 +18,19 @@ __global__ void swiglu_bwd_kernel(const float *g, const float *u, const float *d
     }
 }
 
-extern "C" int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y) {
+int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y) {
     int64_t n = ct_numel(gate);
     if (n == 0) return CT_OK;
-    swiglu_fwd_kernel<<<blocks_for(n), kThreads>>>((const float *)gate->data, (const float *)up->data,
+    CT_LAUNCH(swiglu_fwd_kernel, blocks_for(n), kThreads, 0, (const float *)gate->data, (const float *)up->data,
                                                    (float *)y->data, n);
-    CT_CUDA_TRY(cudaGetLastError());
     return CT_OK;
 }
 
-extern "C" int ct_cuda_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,
+int ct_cuda_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,
                                   ct_tensor *dgate, ct_tensor *dup) {
     int64_t n = ct_numel(gate);
     if (n == 0) return CT_OK;
-    swiglu_bwd_kernel<<<blocks_for(n), kThreads>>>(
-        (const float *)gate->data, (const float *)up->data, (const float *)dy->data,
+    CT_LAUNCH(swiglu_bwd_kernel, blocks_for(n), kThreads, 0, (const float *)gate->data, (const float *)up->data, (const float *)dy->data,
         dgate ? (float *)dgate->data : nullptr, dup ? (float *)dup->data : nullptr, n);
-    CT_CUDA_TRY(cudaGetLastError());
     return CT_OK;
 }

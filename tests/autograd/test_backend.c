@@ -8,7 +8,7 @@
  *  - a dtype outside a backend's masks is refused by name, a supports_op hook
  *    overrides the masks;
  *  - ct_backend_describe prints what `ctuner info` shows; ct_backend_list
- *    names cpu, cuda and (test builds) guarded. */
+ *    names cpu, cuda, cuda-emu and (test builds) guarded. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,11 +102,18 @@ static void test_list(void) {
     const char *names[8], *why[8];
     const ct_backend *bes[8];
     int n = ct_backend_list(names, bes, why, 8);
-    CHECK(n == 3 && !strcmp(names[0], "cpu") && !strcmp(names[1], "cuda") && !strcmp(names[2], "guarded"),
+    CHECK(n == 4 && !strcmp(names[0], "cpu") && !strcmp(names[1], "cuda") &&
+              !strcmp(names[2], "cuda-emu") && !strcmp(names[3], "guarded"),
           "%d backends listed", n);
     CHECK(n >= 1 && bes[0] == ct_cpu_backend() && why[0][0] == '\0', "cpu listed unavailable");
-    CHECK(n < 2 || (bes[1] != NULL) == (why[1][0] == '\0'), "cuda: a backend or a reason, not both");
+    for (int i = 1; i < n; i++)
+        CHECK((bes[i] != NULL) == (why[i][0] == '\0'), "%s: a backend or a reason, not both", names[i]);
+#ifdef CT_HAVE_CUDA_EMU
+    CHECK(n >= 3 && bes[2] && bes[2]->device == CT_CUDA_EMU && !strcmp(bes[2]->name, "cuda-emu"),
+          "cuda-emu: available in a build with nvcc");
+#endif
     CHECK(!strcmp(ct_device_name(CT_GUARDED), "guarded"), "device name");
+    CHECK(!strcmp(ct_device_name(CT_CUDA_EMU), "cuda-emu"), "device name");
     ct_error_clear();
 }
 

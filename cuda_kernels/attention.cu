@@ -1,0 +1,446 @@
+/* Causal, grouped-KV, segment-aware flash attention on InternLM2's packed qkv;
+ * the twin of autograd/cpu/attention.c (bf16 math: attention_bf16.c rounds the
+ * same operands).
+ *
+ * Buffers: qkv [T, C], C = Hkv*(G+2)*hd: per token, for each KV head g, G query
+ * heads, then k_g, then v_g (query head h reads KV head h / G); out, dout
+ * [T, Hq*hd]; lse [Hq, T] = m + log l (natural log) of each query's softmax;
+ * dqkv [T, C] accumulated (+=); runs i32 [n_runs+1] sample boundaries (NULL:
+ * one sequence). Scratch: start, end i32 [T] (each token's sample) and, in the
+ * backward, D f32 [Hq, T].
+ *
+ * Visibility (as the CPU): the forward lets query i see key j iff
+ * start(i0) <= j <= i < end(j) (i0: the first query of i's tile); the backward
+ * iff start(i) <= j <= i. Equal for well-formed runs.
+ *
+ * Thread layout (all three kernels): a tile of 64 rows (AT_ROWS: queries, or keys
+ * in the dK/dV kernel), TPR threads per row; a row's head_dim (padded to the
+ * template HD, zeros past hd) is split between its TPR threads as float4s
+ * p, p+TPR, ... (p = thread % TPR), so the TPR threads of a row read one
+ * contiguous run of shared memory and every row of a warp reads the same
+ * shared row (a broadcast). Dot products: per-thread partials, then an xor
+ * butterfly over the TPR lanes (every lane gets the same bits).
+ * - forward: block = (query tile, query head). Q and the output accumulator O
+ *   in registers; K and V tiles of AT_BK keys in shared memory; online softmax in
+ *   fp32 (m, l per row, kept identically by the row's TPR threads).
+ * - backward, dQ (and D = rowsum(dO∘O)): the forward's layout; per key
+ *   P = exp(S - lse), dS = P∘(dP - D), dQ += dS·K; dqkv_q += scale·dQ.
+ * - backward, dK/dV: block = (key tile, KV head); K, V, dK, dV of its row in
+ *   registers; loops over the G query heads of the group and over the query
+ *   tiles (AT_BQ rows of Q, dO, lse, D in shared memory) that see its keys:
+ *   dV += Pᵀ·dO, dK += dSᵀ·Q. Every sum has one owner thread and a fixed
+ *   order: no atomics, results repeat run to run.
+ * fp32 math folds the scale into Q (as the CPU); bf16 math rounds Q, K, V, dO
+ * and the P, dS operands to bf16, sums in fp32 and scales the fp32 sums. */
+#include "cuda_common.cuh"
+
+enum { AT_ROWS = 64, AT_BK = 32, AT_BQ = 32 };
+
+template <int HD> struct attn_geom {
+    static constexpr int TPR = HD >= 128 ? 8 : 4; /* threads per row */
+    static constexpr int DPT = HD / TPR;          /* dims per thread */
+    static constexpr int NV = DPT / 4;            /* float4s per thread */
+    static constexpr int THREADS = AT_ROWS * TPR;
+};
+
+static __device__ __forceinline__ float attn_bf16r(float x) { return ct_bf16_to_f32(ct_f32_to_bf16(x)); }
+
+/* Sum over the TPR lanes of a row (xor butterfly: all get the same bits). */
+template <int TPR> static __device__ __forceinline__ float attn_row_sum(float v) {
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* dst[DPT] = this thread's dims of row src (hd valid columns; zeros past hd or
+ * when !ok), times mul, then rounded to bf16 when rnd. */
+template <int HD>
+static __device__ __forceinline__ void attn_load_part(const float *src, int hd, bool ok, int p, float mul,
+                                                 bool rnd, float *dst) {
+    typedef attn_geom<HD> Gm;
+#pragma unroll
+    for (int v = 0; v < Gm::NV; v++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int d = 4 * (p + Gm::TPR * v) + c;
+            float x = ok && d < hd ? mul * src[d] : 0.0f;
+            dst[4 * v + c] = rnd ? attn_bf16r(x) : x;
+        }
+}
+
+/* This thread's partial of reg · row (row: HD floats in shared memory). */
+template <int HD> static __device__ __forceinline__ float attn_dot_part(const float *reg, const float *row, int p) {
+    typedef attn_geom<HD> Gm;
+    const float4 *r4 = reinterpret_cast<const float4 *>(row);
+    float s = 0.0f;
+#pragma unroll
+    for (int v = 0; v < Gm::NV; v++) {
+        float4 k = r4[p + Gm::TPR * v];
+        s += reg[4 * v] * k.x;
+        s += reg[4 * v + 1] * k.y;
+        s += reg[4 * v + 2] * k.z;
+        s += reg[4 * v + 3] * k.w;
+    }
+    return s;
+}
+
+/* acc[DPT] += a · (this thread's dims of row). */
+template <int HD> static __device__ __forceinline__ void attn_axpy_part(float a, const float *row, int p, float *acc) {
+    typedef attn_geom<HD> Gm;
+    const float4 *r4 = reinterpret_cast<const float4 *>(row);
+#pragma unroll
+    for (int v = 0; v < Gm::NV; v++) {
+        float4 k = r4[p + Gm::TPR * v];
+        acc[4 * v] += a * k.x;
+        acc[4 * v + 1] += a * k.y;
+        acc[4 * v + 2] += a * k.z;
+        acc[4 * v + 3] += a * k.w;
+    }
+}
+
+/* dst [rows, HD] (shared) = mul · src rows 0..n-1 (row stride ld, hd columns),
+ * zero past them; rounded to bf16 when rnd. The whole block takes part. */
+template <int HD>
+static __device__ void attn_load_tile(float *dst, const float *src, int64_t ld, int n, int rows, int hd, float mul,
+                                 bool rnd) {
+    for (int e = threadIdx.x; e < rows * HD; e += blockDim.x) {
+        int r = e / HD, d = e % HD;
+        float x = r < n && d < hd ? mul * src[(int64_t)r * ld + d] : 0.0f;
+        dst[e] = rnd ? attn_bf16r(x) : x;
+    }
+}
+
+/* start[i], end[i]: token i's sample [start, end) from the run boundaries
+ * (clamped to [0, T]; a later run wins; a token in no run: [0, T)). */
+static __global__ void attn_seg_bounds_kernel(const int32_t *runs, int n_runs, int T, int *start, int *end) {
+    int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= T) return;
+    int s = 0, e = T;
+    for (int k = 0; k < n_runs; k++) {
+        int lo = runs[k] < 0 ? 0 : runs[k] > T ? T : runs[k];
+        int hi = runs[k + 1] < lo ? lo : runs[k + 1] > T ? T : runs[k + 1];
+        if (lo <= i && i < hi) s = lo, e = hi;
+    }
+    start[i] = s;
+    end[i] = e;
+}
+
+/* The problem, resolved once per call. */
+struct attn_dims {
+    int T, Hkv, G, Hq, hd;
+    int64_t C;
+    float scale;
+    bool bf; /* bf16 math */
+};
+
+static __host__ __device__ __forceinline__ int64_t attn_q_col(int G, int hd, int h) {
+    return ((int64_t)(h / G) * (G + 2) + h % G) * hd;
+}
+static __host__ __device__ __forceinline__ int64_t attn_k_col(int G, int hd, int g) {
+    return ((int64_t)g * (G + 2) + G) * hd;
+}
+
+/* ---------------- forward ---------------- */
+
+/* Block = (query tile, query head h); out rows [i0, i0+64) of head h, lse[h, i]. */
+template <int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel(const float *qkv, const int *seg_start, const int *seg_end, attn_dims a,
+                                       float *out, float *lse) {
+    typedef attn_geom<HD> Gm;
+    CT_DYN_SHARED(float, sh);
+    float *ks = sh, *vs = ks + AT_BK * HD; /* [AT_BK, HD] K, V of the key tile */
+    int *kend = (int *)(vs + AT_BK * HD);  /* [AT_BK] end of each key's sample */
+    const int h = blockIdx.y, g = h / a.G;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * AT_ROWS; /* late tiles (most keys) first */
+    const int p = threadIdx.x % Gm::TPR, i = i0 + threadIdx.x / Gm::TPR;
+    const bool valid = i < a.T;
+    const int64_t kc = attn_k_col(a.G, a.hd, g);
+
+    float q[Gm::DPT], o[Gm::DPT];
+    /* fp32: scale·Q; bf16: Q rounded (the scale multiplies S) */
+    attn_load_part<HD>(qkv + (int64_t)(valid ? i : 0) * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p,
+                  BF ? 1.0f : a.scale, BF, q);
+#pragma unroll
+    for (int d = 0; d < Gm::DPT; d++) o[d] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    const int k_stop = a.T - i0 < AT_ROWS ? a.T : i0 + AT_ROWS;
+    for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AT_BK) {
+        const int nk = k_stop - k0 < AT_BK ? k_stop - k0 : AT_BK;
+        __syncthreads(); /* the previous tile is read */
+        attn_load_tile<HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        for (int j = threadIdx.x; j < AT_BK; j += blockDim.x) kend[j] = j < nk ? seg_end[k0 + j] : 0;
+        __syncthreads();
+
+        float s[AT_BK];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < AT_BK; j++) {
+            float t = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(q, ks + j * HD, p));
+            if (BF) t *= a.scale;
+            bool vis = valid && j < nk && k0 + j <= i && i < kend[j];
+            s[j] = vis ? t : -INFINITY;
+            mx = fmaxf(mx, s[j]);
+        }
+        float mn = fmaxf(mx, m);
+        float alpha = mn == -INFINITY ? 1.0f : ct_expf(m - mn);
+        m = mn;
+        l *= alpha;
+#pragma unroll
+        for (int d = 0; d < Gm::DPT; d++) o[d] *= alpha;
+#pragma unroll
+        for (int j = 0; j < AT_BK; j++) {
+            float pj = s[j] == -INFINITY ? 0.0f : ct_expf(s[j] - m);
+            l += pj; /* keys summed in order */
+            attn_axpy_part<HD>(BF ? attn_bf16r(pj) : pj, vs + j * HD, p, o);
+        }
+    }
+    if (!valid) return;
+    const float inv = 1.0f / l;
+    float *y = out + (int64_t)i * a.Hq * a.hd + (int64_t)h * a.hd;
+#pragma unroll
+    for (int v = 0; v < Gm::NV; v++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int d = 4 * (p + Gm::TPR * v) + c;
+            if (d < a.hd) y[d] = o[4 * v + c] * inv;
+        }
+    if (p == 0) lse[(int64_t)h * a.T + i] = m + logf(l);
+}
+
+/* ---------------- backward ---------------- */
+
+/* Block = (query tile, query head h): D[h, i] = rowsum(dO∘O) into dd, then
+ * dqkv's q columns of head h += scale · Σ_j dS_ij K_j. */
+template <int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_kernel(const float *qkv, const int *seg_start, attn_dims a, const float *out,
+                                          const float *lse, const float *dout, float *dd, float *dqkv) {
+    typedef attn_geom<HD> Gm;
+    CT_DYN_SHARED(float, sh);
+    float *ks = sh, *vs = ks + AT_BK * HD; /* [AT_BK, HD] K, V of the key tile */
+    const int h = blockIdx.y, g = h / a.G;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * AT_ROWS;
+    const int p = threadIdx.x % Gm::TPR, i = i0 + threadIdx.x / Gm::TPR;
+    const bool valid = i < a.T;
+    const int ir = valid ? i : 0;
+    const int64_t kc = attn_k_col(a.G, a.hd, g), ow = (int64_t)a.Hq * a.hd;
+
+    float q[Gm::DPT], go[Gm::DPT], dq[Gm::DPT];
+    /* D from the fp32 O and dO; then dO rounded for bf16 math */
+    attn_load_part<HD>(out + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, q);
+    attn_load_part<HD>(dout + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, go);
+    float di = 0.0f;
+#pragma unroll
+    for (int d = 0; d < Gm::DPT; d++) di += q[d] * go[d];
+    di = attn_row_sum<Gm::TPR>(di);
+    if (valid && p == 0) dd[(int64_t)h * a.T + i] = di;
+    if (BF)
+#pragma unroll
+        for (int d = 0; d < Gm::DPT; d++) go[d] = attn_bf16r(go[d]);
+    attn_load_part<HD>(qkv + (int64_t)ir * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p, BF ? 1.0f : a.scale, BF, q);
+#pragma unroll
+    for (int d = 0; d < Gm::DPT; d++) dq[d] = 0.0f;
+    const float li = valid ? lse[(int64_t)h * a.T + i] : 0.0f;
+    const int my_start = valid ? seg_start[i] : 0;
+
+    const int k_stop = a.T - i0 < AT_ROWS ? a.T : i0 + AT_ROWS;
+    for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AT_BK) {
+        const int nk = k_stop - k0 < AT_BK ? k_stop - k0 : AT_BK;
+        __syncthreads();
+        attn_load_tile<HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        __syncthreads();
+        for (int j = 0; j < nk; j++) { /* nk is the same in the whole block */
+            float s = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(q, ks + j * HD, p));
+            float dp = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(go, vs + j * HD, p));
+            if (BF) s *= a.scale;
+            bool vis = valid && k0 + j >= my_start && k0 + j <= i;
+            float pj = vis ? ct_expf(s - li) : 0.0f;
+            float ds = pj * (dp - di);
+            attn_axpy_part<HD>(BF ? attn_bf16r(ds) : ds, ks + j * HD, p, dq);
+        }
+    }
+    if (!valid) return;
+    float *dst = dqkv + (int64_t)i * a.C + attn_q_col(a.G, a.hd, h);
+#pragma unroll
+    for (int v = 0; v < Gm::NV; v++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int d = 4 * (p + Gm::TPR * v) + c;
+            if (d < a.hd) dst[d] += a.scale * dq[4 * v + c];
+        }
+}
+
+/* Block = (key tile, KV head g): dqkv's k_g, v_g columns of keys [j0, j0+64)
+ * += Σ over the group's heads and the queries that see them (fixed order). */
+template <int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_kernel(const float *qkv, const int *seg_start, const int *seg_end,
+                                           attn_dims a, const float *lse, const float *dout, const float *dd,
+                                           float *dqkv) {
+    typedef attn_geom<HD> Gm;
+    CT_DYN_SHARED(float, sh);
+    float *qs = sh, *gs = qs + AT_BQ * HD;      /* [AT_BQ, HD] Q (scaled for fp32), dO of the query tile */
+    float *ls = gs + AT_BQ * HD, *ds_ = ls + AT_BQ; /* [AT_BQ] lse, D */
+    int *st = (int *)(ds_ + AT_BQ);              /* [AT_BQ] start of each query's sample */
+    const int g = blockIdx.y, j0 = blockIdx.x * AT_ROWS; /* early key tiles (most queries) first */
+    const int p = threadIdx.x % Gm::TPR, j = j0 + threadIdx.x / Gm::TPR;
+    const bool valid = j < a.T;
+    const int jr = valid ? j : 0;
+    const int64_t kc = attn_k_col(a.G, a.hd, g), ow = (int64_t)a.Hq * a.hd;
+
+    float k[Gm::DPT], v[Gm::DPT], dk[Gm::DPT], dv[Gm::DPT];
+    attn_load_part<HD>(qkv + (int64_t)jr * a.C + kc, a.hd, valid, p, 1.0f, BF, k);
+    attn_load_part<HD>(qkv + (int64_t)jr * a.C + kc + a.hd, a.hd, valid, p, 1.0f, BF, v);
+#pragma unroll
+    for (int d = 0; d < Gm::DPT; d++) dk[d] = dv[d] = 0.0f;
+
+    const int nk = a.T - j0 < AT_ROWS ? a.T - j0 : AT_ROWS;
+    const int q_end = seg_end[j0 + nk - 1]; /* queries that see a key of the tile: [j0, q_end) */
+    for (int h = g * a.G; h < (g + 1) * a.G; h++) {
+        const int64_t qc = attn_q_col(a.G, a.hd, h);
+        for (int q0 = j0; q0 < q_end; q0 += AT_BQ) {
+            const int nq = q_end - q0 < AT_BQ ? q_end - q0 : AT_BQ;
+            __syncthreads();
+            attn_load_tile<HD>(qs, qkv + (int64_t)q0 * a.C + qc, a.C, nq, AT_BQ, a.hd, BF ? 1.0f : a.scale, BF);
+            attn_load_tile<HD>(gs, dout + (int64_t)q0 * ow + (int64_t)h * a.hd, ow, nq, AT_BQ, a.hd, 1.0f, BF);
+            for (int r = threadIdx.x; r < AT_BQ; r += blockDim.x) {
+                ls[r] = r < nq ? lse[(int64_t)h * a.T + q0 + r] : 0.0f;
+                ds_[r] = r < nq ? dd[(int64_t)h * a.T + q0 + r] : 0.0f;
+                st[r] = r < nq ? seg_start[q0 + r] : 0;
+            }
+            __syncthreads();
+            for (int r = 0; r < nq; r++) { /* nq is the same in the whole block */
+                const int i = q0 + r;
+                float s = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(k, qs + r * HD, p));
+                float dp = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(v, gs + r * HD, p));
+                if (BF) s *= a.scale;
+                bool vis = valid && j >= st[r] && j <= i;
+                float pj = vis ? ct_expf(s - ls[r]) : 0.0f;
+                float ds = pj * (dp - ds_[r]);
+                attn_axpy_part<HD>(BF ? attn_bf16r(pj) : pj, gs + r * HD, p, dv);
+                attn_axpy_part<HD>(BF ? attn_bf16r(ds) : ds, qs + r * HD, p, dk);
+            }
+        }
+    }
+    if (!valid) return;
+    /* dK: fp32 folded the scale into Q; bf16 scales the fp32 sum */
+    const float dk_mul = BF ? a.scale : 1.0f;
+    float *dst = dqkv + (int64_t)j * a.C + kc;
+#pragma unroll
+    for (int vv = 0; vv < Gm::NV; vv++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int d = 4 * (p + Gm::TPR * vv) + c;
+            if (d < a.hd) {
+                dst[d] += dk_mul * dk[4 * vv + c];
+                dst[a.hd + d] += dv[4 * vv + c];
+            }
+        }
+}
+
+/* ---------------- host side ---------------- */
+
+static int attn_dims_init(attn_dims *a, const ct_tensor *qkv, const ct_attn_params *p) {
+    int64_t T = ct_rows(qkv), C = ct_dim_from_end(qkv, 1);
+    if (p->n_kv_heads < 1 || p->group < 1 || p->head_dim < 1 ||
+        C != (int64_t)p->n_kv_heads * (p->group + 2) * p->head_dim)
+        return ct_errorf(CT_EINPUT, "attention: qkv width %lld does not match %d kv heads × (%d+2) × head_dim %d",
+                         (long long)C, p->n_kv_heads, p->group, p->head_dim);
+    if (p->head_dim > 128)
+        return ct_errorf(CT_EINPUT, "attention (cuda): head_dim %d > 128 is not supported", p->head_dim);
+    if (T > INT32_MAX / 2)
+        return ct_errorf(CT_EINPUT, "attention (cuda): %lld tokens is too many", (long long)T);
+    CT_TRY(ct_compute_dtype_check(p->compute, "attention"));
+    a->T = (int)T;
+    a->C = C;
+    a->Hkv = p->n_kv_heads;
+    a->G = p->group;
+    a->Hq = p->n_kv_heads * p->group;
+    a->hd = p->head_dim;
+    a->scale = p->scale;
+    a->bf = p->compute == CT_BF16;
+    return CT_OK;
+}
+
+/* start, end [T] (scratch) from runs. */
+static int attn_seg_bounds(const attn_dims *a, const ct_tensor *runs, int *start, int *end) {
+    int n_runs = runs ? (int)(ct_numel(runs) - 1) : 0;
+    CT_LAUNCH(attn_seg_bounds_kernel, blocks_for(a->T), kThreads, 0, runs ? (const int32_t *)runs->data : nullptr,
+              n_runs, a->T, start, end);
+    return CT_OK;
+}
+
+template <int HD>
+static int attn_fwd_launch(const attn_dims &a, const float *qkv, const int *st, const int *en, float *out,
+                      float *lse) {
+    const dim3 grid((unsigned)((a.T + AT_ROWS - 1) / AT_ROWS), (unsigned)a.Hq);
+    const size_t smem = 2 * AT_BK * HD * sizeof(float) + AT_BK * sizeof(int);
+    auto *k = a.bf ? &attn_fwd_kernel<HD, true> : &attn_fwd_kernel<HD, false>;
+    CT_LAUNCH(k, grid, attn_geom<HD>::THREADS, smem, qkv, st, en, a, out, lse);
+    return CT_OK;
+}
+
+template <int HD>
+static int attn_bwd_launch(const attn_dims &a, const float *qkv, const int *st, const int *en, const float *out,
+                      const float *lse, const float *dout, float *dd, float *dqkv) {
+    const unsigned tiles = (unsigned)((a.T + AT_ROWS - 1) / AT_ROWS);
+    const size_t smem_q = 2 * AT_BK * HD * sizeof(float);
+    auto *kq = a.bf ? &attn_bwd_dq_kernel<HD, true> : &attn_bwd_dq_kernel<HD, false>;
+    CT_LAUNCH(kq, dim3(tiles, (unsigned)a.Hq), attn_geom<HD>::THREADS, smem_q, qkv, st, a, out, lse, dout, dd, dqkv);
+    const size_t smem_kv = 2 * AT_BQ * HD * sizeof(float) + 2 * AT_BQ * sizeof(float) + AT_BQ * sizeof(int);
+    auto *kkv = a.bf ? &attn_bwd_dkv_kernel<HD, true> : &attn_bwd_dkv_kernel<HD, false>;
+    CT_LAUNCH(kkv, dim3(tiles, (unsigned)a.Hkv), attn_geom<HD>::THREADS, smem_kv, qkv, st, en, a, lse, dout, dd, dqkv);
+    return CT_OK;
+}
+
+int ct_cuda_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p, ct_tensor *out,
+                          ct_tensor *lse, ct_arena *scratch) {
+    attn_dims a = {};
+    CT_TRY(attn_dims_init(&a, qkv, p));
+    if (a.T == 0) return CT_OK;
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;
+    if (!st) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "attention forward: scratch for T=%d", a.T);
+    }
+    int rc = attn_seg_bounds(&a, runs, st, en);
+    const float *x = (const float *)qkv->data;
+    float *o = (float *)out->data, *l = (float *)lse->data;
+    if (rc == CT_OK) {
+        if (a.hd <= 16) rc = attn_fwd_launch<16>(a, x, st, en, o, l);
+        else if (a.hd <= 32) rc = attn_fwd_launch<32>(a, x, st, en, o, l);
+        else if (a.hd <= 64) rc = attn_fwd_launch<64>(a, x, st, en, o, l);
+        else rc = attn_fwd_launch<128>(a, x, st, en, o, l);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}
+
+int ct_cuda_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
+                          const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout, ct_tensor *dqkv,
+                          ct_arena *scratch) {
+    attn_dims a = {};
+    CT_TRY(attn_dims_init(&a, qkv, p));
+    if (a.T == 0 || !dqkv) return CT_OK;
+    ct_arena_mark mark = ct_arena_get_mark(scratch);
+    int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;
+    float *dd = (float *)ct_arena_alloc(scratch, (size_t)a.Hq * (size_t)a.T * sizeof(float)); /* [Hq, T] */
+    if (!st || !dd) {
+        ct_arena_rewind(scratch, mark);
+        return ct_error_wrap(CT_ERUNTIME, "attention backward: scratch for T=%d", a.T);
+    }
+    int rc = attn_seg_bounds(&a, runs, st, en);
+    const float *x = (const float *)qkv->data, *o = (const float *)out->data, *l = (const float *)lse->data;
+    const float *go = (const float *)dout->data;
+    float *dx = (float *)dqkv->data;
+    if (rc == CT_OK) {
+        if (a.hd <= 16) rc = attn_bwd_launch<16>(a, x, st, en, o, l, go, dd, dx);
+        else if (a.hd <= 32) rc = attn_bwd_launch<32>(a, x, st, en, o, l, go, dd, dx);
+        else if (a.hd <= 64) rc = attn_bwd_launch<64>(a, x, st, en, o, l, go, dd, dx);
+        else rc = attn_bwd_launch<128>(a, x, st, en, o, l, go, dd, dx);
+    }
+    ct_arena_rewind(scratch, mark);
+    return rc;
+}

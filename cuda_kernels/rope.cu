@@ -1,0 +1,108 @@
+/* Rotary position embedding forward/backward (HF rotate_half, InternLM2's head
+ * groups, linear and dynamic-NTK scaling); the twin of autograd/cpu/rope.c.
+ *
+ * Buffers: x, y (forward) or dy, dx (backward) [T, C] f32, viewed as
+ * [T, H, hd] with C = H*hd; pos i32 [T]; shared: cs, sn [hd/2] f32.
+ *
+ * One block per token. Its threads first make the token's hd/2 (cos, ±sin)
+ * pairs in shared memory, computed in double exactly as the CPU does
+ * (inv_freq_j = 1 / base^(2j/hd), a = pos' * inv_freq_j, then rounded to
+ * f32): an f32 angle at position 30000 would be off by ~2e-3 rad. Then every
+ * pair (h, j) of the row is rotated, consecutive threads on consecutive j
+ * (coalesced), with products and sums rounded separately as the CPU's
+ * (no FMA). Heads past rotate_per_group in each group of `group` pass
+ * through. The forward may run in place (y == x): each pair is read and
+ * written by one thread. The backward rotates by -a and accumulates. */
+#include "cuda_common.cuh"
+
+static const int kRopeThreads = 128;
+
+/* a*b and a*b ± c*d with no FMA contraction (nvcc would otherwise fuse). */
+static __device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+static __device__ __forceinline__ float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+/* The base of the frequencies, as rope.c's rope_base: dynamic NTK only when
+ * the sequence is longer than max_pos (the op checks head_dim > 2 then). */
+static double rope_base(const ct_rope_params *p) {
+    if (p->scaling == CT_ROPE_DYNAMIC && p->seq_len > p->max_pos) {
+        double d = (double)p->head_dim;
+        double r = p->factor * (double)p->seq_len / (double)p->max_pos - (p->factor - 1.0);
+        return p->theta * pow(r, d / (d - 2.0));
+    }
+    return p->theta;
+}
+
+/* dst (= or +=) R(sign * a) src for the rotated heads, src for the others.
+ * Grid: T blocks; dynamic shared memory: hd floats. */
+static __global__ void rope_kernel(const float *src, float *dst, const int32_t *pos, int64_t C,
+                                   int hd, int group, int rot, double base, double pos_div,
+                                   double sign, int accumulate) {
+    CT_DYN_SHARED(float, cs); /* [half] cos(a), then [half] sign*sin(a) */
+    const int half = hd / 2;
+    float *sn = cs + half;
+    const int64_t t = blockIdx.x;
+    const double pt = (double)pos[t] / pos_div;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        double inv_freq = 1.0 / pow(base, (double)(2 * j) / (double)hd);
+        double a = pt * inv_freq;
+        cs[j] = (float)cos(a);
+        sn[j] = (float)(sign * sin(a));
+    }
+    __syncthreads();
+
+    const float *x = src + t * C;
+    float *y = dst + t * C;
+    const int pairs = (int)(C / hd) * half;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        const int h = i / half, j = i - h * half;
+        const int64_t o = (int64_t)h * hd + j;
+        const float a1 = x[o], a2 = x[o + half];
+        float r1 = a1, r2 = a2; /* pass-through head */
+        if (h % group < rot) {
+            r1 = add_rn(mul_rn(a1, cs[j]), -mul_rn(a2, sn[j]));
+            r2 = add_rn(mul_rn(a2, cs[j]), mul_rn(a1, sn[j]));
+        }
+        if (accumulate) {
+            y[o] = add_rn(y[o], r1);
+            y[o + half] = add_rn(y[o + half], r2);
+        } else {
+            y[o] = r1;
+            y[o + half] = r2;
+        }
+    }
+}
+
+static int rope_launch(const ct_tensor *src, ct_tensor *dst, const ct_tensor *pos,
+                       const ct_rope_params *p, double sign, int accumulate) {
+    const int64_t T = ct_rows(src), C = ct_dim_from_end(src, 1);
+    if (T == 0 || C == 0) return CT_OK;
+    const double pos_div = p->scaling == CT_ROPE_LINEAR ? p->factor : 1.0;
+    const size_t smem = (size_t)p->head_dim * sizeof(float);
+    CT_LAUNCH(rope_kernel, (unsigned)T, kRopeThreads, smem, (const float *)src->data,
+              (float *)dst->data, (const int32_t *)pos->data, C, p->head_dim, p->group,
+              p->rotate_per_group, rope_base(p), pos_div, sign, accumulate);
+    return CT_OK;
+}
+
+int ct_cuda_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_params *p,
+                     ct_tensor *y) {
+    return rope_launch(x, y, pos, p, 1.0, 0);
+}
+
+int ct_cuda_rope_bwd(const ct_tensor *dy, const ct_tensor *pos, const ct_rope_params *p,
+                     ct_tensor *dx) {
+    return rope_launch(dy, dx, pos, p, -1.0, 1);
+}

@@ -1,0 +1,266 @@
+/* The CUDA emulator's own tests (cuda_kernels/emu/): kernels with the bugs it
+ * exists to catch must fail, their correct twins must pass, in every thread
+ * order. Written in CUDA C++ as the backend's .cu files are, and compiled the
+ * way the emulated build compiles those: inside namespace ct_emu.
+ *
+ * - a block reduction missing its first __syncthreads: wrong in forward and
+ *   random order (reverse happens to hide it, as on some GPU schedules);
+ * - a warp reduction with a wrong shuffle offset: wrong sum; a shuffle reading
+ *   a lane outside its mask, a warp collective whose lanes exited, and
+ *   __syncthreads on divergent lines: the launch fails naming the line;
+ * - uninitialised shared memory reads NaN; early-exited threads count as
+ *   arrived at a barrier (sm_70+);
+ * - launch limits and host/device pointer mix-ups are refused. */
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_kernels/cuda_includes.h"
+#include "cuda_kernels/cuda_check.h" /* CT_DYN_SHARED */
+
+static int g_failures = 0;
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                           \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fprintf(stderr, "\n");                                                         \
+            g_failures++;                                                                  \
+        }                                                                                  \
+    } while (0)
+
+namespace ct_emu {
+
+/* out[b] = sum of x[b*256 .. b*256+255], tree in shared memory. */
+static __global__ void block_sum(const float *x, float *out, bool first_sync) {
+    __shared__ float sh[256];
+    int t = threadIdx.x;
+    sh[t] = x[blockIdx.x * 256 + t];
+    if (first_sync) __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    if (t == 0) out[blockIdx.x] = sh[0];
+}
+
+/* out[w] = sum over warp w's 32 values; first_offset 16 is right, 32 wrong. */
+static __global__ void warp_sum(const float *x, float *out, int first_offset) {
+    float v = x[threadIdx.x];
+    for (int o = first_offset; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) out[threadIdx.x / 32] = v;
+}
+
+static __global__ void shfl_outside_mask(float *out) {
+    if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0x0000ffffu, 1.0f, 20);
+}
+
+static __global__ void collective_after_exit(float *out) {
+    if (threadIdx.x == 5) return;
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0f, 1);
+}
+
+static __global__ void divergent_barrier(float *out) {
+    if (threadIdx.x < 16) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = 0.0f;
+}
+
+static __global__ void read_unwritten_shared(float *out) {
+    __shared__ float sh[64];
+    if (threadIdx.x < 32) sh[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = sh[threadIdx.x]; /* threads 32..63 read what nobody wrote */
+}
+
+/* Half the threads leave before the barrier; the rest must still pass it. */
+static __global__ void early_exit(float *out) {
+    if (threadIdx.x >= 32) return;
+    __shared__ float sh[32];
+    sh[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = sh[31 - threadIdx.x];
+}
+
+static __global__ void ballot(unsigned *out) {
+    unsigned b = __ballot_sync(0xffffffffu, threadIdx.x % 3 == 0);
+    bool any = __any_sync(0xffffffffu, threadIdx.x == 7);
+    bool all = __all_sync(0xffffffffu, threadIdx.x < 32);
+    if (threadIdx.x == 0) {
+        out[0] = b;
+        out[1] = any;
+        out[2] = all;
+    }
+}
+
+static __global__ void dyn_shared_reverse(const int *x, int *y, int n) {
+    CT_DYN_SHARED(int, buf);
+    buf[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    if ((int)threadIdx.x < n) y[threadIdx.x] = buf[n - 1 - threadIdx.x];
+}
+
+/* The launch's error code and message, cleared. */
+static cudaError_t last(const char **msg) {
+    cudaError_t e = cudaGetLastError();
+    *msg = e == cudaSuccess ? "" : cudaGetErrorString(e);
+    return e;
+}
+
+template <class T> static T *dev(size_t n) {
+    void *p = nullptr;
+    if (cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) abort();
+    return (T *)p;
+}
+
+static const char *const k_orders[] = {"forward", "reverse", "random:1", "random:2", "random:3",
+                                       "random:4", "random:5"};
+
+static void test_block_sum() {
+    const int B = 4;
+    float hx[B * 256], want[B], got[B];
+    for (int i = 0; i < B * 256; i++) hx[i] = (float)(i % 17) - 8.0f;
+    for (int b = 0; b < B; b++) {
+        double s = 0;
+        for (int t = 0; t < 256; t++) s += hx[b * 256 + t];
+        want[b] = (float)s;
+    }
+    float *x = dev<float>(B * 256), *out = dev<float>(B);
+    cudaMemcpy(x, hx, sizeof hx, cudaMemcpyHostToDevice);
+    for (const char *order : k_orders) {
+        ct_emu_set_order(order);
+        for (int with_sync = 1; with_sync >= 0; with_sync--) {
+            const char *msg;
+            launch(dim3(B), dim3(256), 0, "block_sum", __FILE__, __LINE__,
+                   [&] { block_sum(x, out, with_sync); });
+            CHECK(last(&msg) == cudaSuccess, "block_sum launch (%s): %s", order, msg);
+            cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+            bool right = !memcmp(got, want, sizeof got);
+            if (with_sync)
+                CHECK(right, "block_sum with every __syncthreads is wrong in order %s", order);
+            else if (strcmp(order, "reverse")) /* reverse order happens to hide the bug */
+                CHECK(!right, "a missing __syncthreads went unnoticed in order %s", order);
+        }
+    }
+    ct_emu_set_order(nullptr);
+    cudaFree(x);
+    cudaFree(out);
+}
+
+static void test_warp_sum() {
+    float hx[64], got[2];
+    for (int i = 0; i < 64; i++) hx[i] = (float)i;
+    float *x = dev<float>(64), *out = dev<float>(2);
+    cudaMemcpy(x, hx, sizeof hx, cudaMemcpyHostToDevice);
+    for (const char *order : k_orders) {
+        ct_emu_set_order(order);
+        const char *msg;
+        launch(dim3(1), dim3(64), 0, "warp_sum", __FILE__, __LINE__, [&] { warp_sum(x, out, 16); });
+        CHECK(last(&msg) == cudaSuccess, "warp_sum: %s", msg);
+        cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+        CHECK(got[0] == 496.0f && got[1] == 1520.0f, "warp_sum (%s): %g %g", order, got[0], got[1]);
+        launch(dim3(1), dim3(64), 0, "warp_sum", __FILE__, __LINE__, [&] { warp_sum(x, out, 32); });
+        CHECK(last(&msg) == cudaSuccess, "warp_sum: %s", msg);
+        cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+        CHECK(got[0] != 496.0f, "a wrong shuffle offset gave the right sum (%s)", order);
+    }
+    ct_emu_set_order(nullptr);
+    cudaFree(x);
+    cudaFree(out);
+}
+
+static void expect_failure(const char *what, const char *needle, dim3 grid, dim3 block,
+                           size_t smem, void (*k)(float *)) {
+    float *out = dev<float>(1024);
+    const char *msg;
+    launch(grid, block, smem, what, __FILE__, __LINE__, [&] { k(out); });
+    cudaError_t e = last(&msg);
+    CHECK(e != cudaSuccess, "%s: the launch did not fail", what);
+    CHECK(strstr(msg, needle) && strstr(msg, "test_emulator.cc:"), "%s: message \"%s\" lacks \"%s\"",
+          what, msg, needle);
+    printf("  %s -> %s\n", what, msg);
+    cudaFree(out);
+}
+
+static void test_faults() {
+    expect_failure("shfl_outside_mask", "not in mask", dim3(1), dim3(32), 0, shfl_outside_mask);
+    expect_failure("collective_after_exit", "never arrive", dim3(1), dim3(32), 0, collective_after_exit);
+    expect_failure("divergent_barrier", "divergent __syncthreads", dim3(1), dim3(64), 0,
+                   divergent_barrier);
+    expect_failure("too many threads", "invalid launch", dim3(1), dim3(2048), 0, early_exit);
+    expect_failure("too much shared memory", "dynamic shared memory", dim3(1), dim3(32), 64 << 10,
+                   early_exit);
+}
+
+static void test_shared_and_votes() {
+    float *out = dev<float>(64);
+    float got[64];
+    const char *msg;
+    launch(dim3(1), dim3(64), 0, "read_unwritten_shared", __FILE__, __LINE__,
+           [&] { read_unwritten_shared(out); });
+    CHECK(last(&msg) == cudaSuccess, "read_unwritten_shared: %s", msg);
+    cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+    CHECK(got[0] == 1.0f && got[31] == 1.0f && std::isnan(got[32]) && std::isnan(got[63]),
+          "unwritten shared memory is not NaN: %g %g", got[32], got[63]);
+
+    launch(dim3(2), dim3(64), 0, "early_exit", __FILE__, __LINE__, [&] { early_exit(out); });
+    CHECK(last(&msg) == cudaSuccess, "early_exit: %s", msg);
+    cudaMemcpy(got, out, 32 * sizeof(float), cudaMemcpyDeviceToHost);
+    CHECK(got[0] == 31.0f && got[31] == 0.0f, "early_exit: %g %g", got[0], got[31]);
+
+    unsigned *u = dev<unsigned>(3), hu[3];
+    launch(dim3(1), dim3(64), 0, "ballot", __FILE__, __LINE__, [&] { ballot(u); });
+    CHECK(last(&msg) == cudaSuccess, "ballot: %s", msg);
+    cudaMemcpy(hu, u, sizeof hu, cudaMemcpyDeviceToHost);
+    unsigned want = 0;
+    for (int l = 0; l < 32; l += 3) want |= 1u << l;
+    CHECK(hu[0] == want && hu[1] == 1 && hu[2] == 1, "votes: %08x %u %u", hu[0], hu[1], hu[2]);
+
+    int hx[96], hy[96], *x = dev<int>(96), *y = dev<int>(96);
+    for (int i = 0; i < 96; i++) hx[i] = i * 3;
+    cudaMemcpy(x, hx, sizeof hx, cudaMemcpyHostToDevice);
+    launch(dim3(1), dim3(96), 96 * sizeof(int), "dyn_shared_reverse", __FILE__, __LINE__,
+           [&] { dyn_shared_reverse(x, y, 96); });
+    CHECK(last(&msg) == cudaSuccess, "dyn_shared_reverse: %s", msg);
+    cudaMemcpy(hy, y, sizeof hy, cudaMemcpyDeviceToHost);
+    CHECK(hy[0] == 95 * 3 && hy[95] == 0, "dynamic shared memory: %d %d", hy[0], hy[95]);
+    cudaFree(out);
+    cudaFree(u);
+    cudaFree(x);
+    cudaFree(y);
+}
+
+static void test_memory_checks() {
+    float host[4] = {0, 0, 0, 0};
+    float *d = dev<float>(4);
+    CHECK(cudaMemcpy(host, d, sizeof host, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+          "a host->device copy into host memory was allowed");
+    cudaGetLastError();
+    CHECK(cudaMemcpy(d, host, 8 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+          "a copy past the end of an allocation was allowed");
+    cudaGetLastError();
+    CHECK(cudaMemcpy(host, d, sizeof host, cudaMemcpyDeviceToHost) == cudaSuccess, "a valid copy failed");
+    CHECK(std::isnan(host[0]), "fresh device memory is not poisoned: %g", host[0]);
+    CHECK(cudaFree(host) == cudaErrorInvalidValue, "cudaFree of host memory was allowed");
+    cudaGetLastError();
+    cudaFree(d);
+}
+
+} // namespace ct_emu
+
+int main() {
+    ct_emu::test_block_sum();
+    ct_emu::test_warp_sum();
+    ct_emu::test_faults();
+    ct_emu::test_shared_and_votes();
+    ct_emu::test_memory_checks();
+    if (g_failures) {
+        fprintf(stderr, "%d failure(s)\n", g_failures);
+        return 1;
+    }
+    printf("emulator: all checks passed\n");
+    return 0;
+}
