@@ -8,9 +8,9 @@
  * A: [M, K] reads as [K, M] (OP_N), stored [K, M] (trans_a) as [M, K] (OP_T).
  *
  * One handle and one 32 MiB workspace for the process (created on first use).
- * The matmul descriptor, the four layouts and the preference are created per
- * call (a few microseconds; cache them per shape if they ever show in a
- * profile). The heuristic is told each pointer's actual alignment (its default
+ * The matmul descriptor, the layouts, the preference and the heuristic query
+ * are made per call (microseconds each, the heuristic the most: to cache per
+ * shape and alignment once a profile shows them). The heuristic is told each pointer's actual alignment (its default
  * is 256 bytes), so column slices such as G[:, n0:] (lora_linear's tiles) get
  * an algorithm that can read them. Every cuBLASLt call goes through
  * CT_CUBLAS_TRY (cublas_check.h). */

@@ -91,7 +91,8 @@ static int64_t w_tile_rows(const ct_tensor *w, cudaDataType_t t) {
 static int frozen_xwt(const void *x, int64_t ldx, int64_t M, const ct_tensor *w, cudaDataType_t t,
                       float alpha, float beta, float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = ct_rows(w), K = ct_dim_from_end(w, 1);
-    if (w_direct(w, t)) return ct_cuda_gemm(false, true, M, N, K, alpha, x, ldx, w->data, K, t, beta, c, ldc, CUDA_R_32F);
+    if (w_direct(w, t)) /* C = alpha·X·Wᵀ + beta·C   (M×K)·(K×N) */
+        return ct_cuda_gemm(false, true, M, N, K, alpha, x, ldx, w->data, K, t, beta, c, ldc, CUDA_R_32F);
     int64_t tile = w_tile_rows(w, t);
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     void *wt; /* [tile, K] of type t */
@@ -100,7 +101,8 @@ static int frozen_xwt(const void *x, int64_t ldx, int64_t M, const ct_tensor *w,
         int64_t nt = N - n0 < tile ? N - n0 : tile;
         rc = ct_cuda_weight_rows(w, n0, nt, t, wt);
         /* C[:, n0:n0+nt] = alpha·X·Wtᵀ + beta·C[:, n0:n0+nt]   (M×K)·(K×nt) */
-        if (!rc) rc = ct_cuda_gemm(false, true, M, nt, K, alpha, x, ldx, wt, K, t, beta, c + n0, ldc, CUDA_R_32F);
+        if (!rc)
+            rc = ct_cuda_gemm(false, true, M, nt, K, alpha, x, ldx, wt, K, t, beta, c + n0, ldc, CUDA_R_32F);
     }
     ct_arena_rewind(scratch, mark);
     return rc;
@@ -110,7 +112,8 @@ static int frozen_xwt(const void *x, int64_t ldx, int64_t M, const ct_tensor *w,
 static int frozen_gw(const void *g, int64_t ldg, int64_t M, const ct_tensor *w, cudaDataType_t t, float alpha,
                      float *c, int64_t ldc, ct_arena *scratch) {
     int64_t N = ct_rows(w), K = ct_dim_from_end(w, 1);
-    if (w_direct(w, t)) return ct_cuda_gemm(false, false, M, K, N, alpha, g, ldg, w->data, K, t, 1.0f, c, ldc, CUDA_R_32F);
+    if (w_direct(w, t)) /* C += alpha·G·W   (M×N)·(N×K) */
+        return ct_cuda_gemm(false, false, M, K, N, alpha, g, ldg, w->data, K, t, 1.0f, c, ldc, CUDA_R_32F);
     int64_t tile = w_tile_rows(w, t);
     size_t es = type_bytes(t);
     ct_arena_mark mark = ct_arena_get_mark(scratch);
@@ -254,7 +257,8 @@ static int lora_bwd(const float *xs, int64_t T, int64_t in, int64_t out, const c
 }
 
 int ct_cuda_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, const ct_tensor *u,
-                            const ct_tensor *dy, ct_tensor *dx, ct_tensor *da, ct_tensor *db, ct_arena *scratch) {
+                            const ct_tensor *dy, ct_tensor *dx, ct_tensor *da, ct_tensor *db,
+                            ct_arena *scratch) {
     int64_t T = ct_rows(x), in = ct_dim_from_end(x, 1), out = ct_rows(lin->w);
     float *dxs = dx ? (float *)dx->data : nullptr;
     if (!lin->a) da = db = nullptr;

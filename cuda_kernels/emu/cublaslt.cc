@@ -122,6 +122,14 @@ cublasStatus_t check_problem(const Desc *op, const Layout *a, const Layout *b, c
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* check_problem on the caller's objects (NULL or destroyed ones: INVALID_VALUE). */
+cublasStatus_t check_args(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                          cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d, Problem *pr) {
+    return check_problem(valid<Desc>(op, kDescMagic), valid<Layout>(a, kLayoutMagic),
+                         valid<Layout>(b, kLayoutMagic), valid<Layout>(c, kLayoutMagic),
+                         valid<Layout>(d, kLayoutMagic), pr);
+}
+
 /* Bytes a column-major layout spans from its first element. */
 size_t span_bytes(const Layout *l) {
     return ((size_t)(l->cols - 1) * (size_t)l->ld + (size_t)l->rows) * type_bytes(l->type);
@@ -131,8 +139,9 @@ size_t span_bytes(const Layout *l) {
  * algorithm was chosen for; else a line on stderr and false. */
 bool operand_ok(const char *what, const void *p, const Layout *l, uint32_t align) {
     if (!is_device(p, span_bytes(l))) {
-        fprintf(stderr, "cuda-emu cublasLtMatmul: %s %p (%llux%llu, ld %lld) is not inside one device allocation\n",
-                what, p, (unsigned long long)l->rows, (unsigned long long)l->cols, (long long)l->ld);
+        fprintf(stderr,
+                "cuda-emu cublasLtMatmul: %s %p (%llux%llu, ld %lld) is not inside one device allocation\n", what,
+                p, (unsigned long long)l->rows, (unsigned long long)l->cols, (long long)l->ld);
         return false;
     }
     if (align > 1 && (uintptr_t)p % align != 0) {
@@ -193,8 +202,9 @@ cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t matmulDesc) {
     return destroy<Desc>(matmulDesc, kDescMagic);
 }
 
-cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, cublasLtMatmulDescAttributes_t attr,
-                                              const void *buf, size_t sizeInBytes) {
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc,
+                                              cublasLtMatmulDescAttributes_t attr, const void *buf,
+                                              size_t sizeInBytes) {
     if (!valid<Desc>(matmulDesc, kDescMagic) || !buf) return CUBLAS_STATUS_INVALID_VALUE;
     if (attr != CUBLASLT_MATMUL_DESC_TRANSA && attr != CUBLASLT_MATMUL_DESC_TRANSB)
         return CUBLAS_STATUS_NOT_SUPPORTED;
@@ -257,9 +267,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
     if (!pref || requestedAlgoCount <= 0 || !heuristicResultsArray || !returnAlgoCount)
         return CUBLAS_STATUS_INVALID_VALUE;
     Problem pr;
-    cublasStatus_t st = check_problem(valid<Desc>(operationDesc, kDescMagic), valid<Layout>(Adesc, kLayoutMagic),
-                                      valid<Layout>(Bdesc, kLayoutMagic), valid<Layout>(Cdesc, kLayoutMagic),
-                                      valid<Layout>(Ddesc, kLayoutMagic), &pr);
+    cublasStatus_t st = check_args(operationDesc, Adesc, Bdesc, Cdesc, Ddesc, &pr);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     cublasLtMatmulHeuristicResult_t *r = &heuristicResultsArray[0];
     memset(r, 0, sizeof *r);
@@ -281,9 +289,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
     (void)stream; /* kernels run synchronously in the emulator */
     if (!lightHandle || lightHandle->magic != kHandleMagic) return CUBLAS_STATUS_NOT_INITIALIZED;
     Problem pr;
-    cublasStatus_t st = check_problem(valid<Desc>(computeDesc, kDescMagic), valid<Layout>(Adesc, kLayoutMagic),
-                                      valid<Layout>(Bdesc, kLayoutMagic), valid<Layout>(Cdesc, kLayoutMagic),
-                                      valid<Layout>(Ddesc, kLayoutMagic), &pr);
+    cublasStatus_t st = check_args(computeDesc, Adesc, Bdesc, Cdesc, Ddesc, &pr);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     if (!alpha || !beta || !A || !B || !D) return CUBLAS_STATUS_INVALID_VALUE;
     float fa, fb;
@@ -297,8 +303,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         memcpy(align, al.align, sizeof align);
     }
     if (workspaceSizeInBytes > 0 && !is_device(workspace, workspaceSizeInBytes)) {
-        fprintf(stderr, "cuda-emu cublasLtMatmul: workspace %p (%zu bytes) is not inside one device allocation\n",
-                workspace, workspaceSizeInBytes);
+        fprintf(stderr,
+                "cuda-emu cublasLtMatmul: workspace %p (%zu bytes) is not inside one device allocation\n", workspace,
+                workspaceSizeInBytes);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     if (!operand_ok("A", A, pr.a, align[0]) || !operand_ok("B", B, pr.b, align[1]) ||
@@ -333,9 +340,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
     std::vector<float> tmp = fb != 0.0f ? widen(C, pr.c) : std::vector<float>((size_t)m * (size_t)n, 0.0f);
     cblas_sgemm(CblasColMajor, ta, tb, m, n, k, fa, af, lda, bf, ldb, fb, tmp.data(), m);
     uint16_t *dh = (uint16_t *)D;
+    size_t ldd = (size_t)pr.d->ld;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++)
-            dh[(size_t)j * (size_t)pr.d->ld + (size_t)i] = ct_f32_to_bf16(tmp[(size_t)j * (size_t)m + (size_t)i]);
+            dh[(size_t)j * ldd + (size_t)i] = ct_f32_to_bf16(tmp[(size_t)j * (size_t)m + (size_t)i]);
     return CUBLAS_STATUS_SUCCESS;
 }
 
