@@ -24,6 +24,7 @@
 #ifndef CT_BACKEND_H
 #define CT_BACKEND_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -64,6 +65,20 @@ typedef struct {
     int64_t max_pos;       /* max_position_embeddings (dynamic NTK) */
     int64_t seq_len;       /* sequence length the dynamic rule looks at */
 } ct_rope_params;
+
+/* The base of the frequencies (the CPU's and the GPU's). Dynamic NTK as in
+ * HF's InternLM2DynamicNTKScalingRotaryEmbedding: only when the sequence is
+ * longer than max_position_embeddings,
+ *   base = theta * ((factor * len / max_pos) - (factor - 1)) ^ (hd / (hd - 2)).
+ * The op checks head_dim > 2 whenever this branch applies. */
+static inline double ct_rope_base(const ct_rope_params *p) {
+    if (p->scaling == CT_ROPE_DYNAMIC && p->seq_len > p->max_pos) {
+        double d = (double)p->head_dim;
+        double r = p->factor * (double)p->seq_len / (double)p->max_pos - (p->factor - 1.0);
+        return p->theta * pow(r, d / (d - 2.0));
+    }
+    return p->theta;
+}
 
 /* Causal attention on InternLM2's packed wqkv output: per token, for each KV
  * head g: G query heads, then k_g, then v_g, each head_dim wide. */

@@ -43,18 +43,61 @@ static __device__ __forceinline__ float warp_max(float v) {
 }
 
 /* Block-wide sum over blockDim.x (a power of two, at most 1024) threads,
- * deterministic (fixed tree order); sh has blockDim.x floats. Every thread
- * gets the sum. */
-static __device__ inline float block_sum(float v, float *sh) {
+ * deterministic (fixed tree order); sh has blockDim.x elements. Every thread
+ * gets the sum. T: float or double. */
+template <class T> static __device__ inline T block_sum(T v, T *sh) {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
         if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
         __syncthreads();
     }
-    float r = sh[0];
+    T r = sh[0];
     __syncthreads();
     return r;
+}
+
+/* IEEE single operations, each rounded on its own as the CPU's C code does
+ * (nvcc would otherwise fuse a*b+c into an FMA): for kernels that must give
+ * the CPU's bits (AdamW, rope). */
+static __device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+static __device__ __forceinline__ float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+static __device__ __forceinline__ float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+
+static __device__ __forceinline__ float div_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fdiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+
+static __device__ __forceinline__ float sqrt_rn(float a) {
+#ifdef __CUDA_ARCH__
+    return __fsqrt_rn(a);
+#else
+    return sqrtf(a);
+#endif
 }
 
 #endif

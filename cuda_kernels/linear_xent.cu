@@ -85,7 +85,7 @@ static int64_t rows_within(size_t bytes, int64_t cols, int64_t rows) {
 
 /* ------------------------------------------------------------- kernels */
 
-/* Block-wide max and double sum over blockDim.x == kThreads threads, fixed tree
+/* Block-wide max over blockDim.x == kThreads threads, fixed tree
  * order; every thread gets the result. */
 static __device__ inline float block_max_f(float v, float *sh) {
     sh[threadIdx.x] = v;
@@ -95,18 +95,6 @@ static __device__ inline float block_max_f(float v, float *sh) {
         __syncthreads();
     }
     float r = sh[0];
-    __syncthreads();
-    return r;
-}
-
-static __device__ inline double block_sum_d(double v, double *sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    double r = sh[0];
     __syncthreads();
     return r;
 }
@@ -176,7 +164,7 @@ static __global__ void xent_online_kernel(float *L, uint16_t *Pb, int64_t nv, in
         }
         sum += (double)e;
     }
-    sum = block_sum_d(sum, shd); /* every thread has read mx[t] before this barrier */
+    sum = block_sum(sum, shd); /* every thread has read mx[t] before this barrier */
     if (threadIdx.x == 0) {
         /* The max grew: what was summed so far is relative to the old one. On the
          * first tile (m_old = -inf) everything is still 0. */

@@ -45,48 +45,6 @@ static __device__ __forceinline__ int list_find(const TensorList &L, int64_t b) 
     return k;
 }
 
-/* IEEE single operations, each rounded on its own as the CPU's C code
- * (nvcc would otherwise fuse a*b+c into an FMA). */
-static __device__ __forceinline__ float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-
-static __device__ __forceinline__ float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-
-static __device__ __forceinline__ float sub_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-}
-
-static __device__ __forceinline__ float div_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-
-static __device__ __forceinline__ float sqrt_rn(float a) {
-#ifdef __CUDA_ARCH__
-    return __fsqrt_rn(a);
-#else
-    return sqrtf(a);
-#endif
-}
-
 /* ------------------------------------------------------------------ AdamW */
 
 /* One chunk of one tensor per block: per element, in torch's order,
@@ -157,37 +115,26 @@ int ct_cuda_scale(float c, float *const *xs, const int64_t *ns, size_t n) {
 
 /* ----------------------------------------------------------- sum_squares */
 
-/* Block-wide double sum over kOptThreads threads in a fixed tree; thread 0
- * gets the total. */
-static __device__ double block_sum_d(double v) {
-    __shared__ double sh[kOptThreads];
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = kOptThreads / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    return sh[0];
-}
-
 /* part[b] = Σ x² over piece b (one block per piece of every tensor). */
 static __global__ void sumsq_pieces_kernel(const TensorList L, double *part) {
     const int k = list_find(L, blockIdx.x);
     const int64_t n = L.n[k], lo = (blockIdx.x - L.first[k]) * (int64_t)kPiece;
     const int64_t hi = lo + kPiece < n ? lo + kPiece : n;
     const float *x = L.g[k];
+    __shared__ double sh[kOptThreads];
     double acc = 0.0;
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) acc += (double)x[j] * (double)x[j];
-    acc = block_sum_d(acc);
+    acc = block_sum(acc, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
 /* out[k] = Σ of tensor k's piece sums (one block per tensor). */
 static __global__ void sumsq_total_kernel(const TensorList L, const double *part, double *out) {
     const int k = blockIdx.x;
+    __shared__ double sh[kOptThreads];
     double acc = 0.0;
     for (int64_t b = L.first[k] + threadIdx.x; b < L.first[k + 1]; b += blockDim.x) acc += part[b];
-    acc = block_sum_d(acc);
+    acc = block_sum(acc, sh);
     if (threadIdx.x == 0) out[k] = acc;
 }
 

@@ -17,34 +17,6 @@
 
 static const int kRopeThreads = 128;
 
-/* a*b and a*b ± c*d with no FMA contraction (nvcc would otherwise fuse). */
-static __device__ __forceinline__ float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-
-static __device__ __forceinline__ float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-
-/* The base of the frequencies, as rope.c's rope_base: dynamic NTK only when
- * the sequence is longer than max_pos (the op checks head_dim > 2 then). */
-static double rope_base(const ct_rope_params *p) {
-    if (p->scaling == CT_ROPE_DYNAMIC && p->seq_len > p->max_pos) {
-        double d = (double)p->head_dim;
-        double r = p->factor * (double)p->seq_len / (double)p->max_pos - (p->factor - 1.0);
-        return p->theta * pow(r, d / (d - 2.0));
-    }
-    return p->theta;
-}
-
 /* dst (= or +=) R(sign * a) src for the rotated heads, src for the others.
  * Grid: T blocks; dynamic shared memory: hd floats. */
 static __global__ void rope_kernel(const float *src, float *dst, const int32_t *pos, int64_t C,
@@ -93,7 +65,7 @@ static int rope_launch(const ct_tensor *src, ct_tensor *dst, const ct_tensor *po
     const size_t smem = (size_t)p->head_dim * sizeof(float);
     CT_LAUNCH(rope_kernel, (unsigned)T, kRopeThreads, smem, (const float *)src->data,
               (float *)dst->data, (const int32_t *)pos->data, C, p->head_dim, p->group,
-              p->rotate_per_group, rope_base(p), pos_div, sign, accumulate);
+              p->rotate_per_group, ct_rope_base(p), pos_div, sign, accumulate);
     return CT_OK;
 }
 

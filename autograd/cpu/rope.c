@@ -24,20 +24,6 @@
 /* Frequency pairs per pass: bounds the per-thread tables, any head_dim works. */
 enum { ROPE_CHUNK = 256 };
 
-/* The base of the frequencies. Dynamic NTK as in HF's
- * InternLM2DynamicNTKScalingRotaryEmbedding: only when the sequence is longer
- * than max_position_embeddings,
- *   base = theta * ((factor * len / max_pos) - (factor - 1)) ^ (hd / (hd - 2)).
- * The op checks head_dim > 2 whenever this branch applies. */
-static double rope_base(const ct_rope_params *p) {
-    if (p->scaling == CT_ROPE_DYNAMIC && p->seq_len > p->max_pos) {
-        double d = (double)p->head_dim;
-        double r = p->factor * (double)p->seq_len / (double)p->max_pos - (p->factor - 1.0);
-        return p->theta * pow(r, d / (d - 2.0));
-    }
-    return p->theta;
-}
-
 /* dst (= or +=) R(sign * a) src for every rotated head, src passed through for
  * the others. sign = +1: forward; -1: backward (transpose of the rotation).
  * src == dst is allowed when !accumulate: each pair is read before it is written. */
@@ -45,7 +31,7 @@ static void rope_apply(const float *src, float *dst, const int32_t *pos, int64_t
                        const ct_rope_params *p, double sign, bool accumulate) {
     const int64_t hd = p->head_dim, half = hd / 2, H = C / hd;
     const int group = p->group, rot = p->rotate_per_group;
-    const double base = rope_base(p);
+    const double base = ct_rope_base(p);
     const double pos_div = p->scaling == CT_ROPE_LINEAR ? p->factor : 1.0;
 
 #pragma omp parallel if (T * C > 32768)
