@@ -46,6 +46,7 @@
 
 #include "autograd/backend.h"
 #include "autograd/cpu/cpu_kernels.h" /* the CPU kernels' tile bounds (F_SMALL_TILES) */
+#include "autograd/ct_inline.h"      /* bf16 rounding of the inputs */
 #include "autograd/ops.h"             /* ct_segment_runs */
 #include "autograd/quant.h"
 #include "testutil.h"
@@ -289,6 +290,16 @@ static double g_worst;      /* the row's largest |got - want| */
 static ct_test_rng g_rng;
 
 static const uint32_t POISON = 0x7fc0deadu; /* a quiet NaN no kernel computes */
+static const uint16_t POISON_BF16 = 0x7fddu; /* the same for bf16 outputs */
+
+/* The DUT's activation dtype in this pass (the REF's is always f32): CT_F32,
+ * or CT_BF16 for a backend whose act_dtype is bf16 (and with
+ * CT_PARITY_ACT=bf16 for any backend with kernels of its own). In a bf16 pass
+ * every activation input is rounded to bf16 on the host first, so both sides
+ * start from the same values; bf16 outputs are compared with the CPU's f32
+ * result rounded to bf16 (bit for bit on EXACT rows), with one bf16 ulp
+ * (2^-7 relative) added to the row's tolerance otherwise. */
+static ct_dtype g_act = CT_F32;
 
 /* Host memory of the row (inputs, downloads), freed when the row ends. */
 static void **g_host;
@@ -364,6 +375,37 @@ static ct_tensor *t_out(side *s, int ndim, const int64_t *shape) {
     int64_t n = ct_numel(t);
     uint32_t *nan = hmalloc((size_t)n * sizeof *nan);
     for (int64_t i = 0; i < n; i++) nan[i] = POISON;
+    upload(s, t->data, nan, ct_nbytes(t));
+    return t;
+}
+
+/* The activation dtype of side s in this pass. */
+static ct_dtype act_of(const side *s) { return s == &g_side[DUT] ? g_act : CT_F32; }
+
+/* host [n] rounded to bf16 in place in a bf16 pass (both sides then get the
+ * same values; rounding twice changes nothing). */
+static void act_round(const float *host, int64_t n) {
+    if (g_act != CT_BF16) return;
+    float *h = (float *)host;
+    for (int64_t i = 0; i < n; i++) h[i] = ct_bf16_to_f32(ct_f32_to_bf16(h[i]));
+}
+
+/* An activation input (or an accumulated activation grad's start values). */
+static ct_tensor *t_act(side *s, int ndim, const int64_t *shape, const float *host) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    act_round(host, n);
+    ct_dtype dt = act_of(s);
+    return t_in(s, dt, ndim, shape, dt == CT_F32 ? (const void *)host : as_dtype(dt, host, n));
+}
+
+/* An activation output the kernel must write: poisoned first. */
+static ct_tensor *t_out_act(side *s, int ndim, const int64_t *shape) {
+    if (act_of(s) == CT_F32) return t_out(s, ndim, shape);
+    ct_tensor *t = own(s, ct_test_need(ct_tensor_new(s->be, CT_BF16, ndim, shape, false)));
+    int64_t n = ct_numel(t);
+    uint16_t *nan = hmalloc((size_t)n * sizeof *nan);
+    for (int64_t i = 0; i < n; i++) nan[i] = POISON_BF16;
     upload(s, t->data, nan, ct_nbytes(t));
     return t;
 }
@@ -444,6 +486,16 @@ static void *download(int k, const ct_tensor *t) {
     return h;
 }
 
+/* t's values as f32 host memory (bf16 widened). */
+static float *download_f(int k, const ct_tensor *t) {
+    void *h = download(k, t);
+    if (t->dtype == CT_F32) return h;
+    int64_t n = ct_numel(t);
+    float *f = hmalloc((size_t)n * sizeof *f);
+    need_ok(ct_convert(f, CT_F32, h, t->dtype, n), "widen");
+    return f;
+}
+
 /* got (DUT) against want (REF): bits when exact, else the tolerance. */
 static void compare_f(const char *what, const float *got, const float *want, int64_t n, double atol,
                       double rtol) {
@@ -487,10 +539,18 @@ static void compare_d(const char *what, const double *got, const double *want, i
           exact ? ", exact" : "");
 }
 
-/* One output, both sides: t[REF] against t[DUT] with the row's tolerance. */
+/* One output, both sides: t[REF] against t[DUT] with the row's tolerance
+ * (a bf16 DUT output: against the CPU's rounded to bf16, see g_act). */
 static void cmp(const char *what, ct_tensor *const t[2]) {
-    const float *want = download(REF, t[REF]), *got = download(DUT, t[DUT]);
-    compare_f(what, got, want, ct_numel(t[REF]), g_row->atol, g_row->rtol);
+    float *want = download(REF, t[REF]), *got = download_f(DUT, t[DUT]);
+    int64_t n = ct_numel(t[REF]);
+    if (t[DUT]->dtype != CT_BF16) {
+        compare_f(what, got, want, n, g_row->atol, g_row->rtol);
+        return;
+    }
+    act_round(want, n);
+    bool exact = g_row->atol == 0.0 && g_row->rtol == 0.0;
+    compare_f(what, got, want, n, g_row->atol, exact ? 0.0 : g_row->rtol + 1.0 / 128.0);
 }
 
 /* ----------------------------------------------------------- embedding */
@@ -513,7 +573,7 @@ static void run_embedding_fwd(const pcase *c) {
         side *s = &g_side[k];
         ct_tensor *tt = t_in(s, c->q.weight, SH2(EMB_V, EMB_D), table);
         ct_tensor *ti = t_in(s, CT_I32, SH1(EMB_T), ids);
-        y[k] = t_out(s, SH2(EMB_T, EMB_D));
+        y[k] = t_out_act(s, SH2(EMB_T, EMB_D));
         CALL(s, embedding_fwd, (tt, ti, y[k]));
     }
     cmp("y", y);
@@ -526,7 +586,7 @@ static void run_embedding_bwd(const pcase *c) {
     ct_tensor *dt[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *ti = t_in(s, CT_I32, SH1(EMB_T), ids), *tdy = t_in(s, CT_F32, SH2(EMB_T, EMB_D), dy);
+        ct_tensor *ti = t_in(s, CT_I32, SH1(EMB_T), ids), *tdy = t_act(s, SH2(EMB_T, EMB_D), dy);
         dt[k] = t_in(s, CT_F32, SH2(EMB_V, EMB_D), dt0);
         CALL(s, embedding_bwd, (ti, tdy, dt[k]));
     }
@@ -560,8 +620,8 @@ static void run_rmsnorm_fwd(const pcase *c) {
     ct_tensor *y[2], *rstd[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tx = t_in(s, CT_F32, SH2(r.R, r.D), r.x), *tw = t_in(s, c->q.weight, SH1(r.D), r.w);
-        y[k] = t_out(s, SH2(r.R, r.D));
+        ct_tensor *tx = t_act(s, SH2(r.R, r.D), r.x), *tw = t_in(s, c->q.weight, SH1(r.D), r.w);
+        y[k] = t_out_act(s, SH2(r.R, r.D));
         if (save) rstd[k] = t_out(s, SH1(r.R));
         CALL(s, rmsnorm_fwd, (tx, tw, RMS_EPS, y[k], rstd[k]));
     }
@@ -575,16 +635,16 @@ static void run_rmsnorm_bwd(const pcase *c) {
     bool want_dx = !(c->flags & F_NO_DX), want_dw = c->q.weight == CT_F32 && !(c->flags & F_NO_DW);
     /* rstd from the CPU's forward */
     side *ref = &g_side[REF];
-    ct_tensor *rx = t_in(ref, CT_F32, SH2(r.R, r.D), r.x), *rw = t_in(ref, c->q.weight, SH1(r.D), r.w);
+    ct_tensor *rx = t_act(ref, SH2(r.R, r.D), r.x), *rw = t_in(ref, c->q.weight, SH1(r.D), r.w);
     ct_tensor *ry = t_out(ref, SH2(r.R, r.D)), *rr = t_out(ref, SH1(r.R));
     CALL(ref, rmsnorm_fwd, (rx, rw, RMS_EPS, ry, rr));
     const float *rstd = download(REF, rr);
     ct_tensor *dx[2] = {NULL, NULL}, *dw[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tx = t_in(s, CT_F32, SH2(r.R, r.D), r.x), *tw = t_in(s, c->q.weight, SH1(r.D), r.w);
-        ct_tensor *tr = t_in(s, CT_F32, SH1(r.R), rstd), *tdy = t_in(s, CT_F32, SH2(r.R, r.D), dy);
-        if (want_dx) dx[k] = t_in(s, CT_F32, SH2(r.R, r.D), dx0);
+        ct_tensor *tx = t_act(s, SH2(r.R, r.D), r.x), *tw = t_in(s, c->q.weight, SH1(r.D), r.w);
+        ct_tensor *tr = t_in(s, CT_F32, SH1(r.R), rstd), *tdy = t_act(s, SH2(r.R, r.D), dy);
+        if (want_dx) dx[k] = t_act(s, SH2(r.R, r.D), dx0);
         if (want_dw) dw[k] = t_in(s, CT_F32, SH1(r.D), dw0);
         CALL(s, rmsnorm_bwd, (tx, tw, tr, tdy, dx[k], dw[k]));
     }
@@ -622,8 +682,8 @@ static void run_rope_fwd(const pcase *c) {
     ct_tensor *y[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tx = t_in(s, CT_F32, SH2(r.T, r.C), x), *tp = t_in(s, CT_I32, SH1(r.T), r.pos);
-        y[k] = c->flags & F_INPLACE ? tx : t_out(s, SH2(r.T, r.C));
+        ct_tensor *tx = t_act(s, SH2(r.T, r.C), x), *tp = t_in(s, CT_I32, SH1(r.T), r.pos);
+        y[k] = c->flags & F_INPLACE ? tx : t_out_act(s, SH2(r.T, r.C));
         CALL(s, rope_fwd, (tx, tp, &r.p, y[k]));
     }
     cmp(c->flags & F_INPLACE ? "y (= x)" : "y", y);
@@ -635,8 +695,8 @@ static void run_rope_bwd(const pcase *c) {
     ct_tensor *dx[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tdy = t_in(s, CT_F32, SH2(r.T, r.C), dy), *tp = t_in(s, CT_I32, SH1(r.T), r.pos);
-        dx[k] = t_in(s, CT_F32, SH2(r.T, r.C), dx0);
+        ct_tensor *tdy = t_act(s, SH2(r.T, r.C), dy), *tp = t_in(s, CT_I32, SH1(r.T), r.pos);
+        dx[k] = t_act(s, SH2(r.T, r.C), dx0);
         CALL(s, rope_bwd, (tdy, tp, &r.p, dx[k]));
     }
     cmp("dx (+=)", dx);
@@ -682,8 +742,8 @@ static void run_attention_fwd(const pcase *c) {
     ct_tensor *out[2], *lse[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tq = t_in(s, CT_F32, SH2(a.T, a.C), a.qkv), *tr = attn_runs(s, &a);
-        out[k] = t_out(s, SH2(a.T, a.W));
+        ct_tensor *tq = t_act(s, SH2(a.T, a.C), a.qkv), *tr = attn_runs(s, &a);
+        out[k] = t_out_act(s, SH2(a.T, a.W));
         lse[k] = t_out(s, SH2(a.Hq, a.T));
         CALL(s, attention_fwd, (tq, tr, &a.p, out[k], lse[k], &s->scratch));
     }
@@ -696,17 +756,17 @@ static void run_attention_bwd(const pcase *c) {
     const float *dout = rnd(a.T * a.W, 1.0), *dqkv0 = rnd(a.T * a.C, 1.0);
     /* out and lse from the CPU's forward */
     side *r = &g_side[REF];
-    ct_tensor *rq = t_in(r, CT_F32, SH2(a.T, a.C), a.qkv), *rr = attn_runs(r, &a);
+    ct_tensor *rq = t_act(r, SH2(a.T, a.C), a.qkv), *rr = attn_runs(r, &a);
     ct_tensor *ro = t_out(r, SH2(a.T, a.W)), *rl = t_out(r, SH2(a.Hq, a.T));
     CALL(r, attention_fwd, (rq, rr, &a.p, ro, rl, &r->scratch));
     const float *out = download(REF, ro), *lse = download(REF, rl);
     ct_tensor *dqkv[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tq = t_in(s, CT_F32, SH2(a.T, a.C), a.qkv), *tr = attn_runs(s, &a);
-        ct_tensor *to = t_in(s, CT_F32, SH2(a.T, a.W), out), *tl = t_in(s, CT_F32, SH2(a.Hq, a.T), lse);
-        ct_tensor *td = t_in(s, CT_F32, SH2(a.T, a.W), dout);
-        dqkv[k] = t_in(s, CT_F32, SH2(a.T, a.C), dqkv0);
+        ct_tensor *tq = t_act(s, SH2(a.T, a.C), a.qkv), *tr = attn_runs(s, &a);
+        ct_tensor *to = t_act(s, SH2(a.T, a.W), out), *tl = t_in(s, CT_F32, SH2(a.Hq, a.T), lse);
+        ct_tensor *td = t_act(s, SH2(a.T, a.W), dout);
+        dqkv[k] = t_act(s, SH2(a.T, a.C), dqkv0);
         CALL(s, attention_bwd, (tq, tr, &a.p, to, tl, td, dqkv[k], &s->scratch));
     }
     cmp("dqkv (+=)", dqkv);
@@ -721,8 +781,8 @@ static void run_attention_decode(const pcase *c) {
     ct_attn_params p = {.n_kv_heads = HKV, .group = c->G, .head_dim = HD, .scale = 0.25f};
     ct_tensor *kc[2], *vc[2];
     for (int k = 0; k < 2; k++) {
-        kc[k] = t_out(&g_side[k], SH3(L, HKV, HD));
-        vc[k] = t_out(&g_side[k], SH3(L, HKV, HD));
+        kc[k] = t_out_act(&g_side[k], SH3(L, HKV, HD));
+        vc[k] = t_out_act(&g_side[k], SH3(L, HKV, HD));
     }
     int64_t p0 = 0;
     for (int f = 0; f < 3; f++) {
@@ -731,8 +791,8 @@ static void run_attention_decode(const pcase *c) {
         ct_tensor *out[2] = {NULL, NULL};
         for (int k = 0; k < 2; k++) {
             side *s = &g_side[k];
-            ct_tensor *tq = t_in(s, CT_F32, SH2(feed[f], C), qkv);
-            if (with_out) out[k] = t_out(s, SH2(feed[f], W));
+            ct_tensor *tq = t_act(s, SH2(feed[f], C), qkv);
+            if (with_out) out[k] = t_out_act(s, SH2(feed[f], W));
             CALL(s, attention_decode, (tq, p0, &p, kc[k], vc[k], out[k], &s->scratch));
         }
         char what[64];
@@ -743,10 +803,12 @@ static void run_attention_decode(const pcase *c) {
     const int64_t n = L * HKV * HD, used = p0 * HKV * HD;
     for (int which = 0; which < 2; which++) {
         ct_tensor *const *t = which ? vc : kc;
-        const float *want = download(REF, t[REF]), *got = download(DUT, t[DUT]);
+        const float *want = download(REF, t[REF]), *got = download_f(DUT, t[DUT]);
         compare_f(which ? "v_cache rows written" : "k_cache rows written", got, want, used, 0.0, 0.0);
         int64_t touched = 0;
-        for (int64_t i = used; i < n; i++) touched += memcmp(&got[i], &POISON, sizeof POISON) != 0;
+        const uint16_t *raw = t[DUT]->dtype == CT_BF16 ? download(DUT, t[DUT]) : NULL;
+        for (int64_t i = used; i < n; i++)
+            touched += raw ? raw[i] != POISON_BF16 : memcmp(&got[i], &POISON, sizeof POISON) != 0;
         CHECK(touched == 0, "%s: %s wrote %lld elements of %s past row %lld", g_row->name,
               g_side[DUT].be->name, (long long)touched, which ? "v_cache" : "k_cache", (long long)p0);
     }
@@ -761,8 +823,8 @@ static void run_swiglu_fwd(const pcase *c) {
     ct_tensor *y[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tg = t_in(s, CT_F32, SH2(R, F), g), *tu = t_in(s, CT_F32, SH2(R, F), u);
-        y[k] = t_out(s, SH2(R, F));
+        ct_tensor *tg = t_act(s, SH2(R, F), g), *tu = t_act(s, SH2(R, F), u);
+        y[k] = t_out_act(s, SH2(R, F));
         CALL(s, swiglu_fwd, (tg, tu, y[k]));
     }
     cmp("y", y);
@@ -776,10 +838,10 @@ static void run_swiglu_bwd(const pcase *c) {
     ct_tensor *dg[2] = {NULL, NULL}, *du[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tg = t_in(s, CT_F32, SH2(R, F), g), *tu = t_in(s, CT_F32, SH2(R, F), u);
-        ct_tensor *tdy = t_in(s, CT_F32, SH2(R, F), dy);
-        if (want_dg) dg[k] = t_in(s, CT_F32, SH2(R, F), dg0);
-        if (want_du) du[k] = t_in(s, CT_F32, SH2(R, F), du0);
+        ct_tensor *tg = t_act(s, SH2(R, F), g), *tu = t_act(s, SH2(R, F), u);
+        ct_tensor *tdy = t_act(s, SH2(R, F), dy);
+        if (want_dg) dg[k] = t_act(s, SH2(R, F), dg0);
+        if (want_du) du[k] = t_act(s, SH2(R, F), du0);
         CALL(s, swiglu_bwd, (tg, tu, tdy, dg[k], du[k]));
     }
     if (want_dg) cmp("dgate (+=)", dg);
@@ -796,8 +858,8 @@ static void run_axpy(const pcase *c) {
     ct_tensor *y[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tx = t_in(s, CT_F32, SH1(ADD_N), x);
-        y[k] = t_in(s, CT_F32, SH1(ADD_N), y0);
+        ct_tensor *tx = t_act(s, SH1(ADD_N), x);
+        y[k] = t_act(s, SH1(ADD_N), y0);
         CALL(s, axpy, (-0.7f, tx, y[k]));
     }
     cmp("y (+= alpha x)", y);
@@ -808,8 +870,8 @@ static void run_add_fwd(const pcase *c) {
     ct_tensor *y[2];
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *ta = t_in(s, CT_F32, SH1(ADD_N), a), *tb = t_in(s, CT_F32, SH1(ADD_N), b);
-        y[k] = c->flags & F_INPLACE ? ta : t_out(s, SH1(ADD_N));
+        ct_tensor *ta = t_act(s, SH1(ADD_N), a), *tb = t_act(s, SH1(ADD_N), b);
+        y[k] = c->flags & F_INPLACE ? ta : t_out_act(s, SH1(ADD_N));
         CALL(s, add_fwd, (ta, tb, y[k]));
     }
     cmp(c->flags & F_INPLACE ? "y (= a)" : "y", y);
@@ -855,9 +917,9 @@ static void run_lora_fwd(const pcase *c) {
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
         ct_linear lin = lora_on(k, c, &L);
-        ct_tensor *tx = t_in(s, CT_F32, SH2(L.T, LL_IN), L.x);
-        if (want_y) y[k] = t_out(s, SH2(L.T, LL_OUT));
-        if (want_u) u[k] = t_out(s, SH2(L.T, LL_R));
+        ct_tensor *tx = t_act(s, SH2(L.T, LL_IN), L.x);
+        if (want_y) y[k] = t_out_act(s, SH2(L.T, LL_OUT));
+        if (want_u) u[k] = t_out_act(s, SH2(L.T, LL_R));
         CALL(s, lora_linear_fwd, (tx, &lin, LL_SEED, y[k], u[k], &s->scratch));
     }
     if (want_y) cmp("y", y);
@@ -873,7 +935,7 @@ static void run_lora_bwd(const pcase *c) {
     if (L.lora) {
         side *r = &g_side[REF];
         ct_linear lin = lora_on(REF, c, &L);
-        ct_tensor *tx = t_in(r, CT_F32, SH2(L.T, LL_IN), L.x), *ty = t_out(r, SH2(L.T, LL_OUT));
+        ct_tensor *tx = t_act(r, SH2(L.T, LL_IN), L.x), *ty = t_out(r, SH2(L.T, LL_OUT));
         ct_tensor *tu = t_out(r, SH2(L.T, LL_R));
         CALL(r, lora_linear_fwd, (tx, &lin, LL_SEED, ty, tu, &r->scratch));
         u = download(REF, tu);
@@ -882,9 +944,9 @@ static void run_lora_bwd(const pcase *c) {
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
         ct_linear lin = lora_on(k, c, &L);
-        ct_tensor *tx = t_in(s, CT_F32, SH2(L.T, LL_IN), L.x), *tdy = t_in(s, CT_F32, SH2(L.T, LL_OUT), dy);
-        ct_tensor *tu = u ? t_in(s, CT_F32, SH2(L.T, LL_R), u) : NULL;
-        if (want_dx) dx[k] = t_in(s, CT_F32, SH2(L.T, LL_IN), dx0);
+        ct_tensor *tx = t_act(s, SH2(L.T, LL_IN), L.x), *tdy = t_act(s, SH2(L.T, LL_OUT), dy);
+        ct_tensor *tu = u ? t_act(s, SH2(L.T, LL_R), u) : NULL;
+        if (want_dx) dx[k] = t_act(s, SH2(L.T, LL_IN), dx0);
         if (want_ab) da[k] = t_in(s, CT_F32, SH2(LL_R, LL_IN), da0), db[k] = t_in(s, CT_F32, SH2(LL_OUT, LL_R), db0);
         CALL(s, lora_linear_bwd, (tx, &lin, LL_SEED, tu, tdy, dx[k], da[k], db[k], &s->scratch));
     }
@@ -919,8 +981,8 @@ static void run_linear_xent(const pcase *c) {
         side *s = &g_side[k];
         ct_linear head = {.w = w[k], .scale = 0.5f, .dropout = c->dropout, .id = 77, .compute = c->q.compute};
         if (lora) head.a = t_in(s, CT_F32, SH2(R, D), a), head.b = t_in(s, CT_F32, SH2(V, R), b);
-        ct_tensor *tx = t_in(s, CT_F32, SH2(T, D), x), *tl = t_in(s, CT_I32, SH1(T), lab);
-        if (want_dx) dx[k] = t_in(s, CT_F32, SH2(T, D), dx0);
+        ct_tensor *tx = t_act(s, SH2(T, D), x), *tl = t_in(s, CT_I32, SH1(T), lab);
+        if (want_dx) dx[k] = t_act(s, SH2(T, D), dx0);
         if (want_ab) da[k] = t_in(s, CT_F32, SH2(R, D), da0), db[k] = t_in(s, CT_F32, SH2(V, R), db0);
         CALL(s, linear_xent_fwd, (tx, &head, tl, 1.0f / (float)n_host, &nll[k], &nt[k], dx[k], da[k], db[k],
                                   &s->scratch));
@@ -1029,18 +1091,16 @@ static bool has_entry(const ct_backend *be, size_t off) {
     return fn != NULL;
 }
 
-/* Every row on `dut` against the CPU; adds to *total. */
-static void run_backend(const char *name, const ct_backend *dut, tally *total) {
+/* Every row on `dut` against the CPU in one activation dtype (g_act); adds
+ * to *total. */
+static void run_pass(const char *name, const ct_backend *dut, tally *total) {
     const ct_backend *cpu = ct_cpu_backend();
     g_side[REF] = (side){.be = cpu};
     g_side[DUT] = (side){.be = dut};
     for (int k = 0; k < 2; k++) ct_arena_init(&g_side[k].scratch, g_side[k].be->mem, (size_t)1 << 20);
     g_exact = dut->device == CT_CPU || dut->device == CT_GUARDED; /* the CPU kernels */
-    printf("== parity: %s against cpu (%s)\n", name,
-           g_exact ? "the same kernels: bit-identical" : "per-row tolerances");
-    if (dut->act_dtype != CT_F32)
-        printf("note: %s keeps activations in %s; this harness passes f32 activations\n", name,
-               ct_dtype_name(dut->act_dtype));
+    printf("== parity: %s against cpu (%s), activations %s\n", name,
+           g_exact ? "the same kernels: bit-identical" : "per-row tolerances", ct_dtype_name(g_act));
     tally per_op[CT_OP_COUNT] = {{0, 0, 0}}, all = {0, 0, 0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1084,13 +1144,28 @@ static void run_backend(const char *name, const ct_backend *dut, tally *total) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     for (int k = 0; k < 2; k++) ct_arena_free(&g_side[k].scratch);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    printf("-- %s against cpu: %d rows, %d run, %d passed, %d skipped, %.2f s\n", name, N_ROWS, all.run,
-           all.passed, all.skipped, secs);
+    printf("-- %s against cpu, activations %s: %d rows, %d run, %d passed, %d skipped, %.2f s\n", name,
+           ct_dtype_name(g_act), N_ROWS, all.run, all.passed, all.skipped, secs);
     printf("   %-22s %4s %7s %8s\n", "op", "run", "passed", "skipped");
     for (int op = 0; op < CT_OP_COUNT; op++)
         printf("   %-22s %4d %7d %8d\n", ct_op_name((ct_op_id)op), per_op[op].run, per_op[op].passed,
                per_op[op].skipped);
     total->run += all.run, total->passed += all.passed, total->skipped += all.skipped;
+}
+
+/* Every row on `dut`: with f32 activations, then with bf16 ones when the
+ * backend keeps its activations in bf16 (its kernels take both) or when
+ * CT_PARITY_ACT=bf16 asks (a backend with kernels of its own). */
+static void run_backend(const char *name, const ct_backend *dut, tally *total) {
+    const char *env = getenv("CT_PARITY_ACT");
+    bool own_kernels = dut->device != CT_CPU && dut->device != CT_GUARDED;
+    g_act = CT_F32;
+    run_pass(name, dut, total);
+    if (own_kernels && (dut->act_dtype == CT_BF16 || (env && !strcmp(env, "bf16")))) {
+        g_act = CT_BF16;
+        run_pass(name, dut, total);
+        g_act = CT_F32;
+    }
 }
 
 int main(int argc, char **argv) {
