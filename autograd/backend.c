@@ -4,6 +4,7 @@
 #include "backend.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ct_error.h"
 
@@ -130,4 +131,14 @@ int ct_backend_list(const char **names, const ct_backend **bes, const char **why
         k++;
     }
     return k;
+}
+
+int ct_backend_download_f32(const ct_backend *be, float *dst, const ct_tensor *t) {
+    if (t->dtype == CT_F32) return be->download(dst, t->data, ct_nbytes(t));
+    void *raw = malloc(ct_nbytes(t) ? ct_nbytes(t) : 1); /* [numel] in t's dtype */
+    if (!raw) return ct_errorf(CT_ERUNTIME, "out of memory for a %s download", ct_dtype_name(t->dtype));
+    int rc = be->download(raw, t->data, ct_nbytes(t));
+    if (!rc) rc = ct_convert(dst, CT_F32, raw, t->dtype, ct_numel(t));
+    free(raw);
+    return rc;
 }

@@ -258,6 +258,12 @@ typedef struct ct_backend {
  * ct_backend_supports' question. */
 int ct_compute_dtype_check(ct_dtype compute, const char *what);
 
+/* dst [numel(t)] = t's values as f32 (t f32, bf16 or f16 in be's memory:
+ * downloaded, then widened on the host). For results in the activation dtype
+ * the host reads (logits). CT_ERUNTIME when out of memory or the download
+ * fails. */
+int ct_backend_download_f32(const ct_backend *be, float *dst, const ct_tensor *t);
+
 /* True when `be` can run `op` with what q asks (NULL q: the entries only). */
 bool ct_backend_supports(const ct_backend *be, ct_op_id op, const ct_op_query *q);
 

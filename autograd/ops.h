@@ -57,11 +57,11 @@ ct_tensor *ct_lora_linear_tail(ct_tape *t, ct_tensor *x, const ct_linear *lin);
 ct_tensor *ct_add_tail(ct_tape *t, ct_tensor *a, ct_tensor *b);
 
 /* Helpers shared by the linear ops (ops/lora_linear.c). ct_linear_check: x [.., in]
- * against lin's shapes and dtypes, dropout in [0, 1); 0 or CT_EINPUT naming the
- * weight. ct_linear_for_step: lin as the kernels see it now (dropout only while
+ * in the activation dtype `act` (the backend's act_dtype) against lin's shapes
+ * and dtypes, dropout in [0, 1); 0 or CT_EINPUT naming the weight. ct_linear_for_step: lin as the kernels see it now (dropout only while
  * training: recording, or inside a checkpoint) and its mask seed, a pure function
  * of (t->step_seed, lin->id). */
-int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin);
+int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin, ct_dtype act);
 ct_linear ct_linear_for_step(const ct_tape *t, const ct_linear *lin, uint64_t *seed);
 
 /* Output projection fused with the loss: sum over trained tokens of

@@ -47,7 +47,7 @@ static int check_labels(const ct_tensor *labels, int64_t T) {
 
 ct_tensor *ct_linear_cross_entropy(ct_tape *t, ct_tensor *x, const ct_linear *head,
                                    ct_tensor *labels, float norm, int64_t *n_trained) {
-    if (ct_linear_check("linear_cross_entropy", x, head)) return NULL;
+    if (ct_linear_check("linear_cross_entropy", x, head, t->be->act_dtype)) return NULL;
     int64_t T = ct_rows(x), D = ct_dim_from_end(x, 1);
     if (check_labels(labels, T)) return NULL;
     uint64_t seed;

@@ -34,20 +34,18 @@ static bool frozen_dtype_ok(ct_dtype dt) {
     return dt == CT_F32 || dt == CT_BF16 || dt == CT_F16 || dt == CT_NF4;
 }
 
-int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin) {
+int ct_linear_check(const char *op, const ct_tensor *x, const ct_linear *lin, ct_dtype act) {
     const ct_tensor *w = lin->w, *a = lin->a, *b = lin->b;
     const char *name = w && w->name ? w->name : "(unnamed weight)";
     char sx[64], sw[64], sa[64], sb[64];
     if (!w || w->ndim != 2 || !frozen_dtype_ok(w->dtype))
         return ct_errorf(CT_EINPUT, "%s %s: the base weight must be a 2-D [out, in] f32/bf16/f16/nf4 tensor",
                          op, name);
-    /* x: f32 activations (every backend today; a bf16-activation backend
-     * widens this check with its kernels) */
-    if (x->dtype != CT_F32 || ct_dim_from_end(x, 1) != w->shape[1])
-        return ct_errorf(CT_EINPUT, "%s %s: input %s (%s) does not fit weight %s [out, in]: x must be f32 "
-                         "with last dim = in; check the model config's sizes",
+    if (x->dtype != act || ct_dim_from_end(x, 1) != w->shape[1])
+        return ct_errorf(CT_EINPUT, "%s %s: input %s (%s) does not fit weight %s [out, in]: x must be %s "
+                         "activations with last dim = in; check the model config's sizes",
                          op, name, ct_shape_str(x, sx, sizeof sx), ct_dtype_name(x->dtype),
-                         ct_shape_str(w, sw, sizeof sw));
+                         ct_shape_str(w, sw, sizeof sw), ct_dtype_name(act));
     if (ct_compute_dtype_check(lin->compute, NULL))
         return ct_error_wrap(CT_EINPUT, "%s %s", op, name);
     if (ct_rows(x) > INT_MAX || w->shape[0] > INT_MAX || w->shape[1] > INT_MAX)
@@ -77,7 +75,7 @@ ct_linear ct_linear_for_step(const ct_tape *t, const ct_linear *lin, uint64_t *s
 }
 
 static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bool value) {
-    if (ct_linear_check("lora_linear", x, lin)) return NULL;
+    if (ct_linear_check("lora_linear", x, lin, t->be->act_dtype)) return NULL;
     uint64_t seed;
     ct_linear eff = ct_linear_for_step(t, lin, &seed);
     ct_tensor *in[3] = {x, lin->a, lin->b};

@@ -118,13 +118,12 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
 }
 
 static int check_layer_input(const ct_decoder_dims *d, const ct_decoder_input *in,
-                             const ct_tensor *h) {
+                             const ct_tensor *h, ct_dtype act) {
     if (!in->pos) return ct_errorf(CT_EINPUT, "decoder: no positions (call ct_decoder_input_make)");
-    if (h->dtype != CT_F32 /* the activations of every backend today */ || h->ndim != 2 || h->shape[1] != d->hidden ||
-        h->shape[0] != ct_numel(in->pos)) {
+    if (h->dtype != act || h->ndim != 2 || h->shape[1] != d->hidden || h->shape[0] != ct_numel(in->pos)) {
         char s[64];
-        return ct_errorf(CT_EINPUT, "decoder: hidden states %s %s, expected f32 [%lld, %d] (tokens, hidden)",
-                         ct_dtype_name(h->dtype), ct_shape_str(h, s, sizeof s),
+        return ct_errorf(CT_EINPUT, "decoder: hidden states %s %s, expected %s [%lld, %d] (tokens, hidden)",
+                         ct_dtype_name(h->dtype), ct_shape_str(h, s, sizeof s), ct_dtype_name(act),
                          (long long)ct_numel(in->pos), d->hidden);
     }
     return CT_OK;
@@ -133,7 +132,7 @@ static int check_layer_input(const ct_decoder_dims *d, const ct_decoder_input *i
 int ct_decoder_layer(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_layer_weights *w,
                      const ct_decoder_input *in, ct_tensor *h, ct_tensor **out) {
     CT_TRY(ct_decoder_layer_check(d, w));
-    CT_TRY(check_layer_input(d, in, h));
+    CT_TRY(check_layer_input(d, in, h, t->be->act_dtype));
     return layer_body(t, d, w, in, h, out);
 }
 
@@ -154,7 +153,7 @@ int ct_decoder_layer_checkpointed(ct_tape *t, const ct_decoder_dims *d,
                                   const ct_decoder_layer_weights *w, const ct_decoder_input *in,
                                   ct_tensor *h, ct_tensor **out) {
     CT_TRY(ct_decoder_layer_check(d, w));
-    CT_TRY(check_layer_input(d, in, h));
+    CT_TRY(check_layer_input(d, in, h, t->be->act_dtype));
     layer_segment *s = ct_tape_meta(t, sizeof *s);
     if (!s) return ct_error_wrap(CT_ERUNTIME, "decoder: checkpoint state");
     s->dims = *d;

@@ -25,7 +25,8 @@ struct ct_generator {
     int64_t max_len, len;
     int32_t vocab;
     ct_tape tape;      /* activations of a feed (recording off) */
-    float *cache;      /* device: n_layers × {K, V} × [max_len, Hkv, hd] */
+    char *cache;       /* device: n_layers × {K, V} × [max_len, Hkv, hd] in the
+                        * backend's activation dtype (bf16 on a GPU) */
     ct_tensor *kc, *vc; /* (n_layers) headers over the cache */
     int32_t *tokens;   /* host (max_len) ids in the cache */
     int32_t *pos;      /* host (max_len) positions of a feed, for upload */
@@ -71,13 +72,15 @@ int ct_gen_new(const ct_decoder_model *m, const ct_backend *be, int64_t max_len,
     g->vocab = (int32_t)m->output.w->shape[0];
     const int L = m->n_layers;
     const int64_t row = (int64_t)m->dims.n_kv_heads * m->dims.head_dim; /* Hkv*hd per position */
-    const size_t per = (size_t)max_len * (size_t)row;                  /* floats per K or V cache */
+    const size_t per = (size_t)max_len * (size_t)row;                  /* elements per K or V cache */
+    const ct_dtype act = be->act_dtype;
+    const size_t per_bytes = ct_dtype_bytes(act, (int64_t)per);
     int rc = ct_tape_init(&g->tape, be, 0);
     if (rc) {
         free(g);
         return rc;
     }
-    g->cache = be->mem.alloc(2 * (size_t)L * per * sizeof(float));
+    g->cache = be->mem.alloc(2 * (size_t)L * per_bytes);
     g->kc = calloc((size_t)L, sizeof *g->kc);
     g->vc = calloc((size_t)L, sizeof *g->vc);
     g->tokens = malloc((size_t)max_len * sizeof *g->tokens);
@@ -86,13 +89,13 @@ int ct_gen_new(const ct_decoder_model *m, const ct_backend *be, int64_t max_len,
     if (!g->cache || !g->kc || !g->vc || !g->tokens || !g->pos || !g->logits) {
         ct_gen_free(g);
         return ct_errorf(CT_ERUNTIME, "generate: out of memory for a KV cache of %lld positions × %d layers (%.1f MiB)",
-                         (long long)max_len, L, 2.0 * L * (double)per * 4.0 / 1048576.0);
+                         (long long)max_len, L, 2.0 * L * (double)per_bytes / 1048576.0);
     }
     const int64_t shape[3] = {max_len, m->dims.n_kv_heads, m->dims.head_dim};
     for (int l = 0; l < L; l++) {
-        float *k = g->cache + 2 * (size_t)l * per;
-        ct_tensor_init(&g->kc[l], CT_F32, be->device, 3, shape, k);
-        ct_tensor_init(&g->vc[l], CT_F32, be->device, 3, shape, k + per);
+        char *k = g->cache + 2 * (size_t)l * per_bytes;
+        ct_tensor_init(&g->kc[l], act, be->device, 3, shape, k);
+        ct_tensor_init(&g->vc[l], act, be->device, 3, shape, k + per_bytes);
     }
     ct_tape_set_recording(&g->tape, false);
     *out = g;
@@ -124,11 +127,11 @@ int ct_gen_truncate(ct_generator *g, int64_t len) {
     return CT_OK;
 }
 
-/* A tensor header over rows [r0, r0+n) of a [rows, cols] f32 tensor. */
+/* A tensor header over rows [r0, r0+n) of a [rows, cols] tensor (any dtype). */
 static ct_tensor *row_view(ct_tape *t, const ct_tensor *x, int64_t r0, int64_t n) {
     ct_tensor *v = ct_tape_meta(t, sizeof *v);
     const int64_t cols = ct_dim_from_end(x, 1), shape[2] = {n, cols};
-    if (!v || ct_tensor_init(v, CT_F32, x->device, 2, shape, (float *)x->data + (size_t)(r0 * cols)))
+    if (!v || ct_tensor_init(v, x->dtype, x->device, 2, shape, (char *)x->data + ct_dtype_bytes(x->dtype, r0 * cols)))
         return NULL;
     return v;
 }
@@ -168,7 +171,7 @@ static int layer_step(ct_generator *g, int l, ct_tensor *h, ct_tensor *pos, int6
         CT_TRY(g->be->attention_decode(qkv_r, 0, &ap, &g->kc[l], &g->vc[l], NULL, &t->scratch));
     } else {
         const int64_t shape[2] = {qkv_r->shape[0], (int64_t)d->n_heads * d->head_dim};
-        GEN_OP(att, ct_tape_new(t, CT_F32, 2, shape), "attention output");
+        GEN_OP(att, ct_tape_new(t, g->be->act_dtype, 2, shape), "attention output");
         CT_TRY(g->be->attention_decode(qkv_r, p0, &ap, &g->kc[l], &g->vc[l], att, &t->scratch));
     }
     GEN_OP(o, ct_lora_linear(t, att, &w->wo), "wo");                          /* [n, D] */
@@ -209,7 +212,7 @@ static int feed(ct_generator *g, const int32_t *ids, int64_t n) {
     GEN_OP(last, row_view(t, h, n - 1, 1), "last row");                        /* [1, D] */
     GEN_OP(hn, ct_rmsnorm(t, last, g->m->norm, g->m->dims.eps), "final norm"); /* [1, D] */
     GEN_OP(lg, ct_lora_linear(t, hn, &g->m->output), "output head");          /* [1, V] */
-    return g->be->download(g->logits, lg->data, (size_t)g->vocab * sizeof *g->logits);
+    return ct_backend_download_f32(g->be, g->logits, lg);
 }
 
 int ct_gen_feed(ct_generator *g, const int32_t *ids, int64_t n, float **logits) {

@@ -14,10 +14,11 @@
 
 #define IGNORE_INDEX (-100)
 
-/* A row range [r0, r1) of a 2-D f32 [rows, cols] tensor as a tensor header. */
+/* A row range [r0, r1) of a 2-D [rows, cols] tensor (any dtype) as a tensor header. */
 static int row_view(const ct_tensor *t, int64_t r0, int64_t r1, ct_tensor *view) {
     int64_t shape[2] = {r1 - r0, t->shape[1]};
-    CT_TRY(ct_tensor_init(view, CT_F32, t->device, 2, shape, (float *)t->data + (size_t)r0 * (size_t)t->shape[1]));
+    CT_TRY(ct_tensor_init(view, t->dtype, t->device, 2, shape,
+                          (char *)t->data + ct_dtype_bytes(t->dtype, r0 * t->shape[1])));
     return CT_OK;
 }
 
@@ -34,7 +35,8 @@ static int hidden_no_grad(ct_tape *tape, const ct_decoder_model *dm, ct_tensor *
     const ct_backend *be = tape->be;
     int64_t T = ct_numel(ids), D = dm->dims.hidden, shape[2] = {T, D};
     ct_tensor *buf[2]; /* [T, D] each: the residual stream, ping-pong */
-    if (!(buf[0] = ct_tape_new(tape, CT_F32, 2, shape)) || !(buf[1] = ct_tape_new(tape, CT_F32, 2, shape)))
+    if (!(buf[0] = ct_tape_new(tape, be->act_dtype, 2, shape)) ||
+        !(buf[1] = ct_tape_new(tape, be->act_dtype, 2, shape)))
         return ct_error_wrap(CT_ERUNTIME, "eval forward: hidden state buffers");
     ct_tensor *h = ct_embedding(tape, dm->tok_embeddings, ids);
     if (!h) return ct_error_wrap(ct_last_status(), "tok_embeddings");
@@ -109,7 +111,7 @@ static int nll_run(const ct_model *m, ct_tape *tape, const int32_t *ids, const i
         CT_TRY(row_view(hidden, t0, t1, &x));
         int64_t n = t1 - t0;
         CT_TRY(ct_tensor_init(&lab, CT_I32, lab_t->device, 1, &n, (int32_t *)lab_t->data + t0));
-        CT_TRY(ct_linear_check("eval head", &x, &head));
+        CT_TRY(ct_linear_check("eval head", &x, &head, tape->be->act_dtype));
         nll[s] = 0.0, count[s] = 0;
         int rc = tape->be->linear_xent_fwd(&x, &head, &lab, 1.0f, &nll[s], &count[s], NULL, NULL, NULL,
                                            &tape->scratch);
@@ -148,7 +150,7 @@ static int logits_run(const ct_model *m, ct_tape *tape, const int32_t *ids, int6
     CT_TRY(row_view(hidden, rows_from, T, &x));
     ct_tensor *y = ct_lora_linear(tape, &x, &dm->output); /* [T - rows_from, V] */
     if (!y) return ct_error_wrap(ct_last_status(), "output head");
-    return tape->be->download(logits, y->data, ct_nbytes(y));
+    return ct_backend_download_f32(tape->be, logits, y);
 }
 
 int ct_model_logits(const ct_model *m, ct_tape *tape, const int32_t *ids, int64_t T, int64_t rows_from,
