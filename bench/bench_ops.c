@@ -600,7 +600,8 @@ static void group_attention(ct_dtype cd) {
     release();
 }
 
-/* attention_decode: one token at position T-1 against KV caches f32 [T, Hkv, hd]. */
+/* attention_decode: one token at position T-1 against KV caches [T, Hkv, hd]
+ * in the activation dtype. */
 static struct {
     ct_tensor *qkv, *kc, *vc, *out;
     ct_attn_params p;
@@ -612,15 +613,15 @@ static int call_attention_decode(void) {
 static void group_decode(void) {
     const int64_t T = S.T, a = (int64_t)ct_dtype_bytes(A, 1);
     spec s = {ENTRY(attention_decode), CT_OP_ATTENTION_DECODE, {ANY, ANY}, "", MEM,
-              2.0 * T * S.Hkv * S.hd * 4 + (double)(C + W) * a, .goal = 0};
-    snprintf(s.variant, sizeof s.variant, "1 token at %lld, caches f32 [%lld, %lld, %lld]", (long long)(T - 1),
-             (long long)T, (long long)S.Hkv, (long long)S.hd);
+              2.0 * T * S.Hkv * S.hd * a + (double)(C + W) * a, .goal = 0};
+    snprintf(s.variant, sizeof s.variant, "1 token at %lld, caches %s [%lld, %lld, %lld]", (long long)(T - 1),
+             ct_dtype_name(A), (long long)T, (long long)S.Hkv, (long long)S.hd);
     if (!row_begin(&s)) return;
     DC.p = (ct_attn_params){.n_kv_heads = (int)S.Hkv, .group = (int)G, .head_dim = (int)S.hd,
                             .scale = 1.0f / sqrtf((float)S.hd)};
     DC.qkv = t_rand(A, SH2(1, C), SEED + 10, 1.0f);
-    DC.kc = t_rand(CT_F32, SH3(T, S.Hkv, S.hd), SEED + 11, 1.0f);
-    DC.vc = t_rand(CT_F32, SH3(T, S.Hkv, S.hd), SEED + 12, 1.0f);
+    DC.kc = t_rand(A, SH3(T, S.Hkv, S.hd), SEED + 11, 1.0f);
+    DC.vc = t_rand(A, SH3(T, S.Hkv, S.hd), SEED + 12, 1.0f);
     DC.out = t_new(A, SH2(1, W));
     row_run(&s, call_attention_decode);
     release();

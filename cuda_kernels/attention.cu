@@ -4,9 +4,11 @@
  *
  * Buffers: qkv [T, C], C = Hkv*(G+2)*hd: per token, for each KV head g, G query
  * heads, then k_g, then v_g (query head h reads KV head h / G); out, dout
- * [T, Hq*hd]; lse [Hq, T] = m + log l (natural log) of each query's softmax;
+ * [T, Hq*hd]; lse [Hq, T] f32 = m + log l (natural log) of each query's softmax;
  * dqkv [T, C] accumulated (+=); runs i32 [n_runs+1] sample boundaries (NULL:
- * one sequence). Scratch: start, end i32 [T] (each token's sample) and, in the
+ * one sequence). qkv, out, dout, dqkv are activations: all f32 or all bf16
+ * (template A; bf16 is widened to f32 as tiles are staged into registers and
+ * shared memory, so the inner loops are f32 either way; stores round). Scratch: start, end i32 [T] (each token's sample) and, in the
  * backward, D f32 [Hq, T].
  *
  * Visibility (as the CPU): the forward lets query i see key j iff
@@ -54,8 +56,8 @@ template <int TPR> static __device__ __forceinline__ float attn_row_sum(float v)
 
 /* dst[DPT] = this thread's dims of row src (hd valid columns; zeros past hd or
  * when !ok), times mul, then rounded to bf16 when rnd. */
-template <int HD>
-static __device__ __forceinline__ void attn_load_part(const float *src, int hd, bool ok, int p, float mul,
+template <class A, int HD>
+static __device__ __forceinline__ void attn_load_part(const A *src, int hd, bool ok, int p, float mul,
                                                  bool rnd, float *dst) {
     typedef attn_geom<HD> Gm;
 #pragma unroll
@@ -63,7 +65,7 @@ static __device__ __forceinline__ void attn_load_part(const float *src, int hd, 
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             int d = 4 * (p + Gm::TPR * v) + c;
-            float x = ok && d < hd ? mul * src[d] : 0.0f;
+            float x = ok && d < hd ? mul * act_ld(src, d) : 0.0f;
             dst[4 * v + c] = rnd ? attn_bf16r(x) : x;
         }
 }
@@ -100,12 +102,12 @@ template <int HD> static __device__ __forceinline__ void attn_axpy_part(float a,
 
 /* dst [rows, HD] (shared) = mul · src rows 0..n-1 (row stride ld, hd columns),
  * zero past them; rounded to bf16 when rnd. The whole block takes part. */
-template <int HD>
-static __device__ void attn_load_tile(float *dst, const float *src, int64_t ld, int n, int rows, int hd, float mul,
+template <class A, int HD>
+static __device__ void attn_load_tile(float *dst, const A *src, int64_t ld, int n, int rows, int hd, float mul,
                                  bool rnd) {
     for (int e = threadIdx.x; e < rows * HD; e += blockDim.x) {
         int r = e / HD, d = e % HD;
-        float x = r < n && d < hd ? mul * src[(int64_t)r * ld + d] : 0.0f;
+        float x = r < n && d < hd ? mul * act_ld(src, (int64_t)r * ld + d) : 0.0f;
         dst[e] = rnd ? attn_bf16r(x) : x;
     }
 }
@@ -143,9 +145,9 @@ static __host__ __device__ __forceinline__ int64_t attn_k_col(int G, int hd, int
 /* ---------------- forward ---------------- */
 
 /* Block = (query tile, query head h); out rows [i0, i0+64) of head h, lse[h, i]. */
-template <int HD, bool BF>
-static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel(const float *qkv, const int *seg_start, const int *seg_end, attn_dims a,
-                                       float *out, float *lse) {
+template <class A, int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel(const A *qkv, const int *seg_start, const int *seg_end, attn_dims a,
+                                       A *out, float *lse) {
     typedef attn_geom<HD> Gm;
     CT_DYN_SHARED(float, sh);
     float *ks = sh, *vs = ks + AT_BK * HD; /* [AT_BK, HD] K, V of the key tile */
@@ -158,7 +160,7 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
 
     float q[Gm::DPT], o[Gm::DPT];
     /* fp32: scale·Q; bf16: Q rounded (the scale multiplies S) */
-    attn_load_part<HD>(qkv + (int64_t)(valid ? i : 0) * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p,
+    attn_load_part<A, HD>(qkv + (int64_t)(valid ? i : 0) * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p,
                   BF ? 1.0f : a.scale, BF, q);
 #pragma unroll
     for (int d = 0; d < Gm::DPT; d++) o[d] = 0.0f;
@@ -168,8 +170,8 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
     for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AT_BK) {
         const int nk = k_stop - k0 < AT_BK ? k_stop - k0 : AT_BK;
         __syncthreads(); /* the previous tile is read */
-        attn_load_tile<HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
-        attn_load_tile<HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<A, HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<A, HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
         for (int j = threadIdx.x; j < AT_BK; j += blockDim.x) kend[j] = j < nk ? seg_end[k0 + j] : 0;
         __syncthreads();
 
@@ -198,13 +200,13 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
     }
     if (!valid) return;
     const float inv = 1.0f / l;
-    float *y = out + (int64_t)i * a.Hq * a.hd + (int64_t)h * a.hd;
+    A *y = out + (int64_t)i * a.Hq * a.hd + (int64_t)h * a.hd;
 #pragma unroll
     for (int v = 0; v < Gm::NV; v++)
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             int d = 4 * (p + Gm::TPR * v) + c;
-            if (d < a.hd) y[d] = o[4 * v + c] * inv;
+            if (d < a.hd) act_st(y, d, o[4 * v + c] * inv);
         }
     if (p == 0) lse[(int64_t)h * a.T + i] = m + logf(l);
 }
@@ -213,9 +215,9 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
 
 /* Block = (query tile, query head h): D[h, i] = rowsum(dO∘O) into dd, then
  * dqkv's q columns of head h += scale · Σ_j dS_ij K_j. */
-template <int HD, bool BF>
-static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_kernel(const float *qkv, const int *seg_start, attn_dims a, const float *out,
-                                          const float *lse, const float *dout, float *dd, float *dqkv) {
+template <class A, int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_kernel(const A *qkv, const int *seg_start, attn_dims a, const A *out,
+                                          const float *lse, const A *dout, float *dd, A *dqkv) {
     typedef attn_geom<HD> Gm;
     CT_DYN_SHARED(float, sh);
     float *ks = sh, *vs = ks + AT_BK * HD; /* [AT_BK, HD] K, V of the key tile */
@@ -228,8 +230,8 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_ker
 
     float q[Gm::DPT], go[Gm::DPT], dq[Gm::DPT];
     /* D from the fp32 O and dO; then dO rounded for bf16 math */
-    attn_load_part<HD>(out + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, q);
-    attn_load_part<HD>(dout + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, go);
+    attn_load_part<A, HD>(out + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, q);
+    attn_load_part<A, HD>(dout + (int64_t)ir * ow + (int64_t)h * a.hd, a.hd, valid, p, 1.0f, false, go);
     float di = 0.0f;
 #pragma unroll
     for (int d = 0; d < Gm::DPT; d++) di += q[d] * go[d];
@@ -238,7 +240,7 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_ker
     if (BF)
 #pragma unroll
         for (int d = 0; d < Gm::DPT; d++) go[d] = attn_bf16r(go[d]);
-    attn_load_part<HD>(qkv + (int64_t)ir * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p, BF ? 1.0f : a.scale, BF, q);
+    attn_load_part<A, HD>(qkv + (int64_t)ir * a.C + attn_q_col(a.G, a.hd, h), a.hd, valid, p, BF ? 1.0f : a.scale, BF, q);
 #pragma unroll
     for (int d = 0; d < Gm::DPT; d++) dq[d] = 0.0f;
     const float li = valid ? lse[(int64_t)h * a.T + i] : 0.0f;
@@ -248,8 +250,8 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_ker
     for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AT_BK) {
         const int nk = k_stop - k0 < AT_BK ? k_stop - k0 : AT_BK;
         __syncthreads();
-        attn_load_tile<HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
-        attn_load_tile<HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<A, HD>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AT_BK, a.hd, 1.0f, BF);
+        attn_load_tile<A, HD>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AT_BK, a.hd, 1.0f, BF);
         __syncthreads();
         for (int j = 0; j < nk; j++) { /* nk is the same in the whole block */
             float s = attn_row_sum<Gm::TPR>(attn_dot_part<HD>(q, ks + j * HD, p));
@@ -262,22 +264,22 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dq_ker
         }
     }
     if (!valid) return;
-    float *dst = dqkv + (int64_t)i * a.C + attn_q_col(a.G, a.hd, h);
+    A *dst = dqkv + (int64_t)i * a.C + attn_q_col(a.G, a.hd, h);
 #pragma unroll
     for (int v = 0; v < Gm::NV; v++)
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             int d = 4 * (p + Gm::TPR * v) + c;
-            if (d < a.hd) dst[d] += a.scale * dq[4 * v + c];
+            if (d < a.hd) act_st(dst, d, act_ld(dst, d) + a.scale * dq[4 * v + c]);
         }
 }
 
 /* Block = (key tile, KV head g): dqkv's k_g, v_g columns of keys [j0, j0+64)
  * += Σ over the group's heads and the queries that see them (fixed order). */
-template <int HD, bool BF>
-static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_kernel(const float *qkv, const int *seg_start, const int *seg_end,
-                                           attn_dims a, const float *lse, const float *dout, const float *dd,
-                                           float *dqkv) {
+template <class A, int HD, bool BF>
+static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_kernel(const A *qkv, const int *seg_start, const int *seg_end,
+                                           attn_dims a, const float *lse, const A *dout, const float *dd,
+                                           A *dqkv) {
     typedef attn_geom<HD> Gm;
     CT_DYN_SHARED(float, sh);
     float *qs = sh, *gs = qs + AT_BQ * HD;      /* [AT_BQ, HD] Q (scaled for fp32), dO of the query tile */
@@ -290,8 +292,8 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_ke
     const int64_t kc = attn_k_col(a.G, a.hd, g), ow = (int64_t)a.Hq * a.hd;
 
     float k[Gm::DPT], v[Gm::DPT], dk[Gm::DPT], dv[Gm::DPT];
-    attn_load_part<HD>(qkv + (int64_t)jr * a.C + kc, a.hd, valid, p, 1.0f, BF, k);
-    attn_load_part<HD>(qkv + (int64_t)jr * a.C + kc + a.hd, a.hd, valid, p, 1.0f, BF, v);
+    attn_load_part<A, HD>(qkv + (int64_t)jr * a.C + kc, a.hd, valid, p, 1.0f, BF, k);
+    attn_load_part<A, HD>(qkv + (int64_t)jr * a.C + kc + a.hd, a.hd, valid, p, 1.0f, BF, v);
 #pragma unroll
     for (int d = 0; d < Gm::DPT; d++) dk[d] = dv[d] = 0.0f;
 
@@ -302,8 +304,8 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_ke
         for (int q0 = j0; q0 < q_end; q0 += AT_BQ) {
             const int nq = q_end - q0 < AT_BQ ? q_end - q0 : AT_BQ;
             __syncthreads();
-            attn_load_tile<HD>(qs, qkv + (int64_t)q0 * a.C + qc, a.C, nq, AT_BQ, a.hd, BF ? 1.0f : a.scale, BF);
-            attn_load_tile<HD>(gs, dout + (int64_t)q0 * ow + (int64_t)h * a.hd, ow, nq, AT_BQ, a.hd, 1.0f, BF);
+            attn_load_tile<A, HD>(qs, qkv + (int64_t)q0 * a.C + qc, a.C, nq, AT_BQ, a.hd, BF ? 1.0f : a.scale, BF);
+            attn_load_tile<A, HD>(gs, dout + (int64_t)q0 * ow + (int64_t)h * a.hd, ow, nq, AT_BQ, a.hd, 1.0f, BF);
             for (int r = threadIdx.x; r < AT_BQ; r += blockDim.x) {
                 ls[r] = r < nq ? lse[(int64_t)h * a.T + q0 + r] : 0.0f;
                 ds_[r] = r < nq ? dd[(int64_t)h * a.T + q0 + r] : 0.0f;
@@ -326,15 +328,15 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_ke
     if (!valid) return;
     /* dK: fp32 folded the scale into Q; bf16 scales the fp32 sum */
     const float dk_mul = BF ? a.scale : 1.0f;
-    float *dst = dqkv + (int64_t)j * a.C + kc;
+    A *dst = dqkv + (int64_t)j * a.C + kc;
 #pragma unroll
     for (int vv = 0; vv < Gm::NV; vv++)
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             int d = 4 * (p + Gm::TPR * vv) + c;
             if (d < a.hd) {
-                dst[d] += dk_mul * dk[4 * vv + c];
-                dst[a.hd + d] += dv[4 * vv + c];
+                act_st(dst, d, act_ld(dst, d) + dk_mul * dk[4 * vv + c]);
+                act_st(dst, a.hd + d, act_ld(dst, a.hd + d) + dv[4 * vv + c]);
             }
         }
 }
@@ -371,33 +373,72 @@ static int attn_seg_bounds(const attn_dims *a, const ct_tensor *runs, int *start
     return CT_OK;
 }
 
-template <int HD>
-static int attn_fwd_launch(const attn_dims &a, const float *qkv, const int *st, const int *en, float *out,
-                      float *lse) {
+template <class A, int HD>
+static int attn_fwd_launch(const attn_dims &a, const A *qkv, const int *st, const int *en, A *out, float *lse) {
     const dim3 grid((unsigned)((a.T + AT_ROWS - 1) / AT_ROWS), (unsigned)a.Hq);
     const size_t smem = 2 * AT_BK * HD * sizeof(float) + AT_BK * sizeof(int);
-    auto *k = a.bf ? &attn_fwd_kernel<HD, true> : &attn_fwd_kernel<HD, false>;
+    auto *k = a.bf ? &attn_fwd_kernel<A, HD, true> : &attn_fwd_kernel<A, HD, false>;
     CT_LAUNCH(k, grid, attn_geom<HD>::THREADS, smem, qkv, st, en, a, out, lse);
     return CT_OK;
 }
 
-template <int HD>
-static int attn_bwd_launch(const attn_dims &a, const float *qkv, const int *st, const int *en, const float *out,
-                      const float *lse, const float *dout, float *dd, float *dqkv) {
+template <class A, int HD>
+static int attn_bwd_launch(const attn_dims &a, const A *qkv, const int *st, const int *en, const A *out,
+                      const float *lse, const A *dout, float *dd, A *dqkv) {
     const unsigned tiles = (unsigned)((a.T + AT_ROWS - 1) / AT_ROWS);
     const size_t smem_q = 2 * AT_BK * HD * sizeof(float);
-    auto *kq = a.bf ? &attn_bwd_dq_kernel<HD, true> : &attn_bwd_dq_kernel<HD, false>;
+    auto *kq = a.bf ? &attn_bwd_dq_kernel<A, HD, true> : &attn_bwd_dq_kernel<A, HD, false>;
     CT_LAUNCH(kq, dim3(tiles, (unsigned)a.Hq), attn_geom<HD>::THREADS, smem_q, qkv, st, a, out, lse, dout, dd, dqkv);
     const size_t smem_kv = 2 * AT_BQ * HD * sizeof(float) + 2 * AT_BQ * sizeof(float) + AT_BQ * sizeof(int);
-    auto *kkv = a.bf ? &attn_bwd_dkv_kernel<HD, true> : &attn_bwd_dkv_kernel<HD, false>;
+    auto *kkv = a.bf ? &attn_bwd_dkv_kernel<A, HD, true> : &attn_bwd_dkv_kernel<A, HD, false>;
     CT_LAUNCH(kkv, dim3(tiles, (unsigned)a.Hkv), attn_geom<HD>::THREADS, smem_kv, qkv, st, en, a, lse, dout, dd, dqkv);
     return CT_OK;
+}
+
+/* CT_OK when every tensor of ts (NULLs skipped) is an activation of ts[0]'s dtype. */
+static int attn_act_same(const ct_tensor *const *ts, const char *const *names, int n) {
+    for (int k = 0; k < n; k++) {
+        if (!ts[k]) continue;
+        CT_TRY(act_check(ts[k], names[k]));
+        if (ts[k]->dtype != ts[0]->dtype)
+            return ct_errorf(CT_EINPUT, "%s is %s but qkv is %s (activations share one dtype)", names[k],
+                             ct_dtype_name(ts[k]->dtype), ct_dtype_name(ts[0]->dtype));
+    }
+    return CT_OK;
+}
+
+template <class A>
+static int attn_fwd_run(const attn_dims &a, const ct_tensor *qkv, const int *st, const int *en, ct_tensor *out,
+                        ct_tensor *lse) {
+    const A *x = (const A *)qkv->data;
+    A *o = (A *)out->data;
+    float *l = (float *)lse->data;
+    if (a.hd <= 16) return attn_fwd_launch<A, 16>(a, x, st, en, o, l);
+    if (a.hd <= 32) return attn_fwd_launch<A, 32>(a, x, st, en, o, l);
+    if (a.hd <= 64) return attn_fwd_launch<A, 64>(a, x, st, en, o, l);
+    return attn_fwd_launch<A, 128>(a, x, st, en, o, l);
+}
+
+template <class A>
+static int attn_bwd_run(const attn_dims &a, const ct_tensor *qkv, const int *st, const int *en,
+                        const ct_tensor *out, const ct_tensor *lse, const ct_tensor *dout, float *dd,
+                        ct_tensor *dqkv) {
+    const A *x = (const A *)qkv->data, *o = (const A *)out->data, *go = (const A *)dout->data;
+    const float *l = (const float *)lse->data;
+    A *dx = (A *)dqkv->data;
+    if (a.hd <= 16) return attn_bwd_launch<A, 16>(a, x, st, en, o, l, go, dd, dx);
+    if (a.hd <= 32) return attn_bwd_launch<A, 32>(a, x, st, en, o, l, go, dd, dx);
+    if (a.hd <= 64) return attn_bwd_launch<A, 64>(a, x, st, en, o, l, go, dd, dx);
+    return attn_bwd_launch<A, 128>(a, x, st, en, o, l, go, dd, dx);
 }
 
 int ct_cuda_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p, ct_tensor *out,
                           ct_tensor *lse, ct_arena *scratch) {
     attn_dims a = {};
     CT_TRY(attn_dims_init(&a, qkv, p));
+    const ct_tensor *acts[] = {qkv, out};
+    const char *names[] = {"attention forward: qkv", "attention forward: out"};
+    CT_TRY(attn_act_same(acts, names, 2));
     if (a.T == 0) return CT_OK;
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;
@@ -406,14 +447,7 @@ int ct_cuda_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_
         return ct_error_wrap(CT_ERUNTIME, "attention forward: scratch for T=%d", a.T);
     }
     int rc = attn_seg_bounds(&a, runs, st, en);
-    const float *x = (const float *)qkv->data;
-    float *o = (float *)out->data, *l = (float *)lse->data;
-    if (rc == CT_OK) {
-        if (a.hd <= 16) rc = attn_fwd_launch<16>(a, x, st, en, o, l);
-        else if (a.hd <= 32) rc = attn_fwd_launch<32>(a, x, st, en, o, l);
-        else if (a.hd <= 64) rc = attn_fwd_launch<64>(a, x, st, en, o, l);
-        else rc = attn_fwd_launch<128>(a, x, st, en, o, l);
-    }
+    if (rc == CT_OK) rc = CT_ACT_DISPATCH(qkv, attn_fwd_run, a, qkv, st, en, out, lse);
     ct_arena_rewind(scratch, mark);
     return rc;
 }
@@ -423,6 +457,10 @@ int ct_cuda_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_
                           ct_arena *scratch) {
     attn_dims a = {};
     CT_TRY(attn_dims_init(&a, qkv, p));
+    const ct_tensor *acts[] = {qkv, out, dout, dqkv};
+    const char *names[] = {"attention backward: qkv", "attention backward: out", "attention backward: dout",
+                           "attention backward: dqkv"};
+    CT_TRY(attn_act_same(acts, names, 4));
     if (a.T == 0 || !dqkv) return CT_OK;
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;
@@ -432,15 +470,7 @@ int ct_cuda_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_
         return ct_error_wrap(CT_ERUNTIME, "attention backward: scratch for T=%d", a.T);
     }
     int rc = attn_seg_bounds(&a, runs, st, en);
-    const float *x = (const float *)qkv->data, *o = (const float *)out->data, *l = (const float *)lse->data;
-    const float *go = (const float *)dout->data;
-    float *dx = (float *)dqkv->data;
-    if (rc == CT_OK) {
-        if (a.hd <= 16) rc = attn_bwd_launch<16>(a, x, st, en, o, l, go, dd, dx);
-        else if (a.hd <= 32) rc = attn_bwd_launch<32>(a, x, st, en, o, l, go, dd, dx);
-        else if (a.hd <= 64) rc = attn_bwd_launch<64>(a, x, st, en, o, l, go, dd, dx);
-        else rc = attn_bwd_launch<128>(a, x, st, en, o, l, go, dd, dx);
-    }
+    if (rc == CT_OK) rc = CT_ACT_DISPATCH(qkv, attn_bwd_run, a, qkv, st, en, out, lse, dout, dd, dqkv);
     ct_arena_rewind(scratch, mark);
     return rc;
 }

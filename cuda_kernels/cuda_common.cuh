@@ -30,6 +30,32 @@ static __device__ __forceinline__ float load_w(const void *w, int dt, int64_t i)
     return ((const float *)w)[i];
 }
 
+/* Activations (and their grads, the KV cache, lora_linear's u) are f32 or
+ * bf16 (the backend's act_dtype; the kernels take either, by the tensors'
+ * dtype). A bf16 activation is stored as its uint16_t bits; loads widen to
+ * f32, stores round to nearest even (ct_f32_to_bf16: the CPU's rounding).
+ * Kernels are templated on the storage type A and all math is f32:
+ *   template <class A> kernel(const A *x, ...) { float v = act_ld(x, i); act_st(y, i, v); }
+ * and the entry picks the instance with CT_ACT_DISPATCH. */
+typedef uint16_t bf16_t;
+static __device__ __forceinline__ float act_ld(const float *p, int64_t i) { return p[i]; }
+static __device__ __forceinline__ float act_ld(const bf16_t *p, int64_t i) { return ct_bf16_to_f32(p[i]); }
+static __device__ __forceinline__ void act_st(float *p, int64_t i, float v) { p[i] = v; }
+static __device__ __forceinline__ void act_st(bf16_t *p, int64_t i, float v) { p[i] = ct_f32_to_bf16(v); }
+
+/* CT_OK when t's dtype is an activation dtype (f32, bf16), else CT_EINPUT
+ * naming what and the dtype. */
+static inline int act_check(const ct_tensor *t, const char *what) {
+    if (t->dtype == CT_F32 || t->dtype == CT_BF16) return CT_OK;
+    return ct_errorf(CT_EINPUT, "%s: activations must be float32 or bfloat16, not %s", what,
+                     ct_dtype_name(t->dtype));
+}
+
+/* result = fn<float>(args...) or fn<bf16_t>(args...) by t's dtype (checked
+ * first with act_check). */
+#define CT_ACT_DISPATCH(t, fn, ...)                                                        \
+    ((t)->dtype == CT_BF16 ? fn<bf16_t>(__VA_ARGS__) : fn<float>(__VA_ARGS__))
+
 /* Sum over the 32 lanes of a warp (xor butterfly: every lane gets the same,
  * order fixed). */
 static __device__ __forceinline__ float warp_sum(float v) {

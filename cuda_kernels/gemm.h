@@ -31,6 +31,13 @@ int ct_cuda_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 int ct_cuda_weight_rows(const ct_tensor *w, int64_t r0, int64_t n, cudaDataType_t dst_type,
                         void *dst);
 
+/* dst [n, m] (dense, row stride m) = the block rows [r0, r0 + n) x columns
+ * [c0, c0 + m) of the frozen weight w, converted as ct_cuda_weight_rows does
+ * (which is this with c0 = 0, m = cols): for dx = dY·W one column tile at a
+ * time, each weight element converted once. */
+int ct_cuda_weight_block(const ct_tensor *w, int64_t r0, int64_t n, int64_t c0, int64_t m,
+                         cudaDataType_t dst_type, void *dst);
+
 /* Rows of a [rows, cols] tile of elem_bytes elements that fit in `bytes` (at
  * least 1, at most rows), with the bound on one weight tile below. */
 int64_t ct_cuda_tile_rows(int64_t cols, int64_t rows, size_t elem_bytes);

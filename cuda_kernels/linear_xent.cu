@@ -33,6 +33,13 @@
  * the online kernel writes it) with fp32 sums; the LoRA GEMMs, the softmax
  * statistics and everything else stay fp32, as on the CPU.
  *
+ * Activations x and dx are f32 or bf16 (both the same). bf16 x goes to the
+ * bf16 head GEMMs as stored (gathered when not every row is trained) and is
+ * widened into f32 rows only where an fp32 GEMM reads it (compute f32, the
+ * LoRA GEMMs without dropout). A bf16 dx is rounded once: its trained rows
+ * are gathered into f32 (dxg [n, D]), take the one-hot part there and, in the
+ * scatter, acc (and the LoRA term), then are rounded back into dx.
+ *
  * Dropout of the head's LoRA input: ct_uniform(head->id, tok*D + i) < p, kept
  * ones × 1/(1-p), tok the token (row of x) of the element.
  *
@@ -41,7 +48,9 @@
  * in a fixed order. Scratch (all released before return): the gathered rows,
  * their bf16 copy and acc (n × D each, at most the size of x), drop(x) [n, D]
  * with LoRA dropout, one converted weight tile, the [Tc, Vt] logits block (and
- * its bf16 copy with bf16 compute), [n, r] LoRA rows and per-row statistics. */
+ * its bf16 copy with bf16 compute), [n, r] LoRA rows and per-row statistics;
+ * with bf16 activations: the f32 rows of x only where an fp32 GEMM reads
+ * them, the bf16 gather only when some row is untrained, dxg [n, D] f32. */
 #include "cuda_common.cuh"
 #include "gemm.h"
 
@@ -59,10 +68,13 @@ typedef struct {
     bool in_place;      /* the head is stored in the compute dtype: tiles are views */
     const int64_t *tok; /* [n] token of each trained row */
     const int32_t *y;   /* [n] label of each trained row */
-    const float *x;     /* [n, D] the trained rows of x (x itself when all are trained) */
-    uint16_t *xb;       /* [n, D] x rounded to bf16 (bf16 compute), else NULL */
+    const float *x;     /* [n, D] the trained rows of x in f32 (f32 x itself when all are trained);
+                         * NULL for bf16 x where no fp32 GEMM reads it */
+    const uint16_t *xb; /* [n, D] x in bf16 (bf16 compute; bf16 x itself when all are trained), else NULL */
     float *xd;          /* [n, D] drop(x) (LoRA with p > 0), else NULL */
-    float *dx;          /* [T, D] the caller's dx, or NULL */
+    float *dx;          /* rows taking the one-hot part: the caller's f32 dx [T, D] (row tok[j]),
+                         * dxg [n, D] (row j) for a bf16 dx, or NULL without dx */
+    const int64_t *dx_tok; /* tok for an f32 dx, NULL for dxg */
     void *wt;           /* [Vt, D] converted tile in the compute dtype, NULL when in place */
     float *L;           /* [Tc, Vt] logits block, then P (dL in the dB pass) */
     uint16_t *Pb;       /* [Tc, Vt] P rounded to bf16 (bf16 compute with dx), else NULL */
@@ -108,16 +120,18 @@ static __global__ void xent_init_kernel(float *mx, double *se, int64_t n) {
     }
 }
 
-/* One block per trained row j (token tok[j]): xg[j] = x[tok[j]] (NULL: no
- * gather), xb[j] = bf16 of it (NULL: none), xd[j] = its dropout (NULL: none). */
-static __global__ void xent_rows_kernel(const float *x, const int64_t *tok, int64_t D, float *xg,
-                                        uint16_t *xb, float *xd, uint64_t seed, float p, float keep) {
+/* One block per trained row j (token tok[j]) of x [T, D] (A: f32 or bf16):
+ * xg[j] = x[tok[j]] in f32 (NULL: no gather), xb[j] = bf16 of it (NULL:
+ * none), xd[j] = its dropout (NULL: none). */
+template <class A>
+static __global__ void xent_rows_kernel(const A *x, const int64_t *tok, int64_t D, float *xg, uint16_t *xb,
+                                        float *xd, uint64_t seed, float p, float keep) {
     int64_t j = blockIdx.x;
     uint64_t base = (uint64_t)tok[j] * (uint64_t)D;
-    const float *src = x + base;
+    const A *src = x + base;
     size_t o = (size_t)j * (size_t)D;
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = src[i];
+        float v = act_ld(src, i);
         if (xg) xg[o + i] = v;
         if (xb) xb[o + i] = ct_f32_to_bf16(v);
         if (xd) xd[o + i] = ct_uniform(seed, base + (uint64_t)i) < p ? 0.0f : v * keep;
@@ -127,7 +141,8 @@ static __global__ void xent_rows_kernel(const float *x, const int64_t *tok, int6
 /* The online-softmax step of rows [c0, c0 + gridDim.x) over the tile in L
  * [m, nv] (vocab [v0, v0 + nv)), one block per row (see the top of the file).
  * With keep_p, L becomes P = exp(L - m') (and Pb its bf16 rounding when set).
- * wv: the tile W_v [nv, D] in f32 or (wbf16) bf16, for dx's one-hot part. */
+ * wv: the tile W_v [nv, D] in f32 or (wbf16) bf16, for dx's one-hot part on
+ * dx's row tok[t] (tok NULL: row t). */
 static __global__ void xent_online_kernel(float *L, uint16_t *Pb, int64_t nv, int64_t c0, int64_t v0,
                                           const int32_t *y, const int64_t *tok, float *mx, double *se,
                                           float *ly, float *acc, float *gb, int64_t D, int64_t r,
@@ -142,7 +157,7 @@ static __global__ void xent_online_kernel(float *L, uint16_t *Pb, int64_t nv, in
         /* read before any thread overwrites L (the barrier in block_max_f) */
         if (threadIdx.x == 0) ly[t] = l[yi];
         if (dx) { /* dx_t -= k·W[y_t]: the one-hot part of dL·W */
-            float *d = dx + (size_t)tok[t] * (size_t)D;
+            float *d = dx + (size_t)(tok ? tok[t] : t) * (size_t)D;
             size_t wo = (size_t)yi * (size_t)D;
             for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
                 float w = wbf16 ? ct_bf16_to_f32(((const uint16_t *)wv)[wo + i]) : ((const float *)wv)[wo + i];
@@ -204,17 +219,20 @@ static __global__ void xent_finish_kernel(const float *mx, const double *se, con
     }
 }
 
-/* dx[tok[j]] += acc[j] (+ gA[j] ⊙ mask_j/(1-p) when gA is set: the LoRA
- * term), one block per trained row (distinct tokens: no two blocks share a row). */
-static __global__ void xent_scatter_kernel(const float *acc, const float *gA, const int64_t *tok,
-                                           int64_t D, float *dx, uint64_t seed, float p, float keep) {
+/* dx[tok[j]] = (dxg ? dxg[j] : dx[tok[j]]) + (acc[j] + gA[j] ⊙ mask_j/(1-p)
+ * when gA is set: the LoRA term), summed in f32 and stored once (A: f32 or
+ * bf16); one block per trained row (distinct tokens: no two blocks share a row). */
+template <class A>
+static __global__ void xent_scatter_kernel(const float *acc, const float *gA, const int64_t *tok, int64_t D,
+                                           A *dx, const float *dxg, uint64_t seed, float p, float keep) {
     int64_t j = blockIdx.x;
     uint64_t base = (uint64_t)tok[j] * (uint64_t)D;
     size_t o = (size_t)j * (size_t)D;
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
         float a = acc[o + i];
         if (gA) a += ct_uniform(seed, base + (uint64_t)i) < p ? 0.0f : gA[o + i] * keep;
-        dx[base + (uint64_t)i] += a;
+        int64_t at = (int64_t)(base + (uint64_t)i);
+        act_st(dx, at, (dxg ? dxg[o + i] : act_ld(dx, at)) + a);
     }
 }
 
@@ -274,7 +292,7 @@ static int pass_online(const xent_ctx *c) {
         for (int64_t c0 = 0; c0 < n; c0 += c->Tc) {
             int64_t m = n - c0 < c->Tc ? n - c0 : c->Tc;
             CT_TRY(block_logits(c, c0, m, v0, nv, wv));
-            CT_LAUNCH(xent_online_kernel, (unsigned)m, kThreads, 0, c->L, c->Pb, nv, c0, v0, c->y, c->tok,
+            CT_LAUNCH(xent_online_kernel, (unsigned)m, kThreads, 0, c->L, c->Pb, nv, c0, v0, c->y, c->dx_tok,
                       c->mx, c->se, c->ly, c->acc, c->gb, D, r, c->dx, wv, (int)c->bf16, c->k, (int)keep_p);
             if (c->acc) { /* acc_c += P·W_v   (m×nv)·(nv×D) */
                 const void *P = c->bf16 ? (const void *)c->Pb : (const void *)c->L;
@@ -317,10 +335,11 @@ static int pass_db(const xent_ctx *c, float *dbs) {
     } while (0)
 
 /* Buffers, the passes and the NLL for n > 0 trained rows (host lists tok_h,
- * y_h [n]); nll_h [n] host. */
-static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_linear *h,
+ * y_h [n]); nll_h [n] host. xs [T, D] and dxs [T, D] (or NULL) are f32, or
+ * bf16 when abf. */
+static int xent_run(const void *xs, bool abf, int64_t T, int64_t D, int64_t V, const ct_linear *h,
                     const int64_t *tok_h, const int32_t *y_h, int64_t n, float grad_scale,
-                    double *nll_h, double *nll_sum, float *dxs, float *das, float *dbs,
+                    double *nll_h, double *nll_sum, void *dxs, float *das, float *dbs,
                     ct_arena *scratch) {
     bool lora = h->a != NULL;
     float p = lora ? h->dropout : 0.0f, keep = 1.0f / (1.0f - p);
@@ -328,7 +347,6 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     c.h = h, c.n = n, c.D = D, c.V = V, c.r = lora ? h->a->shape[0] : 0, c.k = grad_scale;
     c.bf16 = h->compute == CT_BF16;
     c.in_place = h->w->dtype == (c.bf16 ? CT_BF16 : CT_F32);
-    c.dx = dxs;
     size_t elem = c.bf16 ? sizeof(uint16_t) : sizeof(float);
     /* one converted tile within the weight-tile bound; an in-place head as wide
      * as the logits block allows for all n rows (fewer, larger GEMMs) */
@@ -349,10 +367,24 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     XENT_ALLOC(c.nll, double, n);
     XENT_ALLOC(c.L, float, c.Tc * c.Vt);
     if (!c.in_place && !(c.wt = ct_arena_alloc(scratch, (size_t)c.Vt * (size_t)D * elem))) return CT_ERUNTIME;
-    float *xg = nullptr; /* [n, D] gathered rows, when not every row is trained */
-    if (n != T) XENT_ALLOC(xg, float, n * D);
-    c.x = xg ? xg : xs;
-    if (c.bf16) XENT_ALLOC(c.xb, uint16_t, n * D);
+    float *xg = nullptr;  /* [n, D] f32 rows: gathered (f32 x, not every row trained) or widened (bf16 x) */
+    uint16_t *xb = nullptr; /* [n, D] bf16 rows made here: rounded (f32 x) or gathered (bf16 x) */
+    float *dxg = nullptr; /* [n, D] f32 rows of a bf16 dx */
+    if (!abf) {
+        if (n != T) XENT_ALLOC(xg, float, n * D);
+        c.x = xg ? xg : (const float *)xs;
+        if (c.bf16) XENT_ALLOC(xb, uint16_t, n * D);
+        c.xb = xb;
+        c.dx = (float *)dxs, c.dx_tok = tok;
+    } else {
+        /* f32 rows where an fp32 GEMM reads x: the logits (compute f32), u and dA without dropout */
+        if (!c.bf16 || (lora && p <= 0.0f)) XENT_ALLOC(xg, float, n * D);
+        c.x = xg;
+        if (c.bf16 && n != T) XENT_ALLOC(xb, uint16_t, n * D);
+        c.xb = xb ? xb : (c.bf16 ? (const uint16_t *)xs : nullptr);
+        if (dxs) XENT_ALLOC(dxg, float, n * D);
+        c.dx = dxg, c.dx_tok = nullptr;
+    }
     if (dxs) {
         XENT_ALLOC(c.acc, float, n * D);
         if (c.bf16) XENT_ALLOC(c.Pb, uint16_t, c.Tc * c.Vt);
@@ -368,8 +400,18 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
     CT_LAUNCH(xent_init_kernel, blocks_for(n), kThreads, 0, c.mx, c.se, n);
     if (c.acc) CT_CUDA_TRY(cudaMemsetAsync(c.acc, 0, (size_t)n * (size_t)D * sizeof(float), ct_cuda_stream()));
     if (c.gb) CT_CUDA_TRY(cudaMemsetAsync(c.gb, 0, (size_t)n * (size_t)c.r * sizeof(float), ct_cuda_stream()));
-    if (xg || c.xb || c.xd)
-        CT_LAUNCH(xent_rows_kernel, (unsigned)n, kThreads, 0, xs, tok, D, xg, c.xb, c.xd, h->id, p, keep);
+    if (!abf && (xg || xb || c.xd)) {
+        auto *k = &xent_rows_kernel<float>;
+        CT_LAUNCH(k, (unsigned)n, kThreads, 0, (const float *)xs, tok, D, xg, xb, c.xd, h->id, p, keep);
+    }
+    if (abf && (xg || xb || c.xd)) {
+        auto *k = &xent_rows_kernel<bf16_t>;
+        CT_LAUNCH(k, (unsigned)n, kThreads, 0, (const bf16_t *)xs, tok, D, xg, xb, c.xd, h->id, p, keep);
+    }
+    if (dxg) { /* the trained rows of dx, widened */
+        auto *k = &xent_rows_kernel<bf16_t>;
+        CT_LAUNCH(k, (unsigned)n, kThreads, 0, (const bf16_t *)dxs, tok, D, dxg, nullptr, nullptr, h->id, p, keep);
+    }
 
     if (lora) { /* u = drop(x)·Aᵀ   (n×D)·(D×r), fp32 */
         const float *xin = c.xd ? c.xd : c.x;
@@ -394,8 +436,16 @@ static int xent_run(const float *xs, int64_t T, int64_t D, int64_t V, const ct_l
             gA = c.xd;
         }
     }
-    if (c.acc)
-        CT_LAUNCH(xent_scatter_kernel, (unsigned)n, kThreads, 0, c.acc, gA, c.tok, D, dxs, h->id, p, keep);
+    if (c.acc && !abf) {
+        auto *k = &xent_scatter_kernel<float>;
+        CT_LAUNCH(k, (unsigned)n, kThreads, 0, c.acc, gA, c.tok, D, (float *)dxs, (const float *)nullptr, h->id, p,
+                  keep);
+    }
+    if (c.acc && abf) {
+        auto *k = &xent_scatter_kernel<bf16_t>;
+        CT_LAUNCH(k, (unsigned)n, kThreads, 0, c.acc, gA, c.tok, D, (bf16_t *)dxs, (const float *)dxg, h->id, p,
+                  keep);
+    }
     if (dbs) CT_TRY(pass_db(&c, dbs));
 
     CT_CUDA_TRY(cudaMemcpy(nll_h, c.nll, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost));
@@ -412,6 +462,10 @@ int ct_cuda_linear_xent_fwd(const ct_tensor *x, const ct_linear *head, const ct_
     *nll_sum = 0.0;
     *n_trained = 0;
     if (!head->a) da = db = nullptr;
+    CT_TRY(act_check(x, "linear_cross_entropy"));
+    if (dx && dx->dtype != x->dtype)
+        return ct_errorf(CT_EINPUT, "linear_cross_entropy: activations of mixed dtypes (x %s, dx %s)",
+                         ct_dtype_name(x->dtype), ct_dtype_name(dx->dtype));
     if (T == 0) return CT_OK;
     /* host: labels [T], then tok [T] (int64), y [T], nll [T] (double) */
     size_t Ts = (size_t)T;
@@ -440,8 +494,8 @@ int ct_cuda_linear_xent_fwd(const ct_tensor *x, const ct_linear *head, const ct_
     }
     if (!rc && n > 0) {
         ct_arena_mark mark = ct_arena_get_mark(scratch);
-        rc = xent_run((const float *)x->data, T, D, V, head, tok, y, n, grad_scale, nll, nll_sum,
-                      dx ? (float *)dx->data : nullptr, da ? (float *)da->data : nullptr,
+        rc = xent_run(x->data, x->dtype == CT_BF16, T, D, V, head, tok, y, n, grad_scale, nll, nll_sum,
+                      dx ? dx->data : nullptr, da ? (float *)da->data : nullptr,
                       db ? (float *)db->data : nullptr, scratch);
         ct_arena_rewind(scratch, mark);
     }

@@ -1,62 +1,122 @@
 /* rmsnorm forward/backward: one block per row, fp32 statistics; weights
- * f32/bf16/f16. The twin of autograd/cpu/rmsnorm.c. */
+ * f32/bf16/f16. The twin of autograd/cpu/rmsnorm.c.
+ *
+ * Buffers: x, y, dy, dx [R, D] activations (f32 or bf16, one dtype per call);
+ * w [D] f32/bf16/f16; rstd [R] f32; dw [D] f32. Kernels are templated on the
+ * activation storage A (cuda_common.cuh): loads widen to f32, the sums, rstd
+ * and every intermediate are f32, stores round once (dx: its old value plus
+ * the f32 term, rounded once). */
 #include "cuda_common.cuh"
 
-static __global__ void rmsnorm_fwd_kernel(const float *x, const void *w, int wdt, float eps, float *y,
-                                   float *rstd, int64_t D) {
+template <class A>
+static __global__ void rmsnorm_fwd_kernel(const A *x, const void *w, int wdt, float eps, A *y,
+                                          float *rstd, int64_t D) {
     __shared__ float sh[256];
-    const float *xr = x + blockIdx.x * D;
-    float *yr = y + blockIdx.x * D;
+    const A *xr = x + blockIdx.x * D;
+    A *yr = y + blockIdx.x * D;
     float ss = 0.0f;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+        const float v = act_ld(xr, i);
+        ss += v * v;
+    }
     ss = block_sum(ss, sh);
     float inv = rsqrtf(ss / (float)D + eps);
     if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = inv;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * inv * load_w(w, wdt, i);
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+        act_st(yr, i, act_ld(xr, i) * inv * load_w(w, wdt, i));
 }
 
-static __global__ void rmsnorm_bwd_dx_kernel(const float *x, const void *w, int wdt, const float *rstd,
-                                      const float *dy, float *dx, int64_t D) {
+template <class A>
+static __global__ void rmsnorm_bwd_dx_kernel(const A *x, const void *w, int wdt, const float *rstd,
+                                             const A *dy, A *dx, int64_t D) {
     __shared__ float sh[256];
-    const float *xr = x + blockIdx.x * D, *gr = dy + blockIdx.x * D;
-    float *dr = dx + blockIdx.x * D;
+    const A *xr = x + blockIdx.x * D, *gr = dy + blockIdx.x * D;
+    A *dr = dx + blockIdx.x * D;
     float inv = rstd[blockIdx.x], dot = 0.0f;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dot += gr[i] * load_w(w, wdt, i) * xr[i];
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+        dot += act_ld(gr, i) * load_w(w, wdt, i) * act_ld(xr, i);
     dot = block_sum(dot, sh);
     float c = inv * inv * inv * dot / (float)D;
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-        dr[i] += inv * gr[i] * load_w(w, wdt, i) - c * xr[i];
+        act_st(dr, i, act_ld(dr, i) + (inv * act_ld(gr, i) * load_w(w, wdt, i) - c * act_ld(xr, i)));
 }
 
 /* dw[i] += sum_r dy[r,i] x[r,i] rstd[r]: one thread per column, rows in order. */
-static __global__ void rmsnorm_bwd_dw_kernel(const float *x, const float *rstd, const float *dy, float *dw,
-                                      int64_t R, int64_t D) {
+template <class A>
+static __global__ void rmsnorm_bwd_dw_kernel(const A *x, const float *rstd, const A *dy, float *dw,
+                                             int64_t R, int64_t D) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= D) return;
     float acc = 0.0f;
-    for (int64_t r = 0; r < R; r++) acc += dy[r * D + i] * x[r * D + i] * rstd[r];
+    for (int64_t r = 0; r < R; r++) acc += act_ld(dy, r * D + i) * act_ld(x, r * D + i) * rstd[r];
     dw[i] += acc;
 }
 
-int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
-                                   ct_tensor *rstd) {
-    int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
-    if (R == 0) return CT_OK;
-    CT_LAUNCH(rmsnorm_fwd_kernel, (unsigned)R, 256, 0, (const float *)x->data, w->data, (int)w->dtype, eps,
-                                            (float *)y->data, rstd ? (float *)rstd->data : nullptr, D);
+/* CT_EINPUT unless w is f32/bf16/f16 (what load_w reads). */
+static int check_weight(const ct_tensor *w) {
+    if (w->dtype == CT_F32 || w->dtype == CT_BF16 || w->dtype == CT_F16) return CT_OK;
+    return ct_errorf(CT_EINPUT, "rmsnorm: weight %s of dtype %s (the CUDA kernel reads f32/bf16/f16)",
+                     w->name ? w->name : "?", ct_dtype_name(w->dtype));
+}
+
+/* CT_EINPUT unless t (rstd, dw; NULL: nothing to check) is f32. */
+static int check_f32(const ct_tensor *t, const char *what) {
+    if (!t || t->dtype == CT_F32) return CT_OK;
+    return ct_errorf(CT_EINPUT, "rmsnorm: %s must be float32, not %s", what, ct_dtype_name(t->dtype));
+}
+
+/* CT_EINPUT unless x is an activation dtype and every other given tensor has
+ * x's dtype. */
+static int check_acts(const ct_tensor *x, const ct_tensor *a, const ct_tensor *b) {
+    CT_TRY(act_check(x, "rmsnorm"));
+    const ct_tensor *o[2] = {a, b};
+    for (int k = 0; k < 2; k++)
+        if (o[k] && o[k]->dtype != x->dtype)
+            return ct_errorf(CT_EINPUT, "rmsnorm: activations of mixed dtypes (%s and %s)",
+                             ct_dtype_name(x->dtype), ct_dtype_name(o[k]->dtype));
     return CT_OK;
 }
 
-int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
-                                   const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw) {
+template <class A>
+static int rmsnorm_fwd_launch(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
+                              ct_tensor *rstd, int64_t R, int64_t D) {
+    CT_LAUNCH(rmsnorm_fwd_kernel<A>, (unsigned)R, 256, 0, (const A *)x->data, w->data,
+              (int)w->dtype, eps, (A *)y->data, rstd ? (float *)rstd->data : nullptr, D);
+    return CT_OK;
+}
+
+template <class A>
+static int rmsnorm_bwd_launch(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
+                              const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw, int64_t R,
+                              int64_t D) {
+    if (dx)
+        CT_LAUNCH(rmsnorm_bwd_dx_kernel<A>, (unsigned)R, 256, 0, (const A *)x->data, w->data,
+                  (int)w->dtype, (const float *)rstd->data, (const A *)dy->data, (A *)dx->data, D);
+    if (dw)
+        CT_LAUNCH(rmsnorm_bwd_dw_kernel<A>, (unsigned)((D + 255) / 256), 256, 0,
+                  (const A *)x->data, (const float *)rstd->data, (const A *)dy->data,
+                  (float *)dw->data, R, D);
+    return CT_OK;
+}
+
+int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
+                        ct_tensor *rstd) {
+    CT_TRY(check_acts(x, y, nullptr));
+    CT_TRY(check_weight(w));
+    CT_TRY(check_f32(rstd, "rstd"));
     int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
     if (R == 0) return CT_OK;
-    if (dx)
-        CT_LAUNCH(rmsnorm_bwd_dx_kernel, (unsigned)R, 256, 0, (const float *)x->data, w->data, (int)w->dtype,
-                                                   (const float *)rstd->data, (const float *)dy->data,
-                                                   (float *)dx->data, D);
-    if (dw)
-        CT_LAUNCH(rmsnorm_bwd_dw_kernel, (unsigned)((D + 255) / 256), 256, 0, (const float *)x->data, (const float *)rstd->data, (const float *)dy->data,
-            (float *)dw->data, R, D);
-    return CT_OK;
+    return CT_ACT_DISPATCH(x, rmsnorm_fwd_launch, x, w, eps, y, rstd, R, D);
+}
+
+int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
+                        const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw) {
+    if (!dx && !dw) return CT_OK;
+    CT_TRY(check_acts(x, dy, dx));
+    CT_TRY(check_weight(w));
+    CT_TRY(check_f32(rstd, "rstd"));
+    CT_TRY(check_f32(dw, "dw"));
+    int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
+    if (R == 0) return CT_OK;
+    return CT_ACT_DISPATCH(x, rmsnorm_bwd_launch, x, w, rstd, dy, dx, dw, R, D);
 }

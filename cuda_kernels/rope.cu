@@ -1,8 +1,11 @@
 /* Rotary position embedding forward/backward (HF rotate_half, InternLM2's head
  * groups, linear and dynamic-NTK scaling); the twin of autograd/cpu/rope.c.
  *
- * Buffers: x, y (forward) or dy, dx (backward) [T, C] f32, viewed as
- * [T, H, hd] with C = H*hd; pos i32 [T]; shared: cs, sn [hd/2] f32.
+ * Buffers: x, y (forward) or dy, dx (backward) [T, C] activations (f32 or
+ * bf16, one dtype per call: the kernel is templated on the storage A,
+ * cuda_common.cuh; loads widen to f32, each result is rounded once when
+ * stored), viewed as [T, H, hd] with C = H*hd; pos i32 [T]; shared: cs, sn
+ * [hd/2] f32.
  *
  * One block per token. Its threads first make the token's hd/2 (cos, ±sin)
  * pairs in shared memory, computed in double exactly as the CPU does
@@ -19,7 +22,8 @@ static const int kRopeThreads = 128;
 
 /* dst (= or +=) R(sign * a) src for the rotated heads, src for the others.
  * Grid: T blocks; dynamic shared memory: hd floats. */
-static __global__ void rope_kernel(const float *src, float *dst, const int32_t *pos, int64_t C,
+template <class A>
+static __global__ void rope_kernel(const A *src, A *dst, const int32_t *pos, int64_t C,
                                    int hd, int group, int rot, double base, double pos_div,
                                    double sign, int accumulate) {
     CT_DYN_SHARED(float, cs); /* [half] cos(a), then [half] sign*sin(a) */
@@ -35,38 +39,49 @@ static __global__ void rope_kernel(const float *src, float *dst, const int32_t *
     }
     __syncthreads();
 
-    const float *x = src + t * C;
-    float *y = dst + t * C;
+    const A *x = src + t * C;
+    A *y = dst + t * C;
     const int pairs = (int)(C / hd) * half;
     for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
         const int h = i / half, j = i - h * half;
         const int64_t o = (int64_t)h * hd + j;
-        const float a1 = x[o], a2 = x[o + half];
+        const float a1 = act_ld(x, o), a2 = act_ld(x, o + half);
         float r1 = a1, r2 = a2; /* pass-through head */
         if (h % group < rot) {
             r1 = add_rn(mul_rn(a1, cs[j]), -mul_rn(a2, sn[j]));
             r2 = add_rn(mul_rn(a2, cs[j]), mul_rn(a1, sn[j]));
         }
         if (accumulate) {
-            y[o] = add_rn(y[o], r1);
-            y[o + half] = add_rn(y[o + half], r2);
+            act_st(y, o, add_rn(act_ld(y, o), r1));
+            act_st(y, o + half, add_rn(act_ld(y, o + half), r2));
         } else {
-            y[o] = r1;
-            y[o + half] = r2;
+            act_st(y, o, r1);
+            act_st(y, o + half, r2);
         }
     }
 }
 
-static int rope_launch(const ct_tensor *src, ct_tensor *dst, const ct_tensor *pos,
-                       const ct_rope_params *p, double sign, int accumulate) {
-    const int64_t T = ct_rows(src), C = ct_dim_from_end(src, 1);
-    if (T == 0 || C == 0) return CT_OK;
+template <class A>
+static int rope_launch_as(const ct_tensor *src, ct_tensor *dst, const ct_tensor *pos,
+                          const ct_rope_params *p, double sign, int accumulate, int64_t T,
+                          int64_t C) {
     const double pos_div = p->scaling == CT_ROPE_LINEAR ? p->factor : 1.0;
     const size_t smem = (size_t)p->head_dim * sizeof(float);
-    CT_LAUNCH(rope_kernel, (unsigned)T, kRopeThreads, smem, (const float *)src->data,
-              (float *)dst->data, (const int32_t *)pos->data, C, p->head_dim, p->group,
+    CT_LAUNCH(rope_kernel<A>, (unsigned)T, kRopeThreads, smem, (const A *)src->data,
+              (A *)dst->data, (const int32_t *)pos->data, C, p->head_dim, p->group,
               p->rotate_per_group, ct_rope_base(p), pos_div, sign, accumulate);
     return CT_OK;
+}
+
+static int rope_launch(const ct_tensor *src, ct_tensor *dst, const ct_tensor *pos,
+                       const ct_rope_params *p, double sign, int accumulate) {
+    CT_TRY(act_check(src, "rope"));
+    if (dst->dtype != src->dtype)
+        return ct_errorf(CT_EINPUT, "rope: activations of mixed dtypes (%s and %s)",
+                         ct_dtype_name(src->dtype), ct_dtype_name(dst->dtype));
+    const int64_t T = ct_rows(src), C = ct_dim_from_end(src, 1);
+    if (T == 0 || C == 0) return CT_OK;
+    return CT_ACT_DISPATCH(src, rope_launch_as, src, dst, pos, p, sign, accumulate, T, C);
 }
 
 int ct_cuda_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_params *p,

@@ -11,7 +11,11 @@
  * absmax[b] or, double-quantized, ct_dyn8_absmax(map8[qabsmax[b]],
  * nested_absmax[b / nested_blocksize], offset) (multiply, then add: no FMA);
  * rounded to bf16 afterwards when asked (ct_quant_dequantize_bf16). The state's
- * code[16] and map8[256] travel by value in the kernel's parameters. */
+ * code[16] and map8[256] travel by value in the kernel's parameters.
+ * ct_cuda_weight_block does the same for a block of rows and columns (dst
+ * element i is weight element off + (i / m)·cols + i % m, off the block's
+ * first element): the kernels take that mapping, m == cols being the plain
+ * run of rows. */
 #include "cuda_common.cuh"
 #include "gemm.h"
 
@@ -31,12 +35,18 @@ int64_t ct_cuda_tile_rows(int64_t cols, int64_t rows, size_t elem_bytes) {
     return n < 1 ? 1 : n;
 }
 
-/* dst[i] = src[off + i] converted, i < n. */
-static __global__ void convert_kernel(const void *src, int sdt, int64_t off, int64_t n, void *dst,
-                                      int to_bf16) {
+/* The weight element of dst[i] for a block m columns wide in rows of cols
+ * elements starting at element off (m == cols: consecutive). */
+static __device__ __forceinline__ int64_t block_elem(int64_t off, int64_t i, int64_t m, int64_t cols) {
+    return m == cols ? off + i : off + (i / m) * cols + i % m;
+}
+
+/* dst[i] = the weight element block_elem(i) converted, i < n. */
+static __global__ void convert_kernel(const void *src, int sdt, int64_t off, int64_t m, int64_t cols, int64_t n,
+                                      void *dst, int to_bf16) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = load_w(src, sdt, off + i);
+    float v = load_w(src, sdt, block_elem(off, i, m, cols));
     if (to_bf16) ((uint16_t *)dst)[i] = ct_f32_to_bf16(v);
     else ((float *)dst)[i] = v;
 }
@@ -47,13 +57,14 @@ struct quant_tables {
     float map8[256];
 };
 
-/* dst[i] = element off + i of the 4-bit weight, i < n. */
+/* dst[i] = element block_elem(i) of the 4-bit weight, i < n. */
 static __global__ void dequant_kernel(const uint8_t *codes, const float *absmax, const uint8_t *qabsmax,
                                       const float *nested_absmax, float offset, int nested_bs, int bs,
-                                      quant_tables tab, int64_t off, int64_t n, void *dst, int to_bf16) {
+                                      quant_tables tab, int64_t off, int64_t m, int64_t cols, int64_t n, void *dst,
+                                      int to_bf16) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    int64_t e = off + i, b = e / bs;
+    int64_t e = block_elem(off, i, m, cols), b = e / bs;
     float scale = qabsmax ? ct_dyn8_absmax(tab.map8[qabsmax[b]], nested_absmax[b / nested_bs], offset)
                           : absmax[b];
     uint8_t byte = codes[e >> 1];
@@ -64,7 +75,8 @@ static __global__ void dequant_kernel(const uint8_t *codes, const float *absmax,
 
 static const char *wname(const ct_tensor *w) { return w->name ? w->name : "?"; }
 
-static int dequant_rows(const ct_tensor *w, int64_t off, int64_t count, int to_bf16, void *dst) {
+static int dequant_rows(const ct_tensor *w, int64_t off, int64_t m, int64_t cols, int64_t count, int to_bf16,
+                        void *dst) {
     const ct_quant_state *st = (const ct_quant_state *)w->quant;
     CT_TRY(ct_quant_check(st, w->name));
     if (st->n != ct_numel(w))
@@ -75,38 +87,44 @@ static int dequant_rows(const ct_tensor *w, int64_t off, int64_t count, int to_b
     memcpy(tab.map8, st->map8, sizeof tab.map8);
     CT_LAUNCH(dequant_kernel, blocks_for(count), kThreads, 0, (const uint8_t *)st->codes,
               (const float *)st->absmax, st->nested ? (const uint8_t *)st->qabsmax : nullptr,
-              (const float *)st->nested_absmax, st->offset, st->nested_blocksize, st->blocksize, tab, off,
-              count, dst, to_bf16);
+              (const float *)st->nested_absmax, st->offset, st->nested_blocksize, st->blocksize, tab, off, m,
+              cols, count, dst, to_bf16);
     return CT_OK;
 }
 
-int ct_cuda_weight_rows(const ct_tensor *w, int64_t r0, int64_t n, cudaDataType_t dst_type, void *dst) {
+int ct_cuda_weight_block(const ct_tensor *w, int64_t r0, int64_t n, int64_t c0, int64_t m,
+                         cudaDataType_t dst_type, void *dst) {
     if (dst_type != CUDA_R_32F && dst_type != CUDA_R_16BF)
         return ct_errorf(CT_EINPUT, "weight %s: tiles are f32 or bf16, not cudaDataType %d", wname(w),
                          (int)dst_type);
     int64_t rows = ct_rows(w), cols = ct_dim_from_end(w, 1);
-    if (r0 < 0 || n < 0 || r0 > rows - n)
-        return ct_errorf(CT_EINPUT, "weight %s: rows [%lld, %lld) outside its %lld rows", wname(w),
-                         (long long)r0, (long long)(r0 + n), (long long)rows);
-    int64_t off = r0 * cols, count = n * cols;
+    if (r0 < 0 || n < 0 || r0 > rows - n || c0 < 0 || m < 0 || c0 > cols - m)
+        return ct_errorf(CT_EINPUT, "weight %s: block rows [%lld, %lld) x cols [%lld, %lld) outside its %lld x %lld",
+                         wname(w), (long long)r0, (long long)(r0 + n), (long long)c0, (long long)(c0 + m),
+                         (long long)rows, (long long)cols);
+    int64_t off = r0 * cols + c0, count = n * m;
     if (count == 0) return CT_OK;
     int to_bf16 = dst_type == CUDA_R_16BF;
     switch (w->dtype) {
     case CT_F32:
     case CT_BF16:
     case CT_F16:
-        if ((w->dtype == CT_F32 && !to_bf16) || (w->dtype == CT_BF16 && to_bf16)) {
+        if (m == cols && ((w->dtype == CT_F32 && !to_bf16) || (w->dtype == CT_BF16 && to_bf16))) {
             size_t es = to_bf16 ? 2 : 4;
             CT_CUDA_TRY(cudaMemcpyAsync(dst, (const char *)w->data + (size_t)off * es, (size_t)count * es,
                                         cudaMemcpyDeviceToDevice, ct_cuda_stream()));
             return CT_OK;
         }
-        CT_LAUNCH(convert_kernel, blocks_for(count), kThreads, 0, (const void *)w->data, (int)w->dtype, off,
-                  count, dst, to_bf16);
+        CT_LAUNCH(convert_kernel, blocks_for(count), kThreads, 0, (const void *)w->data, (int)w->dtype, off, m,
+                  cols, count, dst, to_bf16);
         return CT_OK;
-    case CT_NF4: return dequant_rows(w, off, count, to_bf16, dst);
+    case CT_NF4: return dequant_rows(w, off, m, cols, count, to_bf16, dst);
     default:
         return ct_errorf(CT_EINPUT, "weight %s: dtype %s not supported by the CUDA backend", wname(w),
                          ct_dtype_name(w->dtype));
     }
+}
+
+int ct_cuda_weight_rows(const ct_tensor *w, int64_t r0, int64_t n, cudaDataType_t dst_type, void *dst) {
+    return ct_cuda_weight_block(w, r0, n, 0, ct_dim_from_end(w, 1), dst_type, dst);
 }
