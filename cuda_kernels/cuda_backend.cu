@@ -53,6 +53,14 @@ static int cuda_sync(void) {
 
 #define BIT(dt) (1u << (dt))
 
+#ifdef CT_EMU_BUILD
+/* `ctuner info`: what this backend is for. */
+static const char *emu_note(ct_dtype) { return "emulated on the CPU: for checking the kernels, not for speed"; }
+#define CT_COMPUTE_NOTE emu_note
+#else
+#define CT_COMPUTE_NOTE nullptr
+#endif
+
 /* Designated initializers in the struct's declaration order (C++). The entries
  * not yet written are NULL: ct_backend_require reports them by name. */
 static const ct_backend k_cuda = {
@@ -62,7 +70,7 @@ static const ct_backend k_cuda = {
     .compute_dtypes = BIT(CT_F32) | BIT(CT_BF16),
     .weight_dtypes = BIT(CT_F32) | BIT(CT_BF16) | BIT(CT_F16) | BIT(CT_NF4),
     .supports_op = nullptr,
-    .compute_note = nullptr,
+    .compute_note = CT_COMPUTE_NOTE,
     .mem = {cuda_alloc, cuda_free},
     .zero = cuda_zero,
     .copy = cuda_copy,
