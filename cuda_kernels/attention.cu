@@ -33,8 +33,15 @@
  *   dV += Pᵀ·dO, dK += dSᵀ·Q. Every sum has one owner thread and a fixed
  *   order: no atomics, results repeat run to run.
  * fp32 math folds the scale into Q (as the CPU); bf16 math rounds Q, K, V, dO
- * and the P, dS operands to bf16, sums in fp32 and scales the fp32 sums. */
+ * and the P, dS operands to bf16, sums in fp32 and scales the fp32 sums.
+ *
+ * The forward with bf16 math and head_dim a multiple of 16 (the GPU's normal
+ * case) runs on tensor cores instead: attn_fwd_mma_kernel (warp mma,
+ * mma.cuh), same visibility, softmax statistics and lse. The FMA kernels
+ * remain for fp32 math, other head_dims and the whole backward (an mma
+ * backward is the follow-up). */
 #include "cuda_common.cuh"
+#include "mma.cuh"
 
 enum { AT_ROWS = 64, AT_BK = 32, AT_BQ = 32 };
 
@@ -209,6 +216,160 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
             if (d < a.hd) act_st(y, d, o[4 * v + c] * inv);
         }
     if (p == 0) lse[(int64_t)h * a.T + i] = m + logf(l);
+}
+
+/* ---------------- forward, bf16 math on tensor cores ---------------- */
+
+/* The bf16-math forward for head_dim a multiple of 16, on the warp mma
+ * (mma.cuh; FlashAttention-2's layout). Block = (64 queries, query head h),
+ * 4 warps of 16 query rows each; lane (gr = lane / 4, tq = lane % 4) owns
+ * rows r0 = gr and r1 = gr + 8 of its warp's 16 (the mma's C layout). Q's
+ * fragments (bf16) stay in registers for the whole head_dim (padded to HD with
+ * zeros); per tile of AM_BK = 64 keys, K ([key][dim]) and Vᵀ ([dim][key]) are
+ * staged in shared memory as bf16 pairs (rounded from the activation dtype),
+ * then S = Q·Kᵀ (fp32 sums) × scale, masked as the FMA kernel masks, the
+ * online softmax in fp32 (row max over the 4 lanes of a quad), P rounded to
+ * bf16 as the A fragments of O += P·V (the S accumulators' layout is P's A
+ * layout). l sums the unrounded P per lane, then over the quad at the end;
+ * lse = m + log l. The CPU's bf16 path rounds the same operands (Q, K, V, P).
+ * Key tiles (and 16-key steps) past a warp's last row are skipped: all masked.
+ * Rows of words: padded by AM_PAD bf16 so a warp's fragment loads hit 32
+ * different banks. */
+enum { AM_WARPS = 4, AM_ROWS = 16 * AM_WARPS, AM_BK = 64, AM_PAD = 8 };
+
+template <class A, int HD>
+static __global__ void __launch_bounds__(32 * AM_WARPS)
+    attn_fwd_mma_kernel(const A *qkv, const int *seg_start, const int *seg_end, attn_dims a, A *out, float *lse) {
+    constexpr int KS = HD / 16, NO = HD / 8, NS = AM_BK / 8, KP = AM_BK / 16;
+    constexpr int KW = (HD + AM_PAD) / 2, VW = (AM_BK + AM_PAD) / 2; /* words per row */
+    __shared__ __align__(16) uint32_t ks[AM_BK][KW]; /* K tile: ks[j][d/2] = bf16 pair (d, d+1) of key j */
+    __shared__ __align__(16) uint32_t vt[HD][VW];    /* Vᵀ tile: vt[d][j/2] = bf16 pair of keys (j, j+1) */
+    __shared__ int kend[AM_BK];                      /* end of each key's sample */
+    const int h = blockIdx.y, kvh = h / a.G;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * AM_ROWS; /* late tiles (most keys) first */
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, gr = lane >> 2, tq = lane % 4;
+    const int r0 = i0 + 16 * warp + gr, r1 = r0 + 8, w_last = i0 + 16 * warp + 15;
+    const int64_t kc = attn_k_col(a.G, a.hd, kvh);
+
+    uint32_t qf[KS][4]; /* Q rows r0, r1 as A fragments (bf16; the scale multiplies S) */
+    {
+        const int64_t qc = attn_q_col(a.G, a.hd, h);
+        const A *q0 = qkv + (int64_t)(r0 < a.T ? r0 : 0) * a.C + qc, *q1 = qkv + (int64_t)(r1 < a.T ? r1 : 0) * a.C + qc;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const A *q = r & 1 ? q1 : q0;
+                const bool ok = (r & 1 ? r1 : r0) < a.T;
+                const int d = 16 * kk + 2 * tq + (r >> 1) * 8;
+                qf[kk][r] = ct_mma_pack_bf16(ok && d < a.hd ? act_ld(q, d) : 0.0f,
+                                             ok && d + 1 < a.hd ? act_ld(q, d + 1) : 0.0f);
+            }
+    }
+    float o[NO][4]; /* O rows r0 (o[n][0..1]) and r1 (o[n][2..3]), dims 8n + 2tq (+1) */
+#pragma unroll
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* rows r0, r1; l: this lane's keys */
+
+    const int k_stop = a.T - i0 < AM_ROWS ? a.T : i0 + AM_ROWS;
+    for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AM_BK) {
+        const int nk = k_stop - k0 < AM_BK ? k_stop - k0 : AM_BK;
+        __syncthreads(); /* the previous tile is read */
+        for (int e = (int)threadIdx.x; e < AM_BK * (HD / 2); e += (int)blockDim.x) {
+            const int j = e / (HD / 2), d = 2 * (e % (HD / 2));
+            const A *src = qkv + (int64_t)(j < nk ? k0 + j : 0) * a.C + kc;
+            const bool ok = j < nk && d < a.hd;
+            ks[j][d / 2] = ct_mma_pack_bf16(ok ? act_ld(src, d) : 0.0f, ok ? act_ld(src, d + 1) : 0.0f);
+        }
+        for (int e = (int)threadIdx.x; e < (AM_BK / 2) * HD; e += (int)blockDim.x) {
+            const int j = 2 * (e / HD), d = e % HD; /* consecutive threads: consecutive dims */
+            const A *src = qkv + (int64_t)(j < nk ? k0 + j : 0) * a.C + kc + a.hd;
+            const bool ok0 = j < nk && d < a.hd, ok1 = j + 1 < nk && d < a.hd;
+            vt[d][j / 2] = ct_mma_pack_bf16(ok0 ? act_ld(src, d) : 0.0f, ok1 ? act_ld(src + a.C, d) : 0.0f);
+        }
+        for (int j = (int)threadIdx.x; j < AM_BK; j += (int)blockDim.x) kend[j] = j < nk ? seg_end[k0 + j] : 0;
+        __syncthreads();
+
+        /* S = Q·Kᵀ: n-tile n holds keys k0 + 8n + 2tq (+1) of rows r0 (s[n][0..1]), r1 (s[n][2..3]) */
+        float s[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            if (k0 + 8 * n > w_last) continue; /* the same in the whole warp */
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                const uint32_t b[2] = {ks[8 * n + gr][8 * kk + tq], ks[8 * n + gr][8 * kk + tq + 4]};
+                ct_mma_bf16_16x8x16(s[n], qf[kk], b, s[n]);
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const int j = 8 * n + 2 * tq + (c & 1), i = c < 2 ? r0 : r1;
+                const bool vis = i < a.T && j < nk && k0 + j <= i && i < kend[j];
+                s[n][c] = vis ? s[n][c] * a.scale : -INFINITY;
+                mx[c >> 1] = fmaxf(mx[c >> 1], s[n][c]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mn = fmaxf(mx[r], m[r]);
+            alpha[r] = mn == -INFINITY ? 1.0f : ct_expf(m[r] - mn);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const float p = s[n][c] == -INFINITY ? 0.0f : ct_expf(s[n][c] - m[c >> 1]);
+                l[c >> 1] += p;
+                s[n][c] = p;
+            }
+        /* O += P·V: P's keys 16kk.. are S's n-tiles 2kk, 2kk+1 */
+#pragma unroll
+        for (int kk = 0; kk < KP; kk++) {
+            if (k0 + 16 * kk > w_last) continue; /* P = 0 there; the same in the whole warp */
+            const uint32_t pa[4] = {ct_mma_pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                    ct_mma_pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                    ct_mma_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    ct_mma_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; n++) {
+                const uint32_t b[2] = {vt[8 * n + gr][8 * kk + tq], vt[8 * n + gr][8 * kk + tq + 4]};
+                ct_mma_bf16_16x8x16(o[n], pa, b, o[n]);
+            }
+        }
+    }
+    const int64_t ow = (int64_t)a.Hq * a.hd;
+#pragma unroll
+    for (int r = 0; r < 2; r++) { /* the row's sum over the quad (every lane the same bits) */
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const int i = r ? r1 : r0;
+        if (i >= a.T) continue;
+        const float inv = 1.0f / l[r];
+        A *y = out + (int64_t)i * ow + (int64_t)h * a.hd;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int d = 8 * n + 2 * tq + c;
+                if (d < a.hd) act_st(y, d, o[n][2 * r + c] * inv);
+            }
+        if (tq == 0) lse[(int64_t)h * a.T + i] = m[r] + logf(l[r]);
+    }
 }
 
 /* ---------------- backward ---------------- */
@@ -407,12 +568,26 @@ static int attn_act_same(const ct_tensor *const *ts, const char *const *names, i
     return CT_OK;
 }
 
+template <class A, int HD>
+static int attn_fwd_mma_launch(const attn_dims &a, const A *qkv, const int *st, const int *en, A *out, float *lse) {
+    const dim3 grid((unsigned)((a.T + AM_ROWS - 1) / AM_ROWS), (unsigned)a.Hq);
+    auto *k = &attn_fwd_mma_kernel<A, HD>;
+    CT_LAUNCH(k, grid, 32 * AM_WARPS, 0, qkv, st, en, a, out, lse);
+    return CT_OK;
+}
+
 template <class A>
 static int attn_fwd_run(const attn_dims &a, const ct_tensor *qkv, const int *st, const int *en, ct_tensor *out,
                         ct_tensor *lse) {
     const A *x = (const A *)qkv->data;
     A *o = (A *)out->data;
     float *l = (float *)lse->data;
+    if (a.bf && a.hd % 16 == 0) { /* bf16 math on tensor cores (head_dim padded with zeros) */
+        if (a.hd <= 16) return attn_fwd_mma_launch<A, 16>(a, x, st, en, o, l);
+        if (a.hd <= 32) return attn_fwd_mma_launch<A, 32>(a, x, st, en, o, l);
+        if (a.hd <= 64) return attn_fwd_mma_launch<A, 64>(a, x, st, en, o, l);
+        return attn_fwd_mma_launch<A, 128>(a, x, st, en, o, l);
+    }
     if (a.hd <= 16) return attn_fwd_launch<A, 16>(a, x, st, en, o, l);
     if (a.hd <= 32) return attn_fwd_launch<A, 32>(a, x, st, en, o, l);
     if (a.hd <= 64) return attn_fwd_launch<A, 64>(a, x, st, en, o, l);

@@ -10,7 +10,8 @@
  * - launch only through CT_LAUNCH, dynamic shared memory only through
  *   CT_DYN_SHARED, runtime errors through CT_CUDA_TRY;
  * - no inline PTX, tensor-core intrinsics, cp.async or cooperative groups:
- *   tensor cores come through the GEMM wrapper (gemm.cu, cuBLASLt);
+ *   tensor cores come through the GEMM wrapper (gemm.cu, cuBLASLt) or the
+ *   warp mma wrapper (mma.cuh: the one inline PTX, with an emulated twin);
  * - warp collectives with a full mask over whole warps (block sizes are
  *   multiples of 32). */
 #ifndef CT_CUDA_COMMON_CUH

@@ -13,7 +13,8 @@
  *   __syncthreads lines, or a block that cannot progress, fail the launch;
  * - shuffles and votes exchange values among the lanes of a mask, which must
  *   all reach the same call; a lane reading a lane outside the mask fails the
- *   launch with the call's file and line;
+ *   launch with the call's file and line; warp_gather (the warp mma's twin,
+ *   mma.cuh) gives every lane all 32 lanes' operands the same way;
  * - static __shared__ arrays live in one linker section and dynamic shared
  *   memory in a per-launch buffer; both are filled with 0xFF (NaN) at every
  *   block start, as fresh device allocations are (runtime.cc);
@@ -121,6 +122,11 @@ enum vote_kind { VOTE_BALLOT, VOTE_ANY, VOTE_ALL };
  * of lane `src` (its own when src < 0). */
 uint64_t exchange(const char *what, const char *file, int line, unsigned mask, uint64_t mine,
                   int src);
+/* A warp collective over all 32 lanes (full mask, one call site): each lane
+ * deposits `bytes` (1..64) from mine and receives every lane's, lane l's at
+ * all + l * bytes. The emulated twins of warp-wide instructions (mma.cuh) are
+ * built on it. */
+void warp_gather(const char *file, int line, const void *mine, size_t bytes, void *all);
 /* The lane a shuffle reads (-1: its own value), from CUDA's rules for width. */
 int shfl_source(shfl_kind kind, int lane, int arg, int width);
 unsigned vote(vote_kind kind, const char *file, int line, unsigned mask, int pred);

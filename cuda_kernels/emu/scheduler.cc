@@ -36,6 +36,7 @@ namespace {
 const size_t kStack = 128 << 10; /* bytes per fiber stack, plus a guard page */
 const int kMaxThreads = 1024;
 const size_t kMaxSmem = 48 << 10; /* a kernel's default limit (no opt-in attribute here) */
+const size_t kMaxGather = 64;     /* bytes a lane deposits in warp_gather */
 
 enum state { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
 
@@ -58,6 +59,16 @@ struct warp {
     const char *what = nullptr, *file = nullptr;
     int line = 0;
     uint64_t val[2][32];
+    unsigned char blob[2][32][kMaxGather]; /* warp_gather's deposits */
+    /* A fresh warp (at each block start); the buffers need no clearing: a
+     * collective reads only what all its lanes deposited. */
+    void reset() {
+        mask = 0;
+        arrived = 0;
+        gen = 0;
+        what = file = nullptr;
+        line = 0;
+    }
 };
 
 struct scheduler {
@@ -212,7 +223,7 @@ void report_stuck() {
 void run_block(uint64_t seed) {
     S.done = 0;
     for (int i = 0; i < S.n; i++) S.fibers[i].st = RUNNABLE;
-    for (auto &w : S.warps) w = warp();
+    for (auto &w : S.warps) w.reset();
     for (int round = 0; S.done < S.n && !S.failed; round++) {
         make_order(seed, round);
         bool progressed = false;
@@ -306,8 +317,15 @@ void syncthreads(const char *file, int line) {
     yield_to_scheduler();
 }
 
-uint64_t exchange(const char *what, const char *file, int line, unsigned mask, uint64_t mine,
-                  int src) {
+namespace {
+
+/* One lane's arrival at a warp collective (exchange, warp_gather): the checks,
+ * then deposit(buffer parity) stores the lane's data; the last lane to arrive
+ * releases the others. Returns the parity of the buffer the collective used
+ * (its values stay until the collective after next), or -1 when the launch
+ * failed. */
+template <class F>
+int arrive(const char *what, const char *file, int line, unsigned mask, int src, F deposit) {
     fiber &f = S.fibers[S.current];
     int lane = f.linear % 32;
     warp &w = S.warps[f.linear / 32];
@@ -325,7 +343,7 @@ uint64_t exchange(const char *what, const char *file, int line, unsigned mask, u
              what, file, line, mask, lane, w.what, w.file, w.line, w.mask);
     if (S.failed) {
         yield_to_scheduler(); /* the launch is over; never resumed */
-        return 0;
+        return -1;
     }
     if (!w.arrived) {
         w.mask = mask;
@@ -334,7 +352,7 @@ uint64_t exchange(const char *what, const char *file, int line, unsigned mask, u
         w.line = line;
     }
     unsigned gen = w.gen;
-    w.val[gen & 1][lane] = mine;
+    deposit((int)(gen & 1), lane);
     if (++w.arrived == __builtin_popcount(mask)) {
         w.arrived = 0;
         w.gen++;
@@ -348,7 +366,30 @@ uint64_t exchange(const char *what, const char *file, int line, unsigned mask, u
         /* A random order lets the others run before this lane continues. */
         yield_to_scheduler();
     }
-    return w.val[gen & 1][src >= 0 ? src : lane];
+    return (int)(gen & 1);
+}
+
+} // namespace
+
+uint64_t exchange(const char *what, const char *file, int line, unsigned mask, uint64_t mine,
+                  int src) {
+    int lane = S.fibers[S.current].linear % 32;
+    warp &w = S.warps[S.fibers[S.current].linear / 32];
+    int par = arrive(what, file, line, mask, src, [&](int b, int l) { w.val[b][l] = mine; });
+    return par < 0 ? 0 : w.val[par][src >= 0 ? src : lane];
+}
+
+void warp_gather(const char *file, int line, const void *mine, size_t bytes, void *all) {
+    warp &w = S.warps[S.fibers[S.current].linear / 32];
+    if (bytes == 0 || bytes > kMaxGather) {
+        fail("warp_gather at %s:%d: %zu bytes per lane (1 to %zu)", file, line, bytes, kMaxGather);
+        yield_to_scheduler(); /* the launch is over; never resumed */
+        return;
+    }
+    int par = arrive("warp_gather", file, line, 0xffffffffu, -1,
+                     [&](int b, int l) { memcpy(w.blob[b][l], mine, bytes); });
+    if (par < 0) return;
+    for (int l = 0; l < 32; l++) memcpy((char *)all + (size_t)l * bytes, w.blob[par][l], bytes);
 }
 
 void syncwarp(const char *file, int line, unsigned mask) {

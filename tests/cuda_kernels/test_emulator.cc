@@ -10,7 +10,10 @@
  *   __syncthreads on divergent lines: the launch fails naming the line;
  * - uninitialised shared memory reads NaN; early-exited threads count as
  *   arrived at a barrier (sm_70+);
- * - launch limits and host/device pointer mix-ups are refused. */
+ * - launch limits and host/device pointer mix-ups are refused;
+ * - the warp mma's twin (cuda_kernels/mma.cuh, over warp_gather): fragments
+ *   loaded by PTX's documented layouts give A·B + C exactly; a wrong layout
+ *   (A loaded transposed) gives a wrong product; a partial warp fails. */
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -93,6 +96,44 @@ static __global__ void ballot(unsigned *out) {
         out[0] = b;
         out[1] = any;
         out[2] = all;
+    }
+}
+
+#include "cuda_kernels/mma.cuh" /* inside namespace ct_emu, as the .cu files see it */
+
+/* Per warp w: D_w [16×8] (row-major) = A_w [16×16] (row-major) · B_w [16×8]
+ * (column-major: bt[n*16 + k]) + C_w [16×8] (row-major) through the mma
+ * wrapper, each fragment loaded by the element formulas of PTX ISA 9.7.14.5.8
+ * (element i of a fragment: register i / 2, half i & 1). transpose_a loads A
+ * as if it were column-major: a wrong layout. */
+static __global__ void mma_16x8x16(const float *A, const float *Bt, const float *C, float *D, bool transpose_a) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane % 4;
+    A += 256 * w, Bt += 128 * w, C += 128 * w, D += 128 * w;
+    float ae[8], be[4], c[4], d[4];
+    for (int i = 0; i < 8; i++) {
+        int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+        int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+        ae[i] = transpose_a ? A[col * 16 + row] : A[row * 16 + col];
+    }
+    for (int i = 0; i < 4; i++) {
+        int row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0), col = g;
+        be[i] = Bt[col * 16 + row];
+    }
+    for (int i = 0; i < 4; i++) c[i] = C[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)];
+    uint32_t a[4], b[2];
+    for (int r = 0; r < 4; r++) a[r] = ct_mma_pack_bf16(ae[2 * r], ae[2 * r + 1]);
+    for (int r = 0; r < 2; r++) b[r] = ct_mma_pack_bf16(be[2 * r], be[2 * r + 1]);
+    ct_mma_bf16_16x8x16(d, a, b, c);
+    for (int i = 0; i < 4; i++) D[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)] = d[i];
+}
+
+/* Half a warp calls the mma: the other lanes never arrive. */
+static __global__ void mma_partial_warp(float *out) {
+    uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+    float c[4] = {0, 0, 0, 0}, d[4];
+    if (threadIdx.x < 16) {
+        ct_mma_bf16_16x8x16(d, a, b, c);
+        out[threadIdx.x] = d[0];
     }
 }
 
@@ -233,6 +274,51 @@ static void test_shared_and_votes() {
     cudaFree(y);
 }
 
+static void test_mma() {
+    enum { W = 2 }; /* warps, each its own product */
+    float hA[W * 256], hBt[W * 128], hC[W * 128], want[W * 128], got[W * 128];
+    /* bf16-exact values whose products and sums are exact in fp32 */
+    for (int w = 0; w < W; w++) {
+        for (int r = 0; r < 16; r++)
+            for (int k = 0; k < 16; k++) hA[w * 256 + r * 16 + k] = (float)((r * 7 + k * 3 + w) % 11 - 5) / 4;
+        for (int n = 0; n < 8; n++)
+            for (int k = 0; k < 16; k++) hBt[w * 128 + n * 16 + k] = (float)((k * 5 + n * 3 + 2 * w) % 9 - 4) / 8;
+        for (int r = 0; r < 16; r++)
+            for (int n = 0; n < 8; n++) {
+                hC[w * 128 + r * 8 + n] = (float)(r - n - w) * 0.5f;
+                double s = hC[w * 128 + r * 8 + n];
+                for (int k = 0; k < 16; k++) s += (double)hA[w * 256 + r * 16 + k] * hBt[w * 128 + n * 16 + k];
+                want[w * 128 + r * 8 + n] = (float)s;
+            }
+    }
+    float *A = dev<float>(W * 256), *Bt = dev<float>(W * 128), *C = dev<float>(W * 128), *D = dev<float>(W * 128);
+    cudaMemcpy(A, hA, sizeof hA, cudaMemcpyHostToDevice);
+    cudaMemcpy(Bt, hBt, sizeof hBt, cudaMemcpyHostToDevice);
+    cudaMemcpy(C, hC, sizeof hC, cudaMemcpyHostToDevice);
+    for (const char *order : k_orders) {
+        ct_emu_set_order(order);
+        for (int transpose = 0; transpose < 2; transpose++) {
+            const char *msg;
+            launch(dim3(1), dim3(32 * W), 0, "mma_16x8x16", __FILE__, __LINE__,
+                   [&] { mma_16x8x16(A, Bt, C, D, transpose); });
+            CHECK(last(&msg) == cudaSuccess, "mma_16x8x16 (%s): %s", order, msg);
+            cudaMemcpy(got, D, sizeof got, cudaMemcpyDeviceToHost);
+            int bad = 0;
+            for (int e = 0; e < W * 128; e++) bad += got[e] != want[e];
+            if (!transpose)
+                CHECK(bad == 0, "mma (%s): %d of %d elements differ from A·B + C", order, bad, W * 128);
+            else
+                CHECK(bad > 0, "mma (%s): A loaded transposed still gave A·B + C", order);
+        }
+    }
+    ct_emu_set_order(nullptr);
+    expect_failure("mma_partial_warp", "never arrive", dim3(1), dim3(32), 0, mma_partial_warp);
+    cudaFree(A);
+    cudaFree(Bt);
+    cudaFree(C);
+    cudaFree(D);
+}
+
 static void test_memory_checks() {
     float host[4] = {0, 0, 0, 0};
     float *d = dev<float>(4);
@@ -257,6 +343,7 @@ int main() {
     ct_emu::test_faults();
     ct_emu::test_shared_and_votes();
     ct_emu::test_memory_checks();
+    ct_emu::test_mma();
     if (g_failures) {
         fprintf(stderr, "%d failure(s)\n", g_failures);
         return 1;
