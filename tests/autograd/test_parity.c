@@ -85,7 +85,8 @@ typedef struct pcase {
     int scaling;            /* rope: CT_ROPE_* */
     float dropout;          /* lora_linear, linear_xent: LoRA input dropout */
     int T;                  /* tokens / rows; 0 = the run's default */
-    int D;                  /* rmsnorm, swiglu: the last dim; 0 = the run's default */
+    int D;                  /* rmsnorm, swiglu: the last dim; attention: head_dim (0 = 16);
+                             * 0 = the run's default */
 } pcase;
 
 #define ENTRY(e) offsetof(ct_backend, e), #e
@@ -134,6 +135,9 @@ static void run_scale(const pcase *c);
 #define ATTN(dir, nm, cd, g, fl, t) {"attention_" #dir " " nm, CT_OP_ATTENTION, ENTRY(attention_##dir), \
                                      run_attention_##dir, Q(ANY, cd), TOL_GEMM(cd), .flags = (fl), \
                                      .G = (g), .T = (t)}
+#define ATTN_HD(dir, nm, cd, g, fl, hd) {"attention_" #dir " " nm, CT_OP_ATTENTION, ENTRY(attention_##dir), \
+                                         run_attention_##dir, Q(ANY, cd), TOL_GEMM(cd), .flags = (fl), \
+                                         .G = (g), .D = (hd)}
 #define LORA(dir, nm, wdt, cd, p, fl) {"lora_linear_" #dir " " nm, CT_OP_LORA_LINEAR, \
                                        ENTRY(lora_linear_##dir), run_lora_##dir, Q(wdt, cd), \
                                        TOL_GEMM(cd), .flags = (fl), .dropout = (p)}
@@ -181,6 +185,12 @@ static const pcase k_rows[] = {
     ATTN(bwd, "G=2 T=1 f32", CT_F32, 2, 0, 1),
     ATTN(bwd, "G=1 bf16", CT_BF16, 1, 0, 0),
     ATTN(bwd, "G=3 packed bf16", CT_BF16, 3, F_PACKED, 0),
+    /* head_dim 64 and 40: more than one 16-wide slice of the tensor-core
+     * kernels, and a width they do not take (a GPU backend's other path) */
+    ATTN_HD(fwd, "G=2 packed hd=64 bf16", CT_BF16, 2, F_PACKED, 64),
+    ATTN_HD(bwd, "G=2 packed hd=64 bf16", CT_BF16, 2, F_PACKED, 64),
+    ATTN_HD(fwd, "G=2 hd=40 bf16", CT_BF16, 2, 0, 40),
+    ATTN_HD(fwd, "G=1 hd=64 f32", CT_F32, 1, 0, 64),
 
     /* cached attention: feeds of 7, 4 and 1 tokens into one cache (p0 = 0, 7, 11) */
     {"attention_decode G=1", CT_OP_ATTENTION_DECODE, ENTRY(attention_decode), run_attention_decode,
@@ -716,9 +726,10 @@ typedef struct {
 
 static attn_setup attn_make(const pcase *c) {
     attn_setup a = {.T = c->T ? c->T : 70};
-    a.p = (ct_attn_params){.n_kv_heads = 2, .group = c->G, .head_dim = 16, .scale = 0.25f,
-                           .compute = c->q.compute};
-    a.C = 2 * (c->G + 2) * 16, a.Hq = 2 * c->G, a.W = a.Hq * 16;
+    const int hd = c->D ? c->D : 16;
+    a.p = (ct_attn_params){.n_kv_heads = 2, .group = c->G, .head_dim = hd,
+                           .scale = (float)(1.0 / sqrt((double)hd)), .compute = c->q.compute};
+    a.C = 2 * (c->G + 2) * hd, a.Hq = 2 * c->G, a.W = a.Hq * hd;
     a.qkv = rnd(a.T * a.C, 1.0);
     if (c->flags & F_PACKED) {
         static const int lens[] = {20, 1, 49};
