@@ -52,12 +52,17 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 void ct_quant_dynamic_map(float map[256]) {
-    /* bnb: for i in 0..6: b = torch.linspace(0.1, 1, 2^i + 1) (fp32);
+    /* bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7,
+     * total_bits=8): for i in 0..6: b = torch.linspace(0.1, 1, 2^i + 1) (fp32);
      * means = (b[:-1] + b[1:]) / 2; data += ±10^(i-6) * means; then 0 and 1.0,
-     * sorted. ATen's fp32 linspace: step = (end - start) / (steps - 1); the
-     * first half is start + step*j, the second half end - step*(steps-1-j).
-     * (A torch build that fuses these into FMAs differs in the last bit of a
-     * few entries; checkpoints carry their map, and ct_quant_params.map8 takes one.) */
+     * sorted. torch's CPU linspace (ATen linspace_kernel, scalar loop): step =
+     * (end - start) / (steps - 1) rounded to fp32; element j is start + step*j
+     * for j < steps/2 and end - step*(steps-1-j) above, each compiled into one
+     * fused multiply-add in the AVX2/AVX-512 kernels that x86 torch runs, so
+     * each element rounds once: fmaf, not a separate product and sum (that
+     * differs from bitsandbytes' map in 42 entries by 1-2 ulp). The scale is the
+     * python float 10^(i-6) cast to fp32; mean and product are fp32.
+     * Pinned bit for bit by tests/data/bnb_dynamic_map.txt. */
     double data[256];
     int k = 0;
     for (int i = 0; i < 7; i++) {
@@ -66,7 +71,8 @@ void ct_quant_dynamic_map(float map[256]) {
         float step = (end - start) / (float)(steps - 1);
         float b[65]; /* [steps] boundaries */
         for (int j = 0; j < steps; j++)
-            b[j] = j < steps / 2 ? start + step * (float)j : end - step * (float)(steps - 1 - j);
+            b[j] = j < steps / 2 ? fmaf(step, (float)j, start)
+                                 : fmaf(-step, (float)(steps - 1 - j), end);
         float scale = (float)pow(10.0, (double)(i - 6)); /* python float, cast to the fp32 tensor's type */
         for (int j = 0; j + 1 < steps; j++) {
             float mean = (b[j] + b[j + 1]) / 2.0f;

@@ -95,7 +95,8 @@ int ct_quant_tensor(ct_tensor *t, const ct_quant_state *st, const char *name);
 void ct_quant_free(ct_quant_state *st);
 
 /* bnb's create_dynamic_map(signed=True): 256 ascending values in [-1, 1],
- * computed in fp32 the way torch computes it (see quant.c). */
+ * bit for bit (tests/data/bnb_dynamic_map.txt), computed in fp32 the way x86
+ * torch computes it (see quant.c). */
 void ct_quant_dynamic_map(float map[256]);
 
 /* The 16 code values of a type (NF4 or FP4). */

@@ -67,11 +67,16 @@ static int ref_code(int type, float x) {
     return -1;
 }
 
-/* torch.linspace in fp32 (ATen: first half up from start, second half down from end). */
+/* torch.linspace in fp32 as current x86 torch computes it (ATen linspace_kernel:
+ * step rounded to fp32, first half start + step*j, second half end -
+ * step*(steps-1-j), each a fused multiply-add: one rounding). Computed here in
+ * double, where every term is a multiple of 2^-30 in [0, 1] and so exact, and
+ * rounded to fp32 once. */
 static void ref_linspace(float start, float end, int steps, float *out) {
     float step = (end - start) / (float)(steps - 1);
     for (int j = 0; j < steps; j++)
-        out[j] = (j < steps / 2) ? start + step * (float)j : end - step * (float)(steps - 1 - j);
+        out[j] = (float)((j < steps / 2) ? (double)start + (double)step * j
+                                         : (double)end - (double)step * (steps - 1 - j));
 }
 
 static int cmp_float(const void *a, const void *b) {
@@ -289,6 +294,61 @@ static void test_code_search(void) {
     CHECK(ct_nf4_quantize(REF_NF4_THR[7]) == 7 && ct_nf4_quantize(nextafterf(REF_NF4_THR[7], 1)) == 8,
           "nf4 tie at threshold 7");
     CHECK(ct_nf4_quantize(NAN) == 0 && ct_fp4_quantize(NAN) == 0, "NaN codes (bnb: 0)");
+}
+
+/* The map bit for bit as bitsandbytes makes it: tests/data/bnb_dynamic_map.txt,
+ * written by tests/autograd/gen_dynamic_map.py (its header says from what). */
+static void test_dynamic_map_pinned(void) {
+    const char *path = CT_SOURCE_DIR "/tests/data/bnb_dynamic_map.txt";
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    uint32_t want[256];
+    int n = 0, bad_line = 0;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || line[0] == '\n') continue;
+        unsigned int u;
+        char tail;
+        if (n >= 256 || sscanf(line, "0x%8x %c", &u, &tail) != 1) {
+            bad_line = 1;
+            break;
+        }
+        want[n++] = (uint32_t)u;
+    }
+    fclose(f);
+    CHECK(!bad_line && n == 256, "%s: want 256 lines of 0xXXXXXXXX, got %d%s", path, n,
+          bad_line ? " and a bad line" : "");
+    if (bad_line || n != 256) return;
+    float lib[256], ref[256];
+    ct_quant_dynamic_map(lib);
+    ref_dynamic_map(ref);
+    int differ = 0, ref_differ = 0, first = -1;
+    uint32_t first_got = 0;
+    for (int i = 0; i < 256; i++) {
+        uint32_t a, r;
+        memcpy(&a, &lib[i], 4);
+        memcpy(&r, &ref[i], 4);
+        if (a != want[i] && first < 0) first = i, first_got = a;
+        differ += a != want[i];
+        ref_differ += r != want[i];
+    }
+    CHECK(differ == 0, "ct_quant_dynamic_map differs from bitsandbytes' map in %d of 256 entries "
+          "(first [%d]: 0x%08x, bitsandbytes 0x%08x)", differ, first, (unsigned)first_got,
+          first < 0 ? 0u : (unsigned)want[first]);
+    CHECK(ref_differ == 0, "the test's reference map differs from bitsandbytes' in %d entries", ref_differ);
+    /* the stored map of a double-quantized state is that map */
+    float w[512];
+    for (int i = 0; i < 512; i++) w[i] = sinf((float)i);
+    ct_quant_params p = {.type = CT_QUANT_NF4, .blocksize = 64, .double_quant = true};
+    ct_quant_state st;
+    int64_t shape[1] = {512};
+    if (ct_quant_quantize(&st, w, CT_F32, 1, shape, &p, "pinned") == CT_OK) {
+        CHECK(memcmp(st.map8, lib, sizeof lib) == 0, "state map8 is not ct_quant_dynamic_map");
+        ct_quant_free(&st);
+    } else {
+        CHECK(0, "quantize failed");
+    }
 }
 
 static void test_dynamic_map(void) {
@@ -856,6 +916,7 @@ int main(void) {
     test_tables();
     test_code_search();
     test_dynamic_map();
+    test_dynamic_map_pinned();
     test_reference_parity();
     test_threshold_block();
     test_reciprocal_first();
