@@ -4,7 +4,7 @@
  * header (through cuda_includes.h with CT_EMU_BUILD defined).
  *
  * What runs how (scheduler.cc):
- * - a launch runs its blocks one after another; each CUDA thread of a block is
+ * - a launch runs its blocks one after another (in CT_EMU_ORDER's order too); each CUDA thread of a block is
  *   a fiber (its own 128 KiB stack with a guard page) and threads switch only
  *   at __syncthreads, __syncwarp and warp collectives, in the order
  *   CT_EMU_ORDER asks (forward, reverse or random, the default);

@@ -75,7 +75,8 @@ struct scheduler {
     jmp_buf home;             /* the scheduler's side of every switch */
     std::vector<fiber> fibers; /* the pool, grown to the largest block */
     std::vector<warp> warps;
-    std::vector<int> order;
+    std::vector<int> order;    /* threads, this round */
+    std::vector<int> blocks;   /* the launch's blocks (linear ids) in run order */
     int n = 0;                 /* threads of the running block */
     int current = -1;
     int done = 0;
@@ -163,27 +164,31 @@ void switch_to(int i) {
     _longjmp(f.env, 1);
 }
 
-/* The order threads are offered the processor in this round. */
-void make_order(uint64_t seed, int round) {
+/* order[0..n) = 0..n-1 in the order CT_EMU_ORDER asks: forward, reversed,
+ * or shuffled by (seed, the user's seed). */
+void permute(std::vector<int> &order, int n, uint64_t seed) {
     const char *o = g_order ? g_order : getenv("CT_EMU_ORDER");
     if (!o || !*o) o = "random";
-    for (int i = 0; i < S.n; i++) S.order[i] = i;
+    for (int i = 0; i < n; i++) order[i] = i;
     if (!strcmp(o, "forward")) return;
     if (!strcmp(o, "reverse")) {
-        for (int i = 0; i < S.n; i++) S.order[i] = S.n - 1 - i;
+        for (int i = 0; i < n; i++) order[i] = n - 1 - i;
         return;
     }
     uint64_t user = 1;
     if (!strncmp(o, "random:", 7)) user = strtoull(o + 7, nullptr, 10);
-    uint64_t x = mix(seed ^ mix(user) ^ mix((uint64_t)round + 0x51));
-    for (int i = S.n - 1; i > 0; i--) {
+    uint64_t x = mix(seed ^ mix(user));
+    for (int i = n - 1; i > 0; i--) {
         x = mix(x);
         int j = (int)(x % (uint64_t)(i + 1));
-        int t = S.order[i];
-        S.order[i] = S.order[j];
-        S.order[j] = t;
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
     }
 }
+
+/* The order threads are offered the processor in this round. */
+void make_order(uint64_t seed, int round) { permute(S.order, S.n, seed ^ mix((uint64_t)round + 0x51)); }
 
 /* All live threads wait at the barrier: release them (same line required). */
 bool release_barrier() {
@@ -284,24 +289,36 @@ void launch_body(dim3 grid, dim3 block, size_t smem, const char *kernel, const c
                 S.fibers[i].tid = uint3{x, y, z};
                 S.fibers[i].linear = i;
             }
-    for (unsigned bz = 0; bz < grid.z && !S.failed; bz++)
-        for (unsigned by = 0; by < grid.y && !S.failed; by++)
-            for (unsigned bx = 0; bx < grid.x && !S.failed; bx++) {
-                blockIdx = uint3{bx, by, bz};
-                if (+__start_ct_emu_shared && +__stop_ct_emu_shared > +__start_ct_emu_shared)
-                    memset(__start_ct_emu_shared, 0xff,
-                           (size_t)(__stop_ct_emu_shared - __start_ct_emu_shared));
-                memset(S.smem.data(), 0xff, S.smem.size());
-                run_block(mix(launch_id) ^ mix(((uint64_t)bz << 42) ^ ((uint64_t)by << 21) ^ bx));
-                if (S.failed && S.fault_thread >= 0) {
-                    const fiber &f = S.fibers[S.fault_thread];
-                    set_error(cudaErrorLaunchFailure, "%s:%d: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s",
-                              file, line, kernel, bx, by, bz, f.tid.x, f.tid.y, f.tid.z, S.why.c_str());
-                } else if (S.failed) {
-                    set_error(cudaErrorLaunchFailure, "%s:%d: kernel %s, block (%u,%u,%u): %s", file,
-                              line, kernel, bx, by, bz, S.why.c_str());
-                }
-            }
+    /* Blocks in CT_EMU_ORDER's order too: a kernel whose block reads what
+     * another block of the same launch writes depends on an order no GPU
+     * promises (concurrent blocks' lost updates are not caught: blocks never
+     * interleave here). */
+    const long long nb = (long long)grid.x * grid.y * grid.z;
+    if (nb > 0x7fffffff) {
+        set_error(cudaErrorInvalidConfiguration, "%s:%d: kernel %s: %lld blocks (the emulator runs at most 2^31 - 1)",
+                  file, line, kernel, nb);
+        return;
+    }
+    S.blocks.resize((size_t)nb);
+    permute(S.blocks, (int)nb, mix(launch_id ^ 0xb10c));
+    for (long long k = 0; k < nb && !S.failed; k++) {
+        const unsigned b = (unsigned)S.blocks[(size_t)k];
+        const unsigned bx = b % grid.x, by = (b / grid.x) % grid.y, bz = b / grid.x / grid.y;
+        blockIdx = uint3{bx, by, bz};
+        if (+__start_ct_emu_shared && +__stop_ct_emu_shared > +__start_ct_emu_shared)
+            memset(__start_ct_emu_shared, 0xff,
+                   (size_t)(__stop_ct_emu_shared - __start_ct_emu_shared));
+        memset(S.smem.data(), 0xff, S.smem.size());
+        run_block(mix(launch_id) ^ mix(((uint64_t)bz << 42) ^ ((uint64_t)by << 21) ^ bx));
+        if (S.failed && S.fault_thread >= 0) {
+            const fiber &f = S.fibers[S.fault_thread];
+            set_error(cudaErrorLaunchFailure, "%s:%d: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s",
+                      file, line, kernel, bx, by, bz, f.tid.x, f.tid.y, f.tid.z, S.why.c_str());
+        } else if (S.failed) {
+            set_error(cudaErrorLaunchFailure, "%s:%d: kernel %s, block (%u,%u,%u): %s", file,
+                      line, kernel, bx, by, bz, S.why.c_str());
+        }
+    }
     if (S.failed) /* abandoned fibers restart from scratch next time */
         for (auto &f : S.fibers) f.started = false;
     S.current = -1;

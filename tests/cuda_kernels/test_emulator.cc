@@ -319,6 +319,33 @@ static void test_mma() {
     cudaFree(D);
 }
 
+/* out[b] = out[b - 1] + 1: block b reads what block b - 1 writes in the same
+ * launch, which no GPU orders. Right only when blocks happen to run in order. */
+static __global__ void chain_across_blocks(float *out) {
+    if (threadIdx.x == 0) out[blockIdx.x] = blockIdx.x ? out[blockIdx.x - 1] + 1.0f : 0.0f;
+}
+
+static void test_block_order() {
+    enum { B = 16 };
+    float *out = dev<float>(B), got[B];
+    for (const char *order : k_orders) {
+        ct_emu_set_order(order);
+        const char *msg;
+        cudaMemset(out, 0xff, sizeof got); /* NaN: no earlier launch's values */
+        launch(dim3(B), dim3(32), 0, "chain_across_blocks", __FILE__, __LINE__, [&] { chain_across_blocks(out); });
+        CHECK(last(&msg) == cudaSuccess, "chain_across_blocks: %s", msg);
+        cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+        bool right = true;
+        for (int b = 0; b < B; b++) right = right && got[b] == (float)b;
+        if (!strcmp(order, "forward"))
+            CHECK(right, "blocks in forward order: out[15] = %g", got[B - 1]);
+        else
+            CHECK(!right, "a kernel depending on block order went unnoticed in order %s", order);
+    }
+    ct_emu_set_order(nullptr);
+    cudaFree(out);
+}
+
 static void test_memory_checks() {
     float host[4] = {0, 0, 0, 0};
     float *d = dev<float>(4);
@@ -343,6 +370,7 @@ int main() {
     ct_emu::test_faults();
     ct_emu::test_shared_and_votes();
     ct_emu::test_memory_checks();
+    ct_emu::test_block_order();
     ct_emu::test_mma();
     if (g_failures) {
         fprintf(stderr, "%d failure(s)\n", g_failures);
