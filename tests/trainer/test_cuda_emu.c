@@ -60,9 +60,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "autograd/ct_inline.h"
+#include "stack_fixture.h"
 #include "testutil.h"
 #include "trainer/io/fsutil.h"
 #include "trainer/io/safetensors.h"
@@ -382,22 +381,6 @@ static void test_train(void) {
            worst, rc.eval_loss, r2.eval_loss, re, df, nf, dm, nm);
 }
 
-/* The trained adapter loaded into a model on each backend: close logits. */
-static void logits_with_adapter(const ct_backend *be, const char *dir, float *out, int64_t T) {
-    ct_model_options o = {.quant = CT_MODEL_QUANT_NF4, .double_quant = true, .backend = be};
-    ct_model *m = NULL;
-    ct_lora *l = NULL;
-    CHECK_OK(ct_model_load(g_model, &o, &m));
-    if (m) CHECK_OK(ct_adapter_load(dir, m, false, &l));
-    int32_t ids[12];
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(3 + 29 * t % 500);
-    ct_tape tape;
-    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
-    if (l) CHECK_OK(ct_model_logits(m, &tape, ids, T, 0, out));
-    ct_tape_free(&tape);
-    ct_model_free(m);
-}
-
 /* The adapter of the cuda-emu run loaded into a model on each backend: close
  * logits; and on the CPU, its logits against those of the CPU run's adapter
  * (what the two trainings learned, compared by effect). */
@@ -409,9 +392,9 @@ static void test_adapter_load(void) {
     float *a = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
     float *b = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
     float *c = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
-    logits_with_adapter(ct_cpu_backend(), dir, a, T);
-    logits_with_adapter(emu(), dir, b, T);
-    logits_with_adapter(ct_cpu_backend(), cdir, c, T);
+    ct_stack_logits_with_adapter(g_model, ct_cpu_backend(), dir, a, T);
+    ct_stack_logits_with_adapter(g_model, emu(), dir, b, T);
+    ct_stack_logits_with_adapter(g_model, ct_cpu_backend(), cdir, c, T);
     double mag, d = max_diff(a, b, T * V, &mag), mag_c, dc = max_diff(c, a, T * V, &mag_c);
     CHECK(d <= g_tol->logits * mag && mag > 0.1, "the cuda-emu adapter's logits differ by %.3g (max |logit| %.3g)", d,
           mag);
@@ -421,19 +404,6 @@ static void test_adapter_load(void) {
            "cpu vs the cpu run's adapter: %.3g x max|logit|\n",
            d / mag, mag, dc / mag_c);
     free(a), free(b), free(c);
-}
-
-static void write_data(void) {
-    const char *inputs[] = {"Tell me a story.", "What did Lily do?", "Who is Tom?", "Where is the cat?"};
-    const char *outputs[] = {"Once upon a time, there was a little girl named Lily.", "Lily went to the park to play.",
-                             "Tom is a big boy who likes to run.", "The cat sat on the mat."};
-    json_t *arr = json_array();
-    for (int rep = 0; rep < 4; rep++)
-        for (int i = 0; i < 4; i++)
-            json_array_append_new(arr, json_pack("{s:[{s:s, s:s}]}", "conversation", "input", inputs[i], "output",
-                                                 outputs[(i + rep) % 4]));
-    CHECK_OK(ct_json_write_atomic(g_data, arr, 0));
-    json_decref(arr);
 }
 
 int main(void) {
@@ -447,7 +417,7 @@ int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/ct_test_cuda_emu.XXXXXX");
     if (!mkdtemp(g_dir)) return 1;
     snprintf(g_data, sizeof g_data, "%s/data.json", g_dir);
-    write_data();
+    ct_stack_write_data(g_data);
     /* The kernels take f32 and bf16 activations: one pass each, whatever the
      * backend's own act_dtype is (the other pass runs on a copy of its table). */
     static ct_backend other;

@@ -22,9 +22,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "autograd/ct_inline.h"
+#include "stack_fixture.h"
 #include "testutil.h"
 #include "trainer/io/fsutil.h"
 #include "trainer/model/adapter.h"
@@ -215,47 +214,18 @@ static void test_train(void) {
            "eval loss %.6f and the adapter bytes equal\n", rc.eval_loss);
 }
 
-/* The trained adapter loaded into a model on each backend: the same logits. */
-static void logits_with_adapter(const ct_backend *be, const char *dir, float *out, int64_t T) {
-    ct_model_options o = {.quant = CT_MODEL_QUANT_NF4, .double_quant = true, .backend = be};
-    ct_model *m = NULL;
-    ct_lora *l = NULL;
-    CHECK_OK(ct_model_load(g_model, &o, &m));
-    if (m) CHECK_OK(ct_adapter_load(dir, m, false, &l));
-    int32_t ids[12];
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(3 + 29 * t % 500);
-    ct_tape tape;
-    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
-    if (l) CHECK_OK(ct_model_logits(m, &tape, ids, T, 0, out));
-    ct_tape_free(&tape);
-    ct_model_free(m);
-}
-
 static void test_adapter_load(void) {
     const int64_t T = 12, V = 512;
     char dir[CT_PATH_MAX];
     work_path(dir, "guarded/adapter");
     float *a = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
     float *b = ct_test_need(calloc((size_t)(T * V), sizeof(float)));
-    logits_with_adapter(ct_cpu_backend(), dir, a, T);
-    logits_with_adapter(guarded(), dir, b, T);
+    ct_stack_logits_with_adapter(g_model, ct_cpu_backend(), dir, a, T);
+    ct_stack_logits_with_adapter(g_model, guarded(), dir, b, T);
     CHECK(memcmp(a, b, (size_t)(T * V) * sizeof(float)) == 0 && a[0] != 0.0f,
           "the adapter trained on the guarded backend gives other logits when loaded there");
     printf("adapter from the guarded run loaded on both backends: logits equal\n");
     free(a), free(b);
-}
-
-static void write_data(void) {
-    const char *inputs[] = {"Tell me a story.", "What did Lily do?", "Who is Tom?", "Where is the cat?"};
-    const char *outputs[] = {"Once upon a time, there was a little girl named Lily.", "Lily went to the park to play.",
-                             "Tom is a big boy who likes to run.", "The cat sat on the mat."};
-    json_t *arr = json_array();
-    for (int rep = 0; rep < 4; rep++)
-        for (int i = 0; i < 4; i++)
-            json_array_append_new(arr, json_pack("{s:[{s:s, s:s}]}", "conversation", "input", inputs[i], "output",
-                                                 outputs[(i + rep) % 4]));
-    CHECK_OK(ct_json_write_atomic(g_data, arr, 0));
-    json_decref(arr);
 }
 
 int main(void) {
@@ -268,7 +238,7 @@ int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/ct_test_guarded.XXXXXX");
     if (!mkdtemp(g_dir)) return 1;
     work_path(g_data, "data.json");
-    write_data();
+    ct_stack_write_data(g_data);
     test_forward();
     test_generate();
     test_train();
