@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ct_error.h"
 
@@ -141,4 +142,20 @@ int ct_backend_download_f32(const ct_backend *be, float *dst, const ct_tensor *t
     if (!rc) rc = ct_convert(dst, CT_F32, raw, t->dtype, ct_numel(t));
     free(raw);
     return rc;
+}
+
+int ct_backend_by_name(const char *name, const char *what, const ct_backend **out) {
+    *out = NULL;
+    if (!strcmp(name, "auto") || !strcmp(name, "cpu")) {
+        *out = ct_cpu_backend();
+        return CT_OK;
+    }
+    const ct_backend *be = NULL;
+    if (!strcmp(name, "cuda")) be = ct_cuda_backend();
+    else if (!strcmp(name, "cuda-emu")) be = ct_cuda_emu_backend();
+    else
+        return ct_errorf(CT_EINPUT, "%s %s: unknown; use auto, cpu, cuda or cuda-emu", what, name);
+    if (!be) return ct_error_wrap(CT_EINPUT, "%s %s is not available here (use cpu or auto)", what, name);
+    *out = be;
+    return CT_OK;
 }

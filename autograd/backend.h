@@ -309,6 +309,14 @@ const char *ct_cuda_emu_device_name(void);
  * builds without CT_TEST_BACKENDS. */
 const ct_backend *ct_guarded_backend(void);
 
+/* The backend a user names (`device:` in a run config, `--device` on eval and
+ * chat): "cpu", "cuda", "cuda-emu" (builds with nvcc: the emulator, for
+ * checking), or "auto": the CPU until the CUDA backend has passed its parity
+ * run on a GPU (no CUDA line has run on one yet). `what` prefixes messages
+ * ("device", "--device"). An unknown name, or a backend this build or machine
+ * lacks, is CT_EINPUT saying why and what to use instead. */
+int ct_backend_by_name(const char *name, const char *what, const ct_backend **out);
+
 /* Every backend this build has, available or not: names[i] and the backend
  * (NULL where unavailable, e.g. cuda without a GPU; why[i] then says why,
  * else ""). Returns the count (at most cap). For `ctuner info` and the

@@ -15,10 +15,11 @@
 
 static int load_model(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
-    if (c->device == CT_DEVICE_CUDA && !t->opt->backend)
-        return ct_errorf(CT_EINPUT, "device: cuda: training runs on the CPU backend in this build (the CUDA "
-                         "kernels are not all written yet); set device: cpu or auto");
-    ct_model_options mo = {.backend = t->opt->backend};
+    /* The caller's backend (tests) wins over the config's device. */
+    static const char *const names[] = {"auto", "cpu", "cuda", "cuda-emu"};
+    const ct_backend *be = t->opt->backend;
+    if (!be) CT_TRY(ct_backend_by_name(names[c->device], "device:", &be));
+    ct_model_options mo = {.backend = be};
     if (c->quantization.load_in_4bit) {
         mo.quant = c->quantization.quant_type == CT_QUANT_FP4 ? CT_MODEL_QUANT_FP4 : CT_MODEL_QUANT_NF4;
         mo.double_quant = c->quantization.double_quant;
@@ -27,7 +28,7 @@ static int load_model(ct_trainer *t) {
     }
     CT_TRY(ct_model_load(c->pretrained_model_name_or_path, &mo, &t->model));
     CT_TRY(ct_model_set_compute(t->model, c->compute_dtype));
-    const ct_backend *be = ct_model_backend(t->model);
+    be = ct_model_backend(t->model);
     const char *note = be->compute_note ? be->compute_note(c->compute_dtype) : NULL;
     if (t->out && c->compute_dtype == CT_BF16)
         fprintf(t->out, "compute: bf16 GEMMs with fp32 sums%s%s\n", note ? ", " : "", note ? note : "");

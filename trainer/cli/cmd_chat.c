@@ -43,7 +43,7 @@
 #define MAX_STOP_IDS 64
 
 typedef struct {
-    const char *model, *adapter, *tmpl, *system, *prompt, *quant;
+    const char *model, *adapter, *tmpl, *system, *prompt, *quant, *device;
     int64_t max_new_tokens, top_k, seed, max_context;
     double temperature, top_p, repetition_penalty;
     bool show_prompt;        /* each turn's fed ids, decoded, on stderr */
@@ -117,6 +117,7 @@ static int chat_open(chat *c, const chat_opts *o) {
     c->first_turn = true;
     c->quiet = o->prompt != NULL;
     ct_model_options mo = {0};
+    CT_TRY(ct_backend_by_name(o->device ? o->device : "auto", "--device", &mo.backend));
     CT_TRY(ct_model_quant_from_name(o->quant, &mo.quant));
     mo.double_quant = true;
     CT_TRY(ct_tok_load(o->model, &c->tok));
@@ -355,13 +356,14 @@ int ct_cmd_chat(int argc, char **argv) {
         {"--seed", CT_ARG_INT, &o.seed, "N", "seed of the sampling RNG (0)"},
         {"--stop-word", CT_ARG_STR, &stop_word, "S", "also stop at S (repeat the flag for more)"},
         {"--quant", CT_ARG_STR, &o.quant, "nf4|fp4|none", "quantize the block linears on load (none)"},
+        {"--device", CT_ARG_STR, &o.device, "D", "auto (the CPU for now), cpu, cuda, cuda-emu (checking only)"},
         {"--max-context", CT_ARG_INT, &o.max_context, "N",
          "KV cache positions (default: max_position_embeddings, at most 4096)"},
         {"--show-prompt", CT_ARG_FLAG, &o.show_prompt, NULL,
          "print each turn's new prompt tokens (decoded, special tokens shown) on stderr"},
     };
     ct_args a = {.usage = "ctuner chat MODEL_DIR [--adapter D] [--template NAME] [--system S] [--prompt P] "
-                          "[sampling flags] [--stop-word S ...] [--quant nf4|fp4|none]",
+                          "[sampling flags] [--stop-word S ...] [--quant nf4|fp4|none] [--device D]",
                  .summary = "Chat with a model: interactive (lines until an empty line; EXIT quits, RESET forgets "
                             "the history), or one answer with --prompt. Output streams as it is generated.",
                  .specs = specs,

@@ -34,7 +34,7 @@
 #include "trainer/model/model.h"
 
 typedef struct {
-    const char *model, *adapter, *data, *format, *tmpl, *system, *quant, *tokenizer;
+    const char *model, *adapter, *data, *format, *tmpl, *system, *quant, *tokenizer, *device;
     int64_t max_length, batch_tokens;
     bool json;
 } eval_opts;
@@ -148,6 +148,7 @@ static int print_result(const eval_opts *o, const ct_dataset *ds, const eval_res
 
 static int run(const eval_opts *o) {
     ct_model_options mo = {0};
+    CT_TRY(ct_backend_by_name(o->device ? o->device : "auto", "--device", &mo.backend));
     CT_TRY(ct_model_quant_from_name(o->quant ? o->quant : "none", &mo.quant));
     mo.double_quant = mo.quant != CT_MODEL_QUANT_NONE; /* QLoRA's usual setting */
     if (o->max_length < 1) return ct_errorf(CT_EINPUT, "--max-length %lld must be >= 1", (long long)o->max_length);
@@ -189,12 +190,13 @@ int ct_cmd_eval(int argc, char **argv) {
         {"--max-length", CT_ARG_INT, &o.max_length, "N", "cut samples to N tokens (default 2048)"},
         {"--quant", CT_ARG_STR, &o.quant, "Q", "nf4 or fp4 (blocks of 64, double-quantized absmax) or none (default): quantize the block linears on load"},
         {"--tokenizer", CT_ARG_STR, &o.tokenizer, "DIR", "tokenizer directory (default: MODEL_DIR)"},
+        {"--device", CT_ARG_STR, &o.device, "D", "auto (default: the CPU for now), cpu, cuda, cuda-emu (checking only)"},
         {"--batch-tokens", CT_ARG_INT, &o.batch_tokens, "N",
          "run consecutive samples together, up to N tokens per forward (default 0: one by one)"},
         {"--json", CT_ARG_FLAG, &o.json, NULL, "print one JSON object with per-sample NLL sums and token counts"},
     };
     ct_args a = {.usage = "ctuner eval MODEL_DIR [--adapter D] --data FILE [--format F] [--template T] "
-                          "[--max-length N] [--quant nf4|fp4|none] [--batch-tokens N] [--json]",
+                          "[--max-length N] [--quant nf4|fp4|none] [--batch-tokens N] [--device D] [--json]",
                  .summary = "Loss (mean NLL over scored tokens) and perplexity of a model on a dataset.",
                  .specs = specs,
                  .n_specs = (int)(sizeof specs / sizeof specs[0]),
