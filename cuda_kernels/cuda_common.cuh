@@ -44,6 +44,82 @@ static __device__ __forceinline__ float act_ld(const bf16_t *p, int64_t i) { ret
 static __device__ __forceinline__ void act_st(float *p, int64_t i, float v) { p[i] = v; }
 static __device__ __forceinline__ void act_st(bf16_t *p, int64_t i, float v) { p[i] = ct_f32_to_bf16(v); }
 
+/* The 16-byte vector paths of the memory-bound kernels (add, swiglu,
+ * rmsnorm, rope, embedding): v[0..7] = p[i..i+7] widened to f32, and
+ * p[i..i+7] = v[0..7] rounded exactly as act_st (so a vector path gives the
+ * scalar path's bits). f32: two float4, bf16: one uint4 (the element at the
+ * lower address in the low half of each 32-bit word). p + i must be 16-byte
+ * aligned: entries check their pointers (and row lengths in bytes) with
+ * aligned16 and otherwise take the scalar path (on a GPU a misaligned 16-byte
+ * access faults; the emulated build fails the launch, ld16/st16).
+ * load_w8 is the same for a weight or table of any load_w dtype. */
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* One 16-byte load or store of a V (uint4, float4). The emulated build
+ * checks the alignment (a failed launch, not a fault as on a GPU) and copies
+ * bytes, so a misaligned access is reported rather than crashing. */
+template <class V> static __device__ __forceinline__ V ld16(const void *p) {
+#ifdef CT_EMU_BUILD
+    if ((uintptr_t)p & 15u)
+        ::ct_emu::set_error(cudaErrorMisalignedAddress, "16-byte load at %p: not 16-byte aligned", p);
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+#else
+    return *reinterpret_cast<const V *>(p);
+#endif
+}
+template <class V> static __device__ __forceinline__ void st16(void *p, V v) {
+#ifdef CT_EMU_BUILD
+    if ((uintptr_t)p & 15u)
+        ::ct_emu::set_error(cudaErrorMisalignedAddress, "16-byte store at %p: not 16-byte aligned", p);
+    memcpy(p, &v, sizeof v);
+#else
+    *reinterpret_cast<V *>(p) = v;
+#endif
+}
+
+static __device__ __forceinline__ void unpack8_16(uint4 u, int dt, float v[8]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int k = 0; k < 4; k++) {
+        const uint16_t lo = (uint16_t)(w[k] & 0xffffu), hi = (uint16_t)(w[k] >> 16);
+        v[2 * k] = dt == CT_F16 ? ct_f16_to_f32(lo) : ct_bf16_to_f32(lo);
+        v[2 * k + 1] = dt == CT_F16 ? ct_f16_to_f32(hi) : ct_bf16_to_f32(hi);
+    }
+}
+
+static __device__ __forceinline__ void act_ld8(const float *p, int64_t i, float v[8]) {
+    const float4 a = ld16<float4>(p + i), b = ld16<float4>(p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+static __device__ __forceinline__ void act_ld8(const bf16_t *p, int64_t i, float v[8]) {
+    unpack8_16(ld16<uint4>(p + i), CT_BF16, v);
+}
+static __device__ __forceinline__ void act_st8(float *p, int64_t i, const float v[8]) {
+    st16(p + i, make_float4(v[0], v[1], v[2], v[3]));
+    st16(p + i + 4, make_float4(v[4], v[5], v[6], v[7]));
+}
+static __device__ __forceinline__ void act_st8(bf16_t *p, int64_t i, const float v[8]) {
+    uint32_t w[4];
+    for (int k = 0; k < 4; k++)
+        w[k] = (uint32_t)ct_f32_to_bf16(v[2 * k]) | (uint32_t)ct_f32_to_bf16(v[2 * k + 1]) << 16;
+    st16(p + i, make_uint4(w[0], w[1], w[2], w[3]));
+}
+static __device__ __forceinline__ void load_w8(const void *w, int dt, int64_t i, float v[8]) {
+    if (dt == CT_F32) act_ld8((const float *)w, i, v);
+    else unpack8_16(ld16<uint4>((const uint16_t *)w + i), dt, v);
+}
+
+/* Grid of a grid-stride element-wise kernel of kThreads-thread blocks whose
+ * loops run over nv 8-element vectors, then the n - 8 nv tail elements one by
+ * one: threads for the longer loop, at most one wave of resident blocks on an
+ * H100 (132 SMs x 8 blocks of 256 threads); each thread then loops. */
+static inline unsigned ew_grid(int64_t n, int64_t nv) {
+    const int64_t tail = n - 8 * nv;
+    const unsigned b = blocks_for(nv > tail ? nv : tail), cap = 132 * 8;
+    return b < 1 ? 1 : b < cap ? b : cap;
+}
+
 /* CT_OK when t's dtype is an activation dtype (f32, bf16), else CT_EINPUT
  * naming what and the dtype. */
 static inline int act_check(const ct_tensor *t, const char *what) {

@@ -2,15 +2,24 @@
  * of autograd/cpu/embedding.c. Buffers: table [V, D] f32/bf16/f16; dtable
  * [V, D] f32; ids i32 [T]; y, dy [T, D] activations (f32 or bf16: kernels
  * templated on the storage A, cuda_common.cuh; a table element is widened to
- * f32 and rounded once when stored). */
+ * f32 and rounded once when stored). The forward copies 8 elements per thread
+ * and step (16-byte loads and stores, load_w8/act_st8) when the table, y and
+ * every row of both are 16-byte aligned (nv = D/8, then the D - 8 nv tail one
+ * by one), else one at a time (nv = 0). */
 #include "cuda_common.cuh"
 
 template <class A>
 static __global__ void embedding_fwd_kernel(const void *table, int dt, const int32_t *ids, A *y,
-                                            int64_t D) {
+                                            int64_t D, int64_t nv) {
     int64_t t = blockIdx.x;
     int64_t row = (int64_t)ids[t] * D;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) act_st(y, t * D + i, load_w(table, dt, row + i));
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        float e[8];
+        load_w8(table, dt, row + 8 * v, e);
+        act_st8(y, t * D + 8 * v, e);
+    }
+    for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x)
+        act_st(y, t * D + i, load_w(table, dt, row + i));
 }
 
 /* dtable[ids[t], d] += dy[t, d]: one thread per column d walking the tokens in
@@ -29,8 +38,11 @@ static __global__ void embedding_bwd_kernel(const int32_t *__restrict__ ids,
 template <class A>
 static int embedding_fwd_launch(const ct_tensor *table, const ct_tensor *ids, ct_tensor *y,
                                 int64_t T, int64_t D) {
+    const bool vec = aligned16(table->data) && aligned16(y->data) &&
+                     (D * (int64_t)ct_dtype_bytes(table->dtype, 1)) % 16 == 0 &&
+                     (D * (int64_t)sizeof(A)) % 16 == 0;
     CT_LAUNCH(embedding_fwd_kernel<A>, (unsigned)T, 256, 0, table->data, (int)table->dtype,
-              (const int32_t *)ids->data, (A *)y->data, D);
+              (const int32_t *)ids->data, (A *)y->data, D, vec ? D / 8 : 0);
     return CT_OK;
 }
 

@@ -5,40 +5,81 @@
  * w [D] f32/bf16/f16; rstd [R] f32; dw [D] f32. Kernels are templated on the
  * activation storage A (cuda_common.cuh): loads widen to f32, the sums, rstd
  * and every intermediate are f32, stores round once (dx: its old value plus
- * the f32 term, rounded once). */
+ * the f32 term, rounded once).
+ *
+ * Row passes: with nv = D/8 > 0 (every row and w 16-byte aligned, checked by
+ * the entry; else nv = 0, the scalar path) each thread takes 8 consecutive
+ * elements per step (act_ld8/act_st8, load_w8), then the row's D - 8 nv tail
+ * elements one by one. Each output element is computed by the same
+ * expression in both paths; only the sums' order depends on the path. */
 #include "cuda_common.cuh"
+
+static __device__ __forceinline__ float fwd_one(float x, float inv, float w) { return x * inv * w; }
+
+/* dx + (rstd dy w - c x) for one element. */
+static __device__ __forceinline__ float bwd_one(float dx, float inv, float g, float w, float c, float x) {
+    return dx + (inv * g * w - c * x);
+}
 
 template <class A>
 static __global__ void rmsnorm_fwd_kernel(const A *x, const void *w, int wdt, float eps, A *y,
-                                          float *rstd, int64_t D) {
+                                          float *rstd, int64_t D, int64_t nv) {
     __shared__ float sh[256];
     const A *xr = x + blockIdx.x * D;
     A *yr = y + blockIdx.x * D;
     float ss = 0.0f;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        float xv[8];
+        act_ld8(xr, 8 * v, xv);
+        for (int k = 0; k < 8; k++) ss += xv[k] * xv[k];
+    }
+    for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x) {
         const float v = act_ld(xr, i);
         ss += v * v;
     }
     ss = block_sum(ss, sh);
     float inv = rsqrtf(ss / (float)D + eps);
     if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = inv;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-        act_st(yr, i, act_ld(xr, i) * inv * load_w(w, wdt, i));
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        float xv[8], wv[8];
+        act_ld8(xr, 8 * v, xv);
+        load_w8(w, wdt, 8 * v, wv);
+        for (int k = 0; k < 8; k++) xv[k] = fwd_one(xv[k], inv, wv[k]);
+        act_st8(yr, 8 * v, xv);
+    }
+    for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x)
+        act_st(yr, i, fwd_one(act_ld(xr, i), inv, load_w(w, wdt, i)));
 }
 
 template <class A>
 static __global__ void rmsnorm_bwd_dx_kernel(const A *x, const void *w, int wdt, const float *rstd,
-                                             const A *dy, A *dx, int64_t D) {
+                                             const A *dy, A *dx, int64_t D, int64_t nv) {
     __shared__ float sh[256];
     const A *xr = x + blockIdx.x * D, *gr = dy + blockIdx.x * D;
     A *dr = dx + blockIdx.x * D;
     float inv = rstd[blockIdx.x], dot = 0.0f;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        float xv[8], gv[8], wv[8];
+        act_ld8(xr, 8 * v, xv);
+        act_ld8(gr, 8 * v, gv);
+        load_w8(w, wdt, 8 * v, wv);
+        for (int k = 0; k < 8; k++) dot += gv[k] * wv[k] * xv[k];
+    }
+    for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x)
         dot += act_ld(gr, i) * load_w(w, wdt, i) * act_ld(xr, i);
     dot = block_sum(dot, sh);
     float c = inv * inv * inv * dot / (float)D;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-        act_st(dr, i, act_ld(dr, i) + (inv * act_ld(gr, i) * load_w(w, wdt, i) - c * act_ld(xr, i)));
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        float xv[8], gv[8], wv[8], dv[8];
+        act_ld8(xr, 8 * v, xv);
+        act_ld8(gr, 8 * v, gv);
+        load_w8(w, wdt, 8 * v, wv);
+        act_ld8(dr, 8 * v, dv);
+        for (int k = 0; k < 8; k++) dv[k] = bwd_one(dv[k], inv, gv[k], wv[k], c, xv[k]);
+        act_st8(dr, 8 * v, dv);
+    }
+    for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x)
+        act_st(dr, i, bwd_one(act_ld(dr, i), inv, act_ld(gr, i), load_w(w, wdt, i), c, act_ld(xr, i)));
 }
 
 /* dw[i] += sum_r dy[r,i] x[r,i] rstd[r]: one thread per column, rows in order. */
@@ -77,11 +118,24 @@ static int check_acts(const ct_tensor *x, const ct_tensor *a, const ct_tensor *b
     return CT_OK;
 }
 
+/* D/8 when x and every other given tensor (NULL: absent) start 16-byte
+ * aligned and so does every row (D elements of A) and w: the vector paths;
+ * else 0. */
+static int64_t vec_count(int64_t D, const ct_tensor *x, const ct_tensor *w, const ct_tensor *a,
+                         const ct_tensor *b) {
+    const ct_tensor *t[3] = {w, a, b};
+    if ((D * (int64_t)ct_dtype_bytes(x->dtype, 1)) % 16 != 0 || !aligned16(x->data)) return 0;
+    for (int k = 0; k < 3; k++)
+        if (t[k] && !aligned16(t[k]->data)) return 0;
+    return D / 8;
+}
+
 template <class A>
 static int rmsnorm_fwd_launch(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
                               ct_tensor *rstd, int64_t R, int64_t D) {
     CT_LAUNCH(rmsnorm_fwd_kernel<A>, (unsigned)R, 256, 0, (const A *)x->data, w->data,
-              (int)w->dtype, eps, (A *)y->data, rstd ? (float *)rstd->data : nullptr, D);
+              (int)w->dtype, eps, (A *)y->data, rstd ? (float *)rstd->data : nullptr, D,
+              vec_count(D, x, w, y, nullptr));
     return CT_OK;
 }
 
@@ -91,7 +145,8 @@ static int rmsnorm_bwd_launch(const ct_tensor *x, const ct_tensor *w, const ct_t
                               int64_t D) {
     if (dx)
         CT_LAUNCH(rmsnorm_bwd_dx_kernel<A>, (unsigned)R, 256, 0, (const A *)x->data, w->data,
-                  (int)w->dtype, (const float *)rstd->data, (const A *)dy->data, (A *)dx->data, D);
+                  (int)w->dtype, (const float *)rstd->data, (const A *)dy->data, (A *)dx->data, D,
+                  vec_count(D, x, w, dy, dx));
     if (dw)
         CT_LAUNCH(rmsnorm_bwd_dw_kernel<A>, (unsigned)((D + 255) / 256), 256, 0,
                   (const A *)x->data, (const float *)rstd->data, (const A *)dy->data,
