@@ -35,11 +35,11 @@
  * fp32 math folds the scale into Q (as the CPU); bf16 math rounds Q, K, V, dO
  * and the P, dS operands to bf16, sums in fp32 and scales the fp32 sums.
  *
- * The forward with bf16 math and head_dim a multiple of 16 (the GPU's normal
- * case) runs on tensor cores instead: attn_fwd_mma_kernel (warp mma,
- * mma.cuh), same visibility, softmax statistics and lse. The FMA kernels
- * remain for fp32 math, other head_dims and the whole backward (an mma
- * backward is the follow-up). */
+ * With bf16 math and head_dim a multiple of 16 (the GPU's normal case) the
+ * forward and the backward run on tensor cores instead (warp mma, mma.cuh):
+ * attn_fwd_mma_kernel, attn_bwd_dq_mma_kernel and attn_bwd_dkv_mma_kernel,
+ * same visibility, statistics, rounded operands and block/owner structure.
+ * The FMA kernels remain for fp32 math and other head_dims. */
 #include "cuda_common.cuh"
 #include "mma.cuh"
 
@@ -502,6 +502,283 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_bwd_dkv_ke
         }
 }
 
+/* ---------------- backward, bf16 math on tensor cores ---------------- */
+
+/* The bf16-math backward for head_dim a multiple of 16 (FlashAttention-2's
+ * structure on the warp mma, mma.cuh), two kernels like the FMA backward:
+ * - dQ (and D): block = (64 queries, query head h), 4 warps of 16 query rows,
+ *   lane (gr, tq) owning rows r0 = gr, r1 = gr + 8 of its warp's (the
+ *   forward's layout). D = rowsum(dO∘O) from the unrounded activations into
+ *   dd; Q and dO as bf16 A fragments in registers; per tile of AM_BK keys, K
+ *   and V staged as rows of bf16 pairs along the head dim; S = Q·Kᵀ and
+ *   dP = dO·Vᵀ by mma, P = exp(S·scale − lse), dS = P∘(dP − D) in fp32, then
+ *   dQ += dS·K with dS rounded to bf16 as the A fragments (S's accumulator
+ *   layout is the A layout) and K's B fragments read along the keys (two
+ *   bf16 halves per register); dqkv_q += scale·dQ.
+ * - dK/dV: block = (64 keys, KV head), 4 warps of 16 keys (rows c0, c1 as
+ *   above); K as A fragments in registers, V's A fragments from shared memory;
+ *   for each query head of the group and each tile of BQ queries that see the
+ *   keys: Q and dO staged as rows of pairs, Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ by mma,
+ *   Pᵀ and dSᵀ in fp32 (lse, D per query column from shared memory), then
+ *   dV += Pᵀ·dO and dK += dSᵀ·Q with P, dS rounded to bf16 (B fragments read
+ *   along the queries); dqkv_k += scale·dK, dqkv_v += dV.
+ * Every sum has one owner and a fixed order (no atomics). The CPU's bf16 path
+ * rounds the same operands: Q, K, V, dO, P (for dV), dS (for dK, dQ).
+ * Visibility as the FMA backward: start(i) <= j <= i. */
+
+/* The bf16 at column d of a row of bf16 pairs (the low half is the even column). */
+static __device__ __forceinline__ uint32_t attn_half(const uint32_t *row, int d) {
+    return (row[d >> 1] >> (16 * (d & 1))) & 0xffffu;
+}
+
+/* rows [0, rows) of dst (words per row W) = bf16 pairs of src rows 0..n-1
+ * (row stride ld, hd columns), zeros past them. The whole block takes part. */
+template <class A, int HD, int W>
+static __device__ void attn_stage_pairs(uint32_t (*dst)[W], const A *src, int64_t ld, int n, int rows, int hd) {
+    for (int e = (int)threadIdx.x; e < rows * (HD / 2); e += (int)blockDim.x) {
+        const int j = e / (HD / 2), d = 2 * (e % (HD / 2));
+        const A *s = src + (int64_t)(j < n ? j : 0) * ld;
+        const bool ok = j < n && d < hd;
+        dst[j][d / 2] = ct_mma_pack_bf16(ok ? act_ld(s, d) : 0.0f, ok ? act_ld(s, d + 1) : 0.0f);
+    }
+}
+
+/* A fragments (bf16) of rows r0, r1 of src (row stride ld; zeros for rows >=
+ * T and dims >= hd). */
+template <class A, int HD>
+static __device__ __forceinline__ void attn_a_frags(const A *src, int64_t ld, int r0, int r1, int T, int hd, int tq,
+                                                    uint32_t (*f)[4]) {
+    const A *s0 = src + (int64_t)(r0 < T ? r0 : 0) * ld, *s1 = src + (int64_t)(r1 < T ? r1 : 0) * ld;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const A *s = r & 1 ? s1 : s0;
+            const bool ok = (r & 1 ? r1 : r0) < T;
+            const int d = 16 * kk + 2 * tq + (r >> 1) * 8;
+            f[kk][r] = ct_mma_pack_bf16(ok && d < hd ? act_ld(s, d) : 0.0f, ok && d + 1 < hd ? act_ld(s, d + 1) : 0.0f);
+        }
+}
+
+template <class A, int HD>
+static __global__ void __launch_bounds__(32 * AM_WARPS)
+    attn_bwd_dq_mma_kernel(const A *qkv, const int *seg_start, attn_dims a, const A *out, const float *lse,
+                           const A *dout, float *dd, A *dqkv) {
+    constexpr int KS = HD / 16, NO = HD / 8, KP = AM_BK / 16, KW = (HD + AM_PAD) / 2;
+    __shared__ __align__(16) uint32_t ks[AM_BK][KW]; /* K tile: ks[j][d/2] = bf16 pair (d, d+1) of key j */
+    __shared__ __align__(16) uint32_t vs[AM_BK][KW]; /* V tile, the same layout */
+    const int h = blockIdx.y, kvh = h / a.G;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * AM_ROWS; /* late tiles (most keys) first */
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, gr = lane >> 2, tq = lane % 4;
+    const int r0 = i0 + 16 * warp + gr, r1 = r0 + 8, w_last = i0 + 16 * warp + 15;
+    const int64_t kc = attn_k_col(a.G, a.hd, kvh), ow = (int64_t)a.Hq * a.hd, oc = (int64_t)h * a.hd;
+
+    float li[2], di[2];
+    int st[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) { /* D = rowsum(dO∘O): dims tq, tq+4, ... per lane, then over the quad */
+        const int i = r ? r1 : r0;
+        const bool ok = i < a.T;
+        const A *o = out + (int64_t)(ok ? i : 0) * ow + oc, *go = dout + (int64_t)(ok ? i : 0) * ow + oc;
+        float s = 0.0f;
+        for (int d = tq; d < a.hd; d += 4) s += ok ? act_ld(o, d) * act_ld(go, d) : 0.0f;
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        di[r] = s;
+        if (ok && tq == 0) dd[(int64_t)h * a.T + i] = s;
+        li[r] = ok ? lse[(int64_t)h * a.T + i] : 0.0f;
+        st[r] = ok ? seg_start[i] : 0;
+    }
+    uint32_t qf[KS][4], gf[KS][4]; /* Q, dO rows r0, r1 as A fragments (bf16) */
+    attn_a_frags<A, HD>(qkv + attn_q_col(a.G, a.hd, h), a.C, r0, r1, a.T, a.hd, tq, qf);
+    attn_a_frags<A, HD>(dout + oc, ow, r0, r1, a.T, a.hd, tq, gf);
+    float dq[NO][4]; /* dQ/scale rows r0 (dq[n][0..1]), r1 (dq[n][2..3]), dims 8n + 2tq (+1) */
+#pragma unroll
+    for (int n = 0; n < NO; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+    const int k_stop = a.T - i0 < AM_ROWS ? a.T : i0 + AM_ROWS;
+    for (int k0 = seg_start[i0]; k0 < k_stop; k0 += AM_BK) {
+        const int nk = k_stop - k0 < AM_BK ? k_stop - k0 : AM_BK;
+        __syncthreads(); /* the previous tile is read */
+        attn_stage_pairs<A, HD, KW>(ks, qkv + (int64_t)k0 * a.C + kc, a.C, nk, AM_BK, a.hd);
+        attn_stage_pairs<A, HD, KW>(vs, qkv + (int64_t)k0 * a.C + kc + a.hd, a.C, nk, AM_BK, a.hd);
+        __syncthreads();
+
+        /* Per 16 keys 16kk..: S, dP (n-tiles 2kk + u, u = 0, 1: keys k0 + 16kk + 8u + 2tq (+1) of rows
+         * r0 ([u][0..1]), r1 ([u][2..3])), dS into s, then dQ += dS·K (only 16 keys' S live at once) */
+#pragma unroll
+        for (int kk = 0; kk < KP; kk++) {
+            if (k0 + 16 * kk > w_last) continue; /* all masked; the same in the whole warp */
+            float s[2][4], dp[2][4];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int n = 2 * kk + u;
+                s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.0f;
+                dp[u][0] = dp[u][1] = dp[u][2] = dp[u][3] = 0.0f;
+                if (k0 + 8 * n > w_last) continue;
+#pragma unroll
+                for (int kd = 0; kd < KS; kd++) {
+                    const uint32_t bk[2] = {ks[8 * n + gr][8 * kd + tq], ks[8 * n + gr][8 * kd + tq + 4]};
+                    ct_mma_bf16_16x8x16(s[u], qf[kd], bk, s[u]);
+                    const uint32_t bv[2] = {vs[8 * n + gr][8 * kd + tq], vs[8 * n + gr][8 * kd + tq + 4]};
+                    ct_mma_bf16_16x8x16(dp[u], gf[kd], bv, dp[u]);
+                }
+            }
+            /* dS = P∘(dP − D), P = exp(S·scale − lse); 0 where not visible */
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const int j = k0 + 16 * kk + 8 * u + 2 * tq + (c & 1), r = c >> 1, i = r ? r1 : r0;
+                    const bool vis = i < a.T && j < k0 + nk && j >= st[r] && j <= i;
+                    const float p = vis ? ct_expf(s[u][c] * a.scale - li[r]) : 0.0f;
+                    s[u][c] = vis ? p * (dp[u][c] - di[r]) : 0.0f;
+                }
+            /* dQ += dS·K: dS (bf16) as the A fragment (S's accumulator layout); K's
+             * B fragment b[0] = K[16kk + 2tq (+1)][8n + gr], b[1] the keys 8 further */
+            const uint32_t pa[4] = {ct_mma_pack_bf16(s[0][0], s[0][1]), ct_mma_pack_bf16(s[0][2], s[0][3]),
+                                    ct_mma_pack_bf16(s[1][0], s[1][1]), ct_mma_pack_bf16(s[1][2], s[1][3])};
+            const int j = 16 * kk + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < NO; n++) {
+                const int d = 8 * n + gr;
+                const uint32_t b[2] = {attn_half(ks[j], d) | attn_half(ks[j + 1], d) << 16,
+                                       attn_half(ks[j + 8], d) | attn_half(ks[j + 9], d) << 16};
+                ct_mma_bf16_16x8x16(dq[n], pa, b, dq[n]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int i = r ? r1 : r0;
+        if (i >= a.T) continue;
+        A *dst = dqkv + (int64_t)i * a.C + attn_q_col(a.G, a.hd, h);
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int d = 8 * n + 2 * tq + c;
+                if (d < a.hd) act_st(dst, d, act_ld(dst, d) + a.scale * dq[n][2 * r + c]);
+            }
+    }
+}
+
+/* Queries per staged tile of the dK/dV kernel (Q, dO and V fit 48 KB). */
+template <int HD> struct attn_mma_bq {
+    static constexpr int BQ = HD >= 128 ? 32 : 64;
+};
+
+template <class A, int HD>
+static __global__ void __launch_bounds__(32 * AM_WARPS)
+    attn_bwd_dkv_mma_kernel(const A *qkv, const int *seg_start, const int *seg_end, attn_dims a, const float *lse,
+                            const A *dout, const float *dd, A *dqkv) {
+    constexpr int BQ = attn_mma_bq<HD>::BQ, KS = HD / 16, NO = HD / 8, KP = BQ / 16;
+    constexpr int KW = (HD + AM_PAD) / 2;
+    __shared__ __align__(16) uint32_t vs[AM_ROWS][KW]; /* V of the block's keys: vs[j][d/2] = bf16 pair */
+    __shared__ __align__(16) uint32_t qs[BQ][KW];      /* Q of the query tile, the same layout */
+    __shared__ __align__(16) uint32_t gs[BQ][KW];      /* dO of the query tile */
+    __shared__ float ls[BQ], dsh[BQ];                  /* lse, D of the query tile */
+    __shared__ int sts[BQ];                            /* start of each query's sample */
+    const int g = blockIdx.y, j0 = blockIdx.x * AM_ROWS; /* early key tiles (most queries) first */
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, gr = lane >> 2, tq = lane % 4;
+    const int kw = j0 + 16 * warp, c0 = kw + gr, c1 = c0 + 8, wr = 16 * warp + gr; /* wr: c0's row in vs */
+    const int64_t kc = attn_k_col(a.G, a.hd, g), ow = (int64_t)a.Hq * a.hd;
+    const int nk = a.T - j0 < AM_ROWS ? a.T - j0 : AM_ROWS;
+
+    uint32_t kf[KS][4]; /* K rows c0, c1 as A fragments (bf16) */
+    attn_a_frags<A, HD>(qkv + kc, a.C, c0, c1, a.T, a.hd, tq, kf);
+    attn_stage_pairs<A, HD, KW>(vs, qkv + (int64_t)j0 * a.C + kc + a.hd, a.C, nk, AM_ROWS, a.hd);
+    float dk[NO][4], dv[NO][4]; /* rows c0 ([n][0..1]), c1 ([n][2..3]), dims 8n + 2tq (+1) */
+#pragma unroll
+    for (int n = 0; n < NO; n++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) dk[n][c] = dv[n][c] = 0.0f;
+
+    const int q_end = seg_end[j0 + nk - 1]; /* queries that see a key of the tile: [j0, q_end) */
+    for (int h = g * a.G; h < (g + 1) * a.G; h++) {
+        const int64_t qc = attn_q_col(a.G, a.hd, h);
+        for (int q0 = j0; q0 < q_end; q0 += BQ) {
+            const int nq = q_end - q0 < BQ ? q_end - q0 : BQ;
+            __syncthreads(); /* the previous tile is read (and vs is staged) */
+            attn_stage_pairs<A, HD, KW>(qs, qkv + (int64_t)q0 * a.C + qc, a.C, nq, BQ, a.hd);
+            attn_stage_pairs<A, HD, KW>(gs, dout + (int64_t)q0 * ow + (int64_t)h * a.hd, ow, nq, BQ, a.hd);
+            for (int r = (int)threadIdx.x; r < BQ; r += (int)blockDim.x) {
+                ls[r] = r < nq ? lse[(int64_t)h * a.T + q0 + r] : 0.0f;
+                dsh[r] = r < nq ? dd[(int64_t)h * a.T + q0 + r] : 0.0f;
+                sts[r] = r < nq ? seg_start[q0 + r] : 0;
+            }
+            __syncthreads();
+
+            /* Per 16 queries 16kk..: Sᵀ, dPᵀ (n-tiles 2kk + u: queries q0 + 16kk + 8u + 2tq (+1) of keys
+             * c0 ([u][0..1]), c1 ([u][2..3])), Pᵀ into s, dSᵀ into dp, then dV += Pᵀ·dO, dK += dSᵀ·Q */
+#pragma unroll
+            for (int kk = 0; kk < KP; kk++) {
+                if (q0 + 16 * kk + 15 < kw) continue; /* all masked (queries before the keys); warp-uniform */
+                float s[2][4], dp[2][4];
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    const int n = 2 * kk + u;
+                    s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.0f;
+                    dp[u][0] = dp[u][1] = dp[u][2] = dp[u][3] = 0.0f;
+                    if (q0 + 8 * n + 7 < kw) continue;
+#pragma unroll
+                    for (int kd = 0; kd < KS; kd++) {
+                        const uint32_t bq[2] = {qs[8 * n + gr][8 * kd + tq], qs[8 * n + gr][8 * kd + tq + 4]};
+                        ct_mma_bf16_16x8x16(s[u], kf[kd], bq, s[u]);
+                        const uint32_t va[4] = {vs[wr][8 * kd + tq], vs[wr + 8][8 * kd + tq],
+                                                vs[wr][8 * kd + tq + 4], vs[wr + 8][8 * kd + tq + 4]};
+                        const uint32_t bg[2] = {gs[8 * n + gr][8 * kd + tq], gs[8 * n + gr][8 * kd + tq + 4]};
+                        ct_mma_bf16_16x8x16(dp[u], va, bg, dp[u]);
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < 2; u++)
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        const int qi = 16 * kk + 8 * u + 2 * tq + (c & 1), i = q0 + qi, j = c < 2 ? c0 : c1;
+                        const bool vis = j < a.T && qi < nq && j >= sts[qi] && j <= i;
+                        const float p = vis ? ct_expf(s[u][c] * a.scale - ls[qi]) : 0.0f;
+                        s[u][c] = p;
+                        dp[u][c] = vis ? p * (dp[u][c] - dsh[qi]) : 0.0f;
+                    }
+                /* P, dS (bf16) as A fragments; B fragments b[0] = X[16kk + 2tq (+1)][8n + gr],
+                 * b[1] 8 queries further (X = dO for dV, Q for dK) */
+                const uint32_t pa[4] = {ct_mma_pack_bf16(s[0][0], s[0][1]), ct_mma_pack_bf16(s[0][2], s[0][3]),
+                                        ct_mma_pack_bf16(s[1][0], s[1][1]), ct_mma_pack_bf16(s[1][2], s[1][3])};
+                const uint32_t da[4] = {ct_mma_pack_bf16(dp[0][0], dp[0][1]), ct_mma_pack_bf16(dp[0][2], dp[0][3]),
+                                        ct_mma_pack_bf16(dp[1][0], dp[1][1]), ct_mma_pack_bf16(dp[1][2], dp[1][3])};
+                const int q = 16 * kk + 2 * tq;
+#pragma unroll
+                for (int n = 0; n < NO; n++) {
+                    const int d = 8 * n + gr;
+                    const uint32_t bg[2] = {attn_half(gs[q], d) | attn_half(gs[q + 1], d) << 16,
+                                            attn_half(gs[q + 8], d) | attn_half(gs[q + 9], d) << 16};
+                    ct_mma_bf16_16x8x16(dv[n], pa, bg, dv[n]);
+                    const uint32_t bq[2] = {attn_half(qs[q], d) | attn_half(qs[q + 1], d) << 16,
+                                            attn_half(qs[q + 8], d) | attn_half(qs[q + 9], d) << 16};
+                    ct_mma_bf16_16x8x16(dk[n], da, bq, dk[n]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? c1 : c0;
+        if (j >= a.T) continue;
+        A *dst = dqkv + (int64_t)j * a.C + kc;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int d = 8 * n + 2 * tq + c;
+                if (d < a.hd) {
+                    act_st(dst, d, act_ld(dst, d) + a.scale * dk[n][2 * r + c]);
+                    act_st(dst, a.hd + d, act_ld(dst, a.hd + d) + dv[n][2 * r + c]);
+                }
+            }
+    }
+}
+
 /* ---------------- host side ---------------- */
 
 static int attn_dims_init(attn_dims *a, const ct_tensor *qkv, const ct_attn_params *p) {
@@ -576,6 +853,17 @@ static int attn_fwd_mma_launch(const attn_dims &a, const A *qkv, const int *st, 
     return CT_OK;
 }
 
+template <class A, int HD>
+static int attn_bwd_mma_launch(const attn_dims &a, const A *qkv, const int *st, const int *en, const A *out,
+                               const float *lse, const A *dout, float *dd, A *dqkv) {
+    const unsigned tiles = (unsigned)((a.T + AM_ROWS - 1) / AM_ROWS);
+    auto *kq = &attn_bwd_dq_mma_kernel<A, HD>; /* first: D into dd */
+    CT_LAUNCH(kq, dim3(tiles, (unsigned)a.Hq), 32 * AM_WARPS, 0, qkv, st, a, out, lse, dout, dd, dqkv);
+    auto *kkv = &attn_bwd_dkv_mma_kernel<A, HD>;
+    CT_LAUNCH(kkv, dim3(tiles, (unsigned)a.Hkv), 32 * AM_WARPS, 0, qkv, st, en, a, lse, dout, dd, dqkv);
+    return CT_OK;
+}
+
 template <class A>
 static int attn_fwd_run(const attn_dims &a, const ct_tensor *qkv, const int *st, const int *en, ct_tensor *out,
                         ct_tensor *lse) {
@@ -601,6 +889,12 @@ static int attn_bwd_run(const attn_dims &a, const ct_tensor *qkv, const int *st,
     const A *x = (const A *)qkv->data, *o = (const A *)out->data, *go = (const A *)dout->data;
     const float *l = (const float *)lse->data;
     A *dx = (A *)dqkv->data;
+    if (a.bf && a.hd % 16 == 0) { /* bf16 math on tensor cores (head_dim padded with zeros) */
+        if (a.hd <= 16) return attn_bwd_mma_launch<A, 16>(a, x, st, en, o, l, go, dd, dx);
+        if (a.hd <= 32) return attn_bwd_mma_launch<A, 32>(a, x, st, en, o, l, go, dd, dx);
+        if (a.hd <= 64) return attn_bwd_mma_launch<A, 64>(a, x, st, en, o, l, go, dd, dx);
+        return attn_bwd_mma_launch<A, 128>(a, x, st, en, o, l, go, dd, dx);
+    }
     if (a.hd <= 16) return attn_bwd_launch<A, 16>(a, x, st, en, o, l, go, dd, dx);
     if (a.hd <= 32) return attn_bwd_launch<A, 32>(a, x, st, en, o, l, go, dd, dx);
     if (a.hd <= 64) return attn_bwd_launch<A, 64>(a, x, st, en, o, l, go, dd, dx);

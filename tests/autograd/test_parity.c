@@ -85,8 +85,8 @@ typedef struct pcase {
     int scaling;            /* rope: CT_ROPE_* */
     float dropout;          /* lora_linear, linear_xent: LoRA input dropout */
     int T;                  /* tokens / rows; 0 = the run's default */
-    int D;                  /* rmsnorm, swiglu: the last dim; attention: head_dim (0 = 16);
-                             * 0 = the run's default */
+    int D;                  /* rmsnorm, swiglu, embedding_fwd: the last dim; attention, rope:
+                             * head_dim (0 = 16); 0 = the run's default */
 } pcase;
 
 #define ENTRY(e) offsetof(ct_backend, e), #e
@@ -152,6 +152,9 @@ static const pcase k_rows[] = {
     EMB_FWD(CT_F32, "f32"),
     EMB_FWD(CT_BF16, "bf16"),
     EMB_FWD(CT_F16, "f16"),
+    /* D = 36: f32 vectors and a 4-element tail; bf16 rows not 16-byte aligned */
+    {"embedding_fwd table=f32 D=36", CT_OP_EMBEDDING, ENTRY(embedding_fwd), run_embedding_fwd, Q(CT_F32, ANY), EXACT, .D = 36},
+    {"embedding_fwd table=bf16 D=36", CT_OP_EMBEDDING, ENTRY(embedding_fwd), run_embedding_fwd, Q(CT_BF16, ANY), EXACT, .D = 36},
     {"embedding_bwd", CT_OP_EMBEDDING, ENTRY(embedding_bwd), run_embedding_bwd, Q(CT_F32, ANY), TOL_EW, .flags = 0},
 
     /* rmsnorm (D = 100: not a multiple of the vector width) */
@@ -164,6 +167,13 @@ static const pcase k_rows[] = {
     RMS(bwd, CT_F32, "f32", " dx only", F_NO_DW),
     RMS_BIG(fwd, CT_BF16, "bf16"), /* wide rows, parallel paths */
     RMS_BIG(bwd, CT_F32, "f32"),
+    /* D = 4096: the GPU's 16-byte vector paths alone in both activation
+     * passes; 4099: the scalar path (rows not 16-byte aligned); f32 at
+     * D = 100, 4100: vectors and a 4-element tail */
+    {"rmsnorm_fwd w=bf16 8x4096", CT_OP_RMSNORM, ENTRY(rmsnorm_fwd), run_rmsnorm_fwd, Q(CT_BF16, ANY), TOL_RED, .T = 8, .D = 4096},
+    {"rmsnorm_bwd w=f32 8x4096", CT_OP_RMSNORM, ENTRY(rmsnorm_bwd), run_rmsnorm_bwd, Q(CT_F32, ANY), TOL_RED, .T = 8, .D = 4096},
+    {"rmsnorm_fwd w=f32 8x4099", CT_OP_RMSNORM, ENTRY(rmsnorm_fwd), run_rmsnorm_fwd, Q(CT_F32, ANY), TOL_RED, .T = 8, .D = 4099},
+    {"rmsnorm_bwd w=bf16 8x4099", CT_OP_RMSNORM, ENTRY(rmsnorm_bwd), run_rmsnorm_bwd, Q(CT_BF16, ANY), TOL_RED, .T = 8, .D = 4099},
 
     /* rope: positions with a restart (packed samples) and one far position */
     ROPE(fwd, "plain", 0, CT_ROPE_NONE, 0),
@@ -173,6 +183,9 @@ static const pcase k_rows[] = {
     ROPE(bwd, "plain", 0, CT_ROPE_NONE, 0),
     ROPE(bwd, "internlm2 G=2 linear", 2, CT_ROPE_LINEAR, 0),
     ROPE(bwd, "internlm2 G=1 dynamic", 1, CT_ROPE_DYNAMIC, 0),
+    /* head_dim 20: half = 10 pairs, not a multiple of 8 (the GPU's scalar path) */
+    {"rope_fwd plain hd=20", CT_OP_ROPE, ENTRY(rope_fwd), run_rope_fwd, ANYQ, TOL_EW, .D = 20},
+    {"rope_bwd internlm2 G=2 hd=20", CT_OP_ROPE, ENTRY(rope_bwd), run_rope_bwd, ANYQ, TOL_EW, .G = 2, .D = 20},
 
     /* attention (T = 70: two 64-blocks; packed: samples of 20, 1 and 49 tokens) */
     ATTN(fwd, "G=1 f32", CT_F32, 1, 0, 0),
@@ -185,11 +198,15 @@ static const pcase k_rows[] = {
     ATTN(bwd, "G=2 T=1 f32", CT_F32, 2, 0, 1),
     ATTN(bwd, "G=1 bf16", CT_BF16, 1, 0, 0),
     ATTN(bwd, "G=3 packed bf16", CT_BF16, 3, F_PACKED, 0),
-    /* head_dim 64 and 40: more than one 16-wide slice of the tensor-core
-     * kernels, and a width they do not take (a GPU backend's other path) */
+    /* head_dim 64 and 128: several 16-wide slices of the tensor-core kernels
+     * (128: InternLM2-7B's, with its own tile sizes), and 40: a width they do
+     * not take (the FMA path) */
     ATTN_HD(fwd, "G=2 packed hd=64 bf16", CT_BF16, 2, F_PACKED, 64),
     ATTN_HD(bwd, "G=2 packed hd=64 bf16", CT_BF16, 2, F_PACKED, 64),
     ATTN_HD(fwd, "G=2 hd=40 bf16", CT_BF16, 2, 0, 40),
+    ATTN_HD(bwd, "G=2 hd=40 bf16", CT_BF16, 2, 0, 40),
+    ATTN_HD(fwd, "G=1 packed hd=128 bf16", CT_BF16, 1, F_PACKED, 128), /* InternLM2-7B's head */
+    ATTN_HD(bwd, "G=1 packed hd=128 bf16", CT_BF16, 1, F_PACKED, 128),
     ATTN_HD(fwd, "G=1 hd=64 f32", CT_F32, 1, 0, 64),
 
     /* cached attention: feeds of 7, 4 and 1 tokens into one cache (p0 = 0, 7, 11) */
@@ -576,14 +593,15 @@ static int32_t *emb_ids(void) {
 }
 
 static void run_embedding_fwd(const pcase *c) {
+    const int64_t D = c->D ? c->D : EMB_D;
     const int32_t *ids = emb_ids();
-    const void *table = as_dtype(c->q.weight, rnd(EMB_V * EMB_D, 1.0), EMB_V * EMB_D); /* [V, D] */
-    ct_tensor *y[2];                                                                   /* [T, D] */
+    const void *table = as_dtype(c->q.weight, rnd(EMB_V * D, 1.0), EMB_V * D); /* [V, D] */
+    ct_tensor *y[2];                                                           /* [T, D] */
     for (int k = 0; k < 2; k++) {
         side *s = &g_side[k];
-        ct_tensor *tt = t_in(s, c->q.weight, SH2(EMB_V, EMB_D), table);
+        ct_tensor *tt = t_in(s, c->q.weight, SH2(EMB_V, D), table);
         ct_tensor *ti = t_in(s, CT_I32, SH1(EMB_T), ids);
-        y[k] = t_out_act(s, SH2(EMB_T, EMB_D));
+        y[k] = t_out_act(s, SH2(EMB_T, D));
         CALL(s, embedding_fwd, (tt, ti, y[k]));
     }
     cmp("y", y);
@@ -664,9 +682,10 @@ static void run_rmsnorm_bwd(const pcase *c) {
 
 /* ---------------------------------------------------------------- rope */
 
-/* x [T, H*hd] viewed as [T, H, 16]: 4 plain heads, or 2 InternLM2 groups of
- * G query heads, k and v (group G+2, the first G+1 rotated). Positions: two
- * packed samples (0..14, 0..) and a far last one (29999). */
+/* x [T, H*hd] viewed as [T, H, hd] (hd: the row's D, default 16): 4 plain
+ * heads, or 2 InternLM2 groups of G query heads, k and v (group G+2, the
+ * first G+1 rotated). Positions: two packed samples (0..14, 0..) and a far
+ * last one (29999). */
 typedef struct {
     int64_t T, C;
     ct_rope_params p;
@@ -675,8 +694,8 @@ typedef struct {
 
 static rope_setup rope_make(const pcase *c) {
     rope_setup r = {.T = c->T ? c->T : 23};
-    r.p = (ct_rope_params){.head_dim = 16, .group = 1, .rotate_per_group = 1, .theta = 10000.0,
-                           .scaling = c->scaling, .factor = 2.0, .max_pos = 16, .seq_len = r.T + 20};
+    r.p = (ct_rope_params){.head_dim = c->D ? c->D : 16, .group = 1, .rotate_per_group = 1,
+                           .theta = 10000.0, .scaling = c->scaling, .factor = 2.0, .max_pos = 16, .seq_len = r.T + 20};
     int64_t H = 4;
     if (c->G > 0) r.p.group = c->G + 2, r.p.rotate_per_group = c->G + 1, H = 2 * (c->G + 2);
     r.C = H * r.p.head_dim;
