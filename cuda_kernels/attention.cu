@@ -220,6 +220,15 @@ static __global__ void __launch_bounds__(attn_geom<HD>::THREADS) attn_fwd_kernel
 
 /* ---------------- forward, bf16 math on tensor cores ---------------- */
 
+/* An fp32 accumulator tile x[2][4] (two 16x8 halves, mma's C layout) rounded
+ * to bf16 as an A fragment (the layouts line up: mma.cuh). */
+static __device__ __forceinline__ void attn_a_frag(const float x[2][4], uint32_t a[4]) {
+    a[0] = ct_mma_pack_bf16(x[0][0], x[0][1]);
+    a[1] = ct_mma_pack_bf16(x[0][2], x[0][3]);
+    a[2] = ct_mma_pack_bf16(x[1][0], x[1][1]);
+    a[3] = ct_mma_pack_bf16(x[1][2], x[1][3]);
+}
+
 /* The bf16-math forward for head_dim a multiple of 16, on the warp mma
  * (mma.cuh; FlashAttention-2's layout). Block = (64 queries, query head h),
  * 4 warps of 16 query rows each; lane (gr = lane / 4, tq = lane % 4) owns
@@ -341,10 +350,8 @@ static __global__ void __launch_bounds__(32 * AM_WARPS)
 #pragma unroll
         for (int kk = 0; kk < KP; kk++) {
             if (k0 + 16 * kk > w_last) continue; /* P = 0 there; the same in the whole warp */
-            const uint32_t pa[4] = {ct_mma_pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                                    ct_mma_pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                                    ct_mma_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    ct_mma_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[4];
+            attn_a_frag(&s[2 * kk], pa);
 #pragma unroll
             for (int n = 0; n < NO; n++) {
                 const uint32_t b[2] = {vt[8 * n + gr][8 * kk + tq], vt[8 * n + gr][8 * kk + tq + 4]};
@@ -531,6 +538,14 @@ static __device__ __forceinline__ uint32_t attn_half(const uint32_t *row, int d)
     return (row[d >> 1] >> (16 * (d & 1))) & 0xffffu;
 }
 
+/* A B fragment read across rows of a [rows][W] tile of bf16 pairs (a
+ * transposed operand): b[0] = column d of rows j, j+1; b[1] = of rows j+8, j+9. */
+template <int W>
+static __device__ __forceinline__ void attn_b_frag_t(const uint32_t (*rows)[W], int j, int d, uint32_t b[2]) {
+    b[0] = attn_half(rows[j], d) | attn_half(rows[j + 1], d) << 16;
+    b[1] = attn_half(rows[j + 8], d) | attn_half(rows[j + 9], d) << 16;
+}
+
 /* rows [0, rows) of dst (words per row W) = bf16 pairs of src rows 0..n-1
  * (row stride ld, hd columns), zeros past them. The whole block takes part. */
 template <class A, int HD, int W>
@@ -636,14 +651,13 @@ static __global__ void __launch_bounds__(32 * AM_WARPS)
                 }
             /* dQ += dS·K: dS (bf16) as the A fragment (S's accumulator layout); K's
              * B fragment b[0] = K[16kk + 2tq (+1)][8n + gr], b[1] the keys 8 further */
-            const uint32_t pa[4] = {ct_mma_pack_bf16(s[0][0], s[0][1]), ct_mma_pack_bf16(s[0][2], s[0][3]),
-                                    ct_mma_pack_bf16(s[1][0], s[1][1]), ct_mma_pack_bf16(s[1][2], s[1][3])};
+            uint32_t pa[4];
+            attn_a_frag(s, pa);
             const int j = 16 * kk + 2 * tq;
 #pragma unroll
             for (int n = 0; n < NO; n++) {
-                const int d = 8 * n + gr;
-                const uint32_t b[2] = {attn_half(ks[j], d) | attn_half(ks[j + 1], d) << 16,
-                                       attn_half(ks[j + 8], d) | attn_half(ks[j + 9], d) << 16};
+                uint32_t b[2];
+                attn_b_frag_t(ks, j, 8 * n + gr, b);
                 ct_mma_bf16_16x8x16(dq[n], pa, b, dq[n]);
             }
         }
@@ -743,19 +757,16 @@ static __global__ void __launch_bounds__(32 * AM_WARPS)
                     }
                 /* P, dS (bf16) as A fragments; B fragments b[0] = X[16kk + 2tq (+1)][8n + gr],
                  * b[1] 8 queries further (X = dO for dV, Q for dK) */
-                const uint32_t pa[4] = {ct_mma_pack_bf16(s[0][0], s[0][1]), ct_mma_pack_bf16(s[0][2], s[0][3]),
-                                        ct_mma_pack_bf16(s[1][0], s[1][1]), ct_mma_pack_bf16(s[1][2], s[1][3])};
-                const uint32_t da[4] = {ct_mma_pack_bf16(dp[0][0], dp[0][1]), ct_mma_pack_bf16(dp[0][2], dp[0][3]),
-                                        ct_mma_pack_bf16(dp[1][0], dp[1][1]), ct_mma_pack_bf16(dp[1][2], dp[1][3])};
+                uint32_t pa[4], da[4];
+                attn_a_frag(s, pa);
+                attn_a_frag(dp, da);
                 const int q = 16 * kk + 2 * tq;
 #pragma unroll
                 for (int n = 0; n < NO; n++) {
-                    const int d = 8 * n + gr;
-                    const uint32_t bg[2] = {attn_half(gs[q], d) | attn_half(gs[q + 1], d) << 16,
-                                            attn_half(gs[q + 8], d) | attn_half(gs[q + 9], d) << 16};
+                    uint32_t bg[2], bq[2];
+                    attn_b_frag_t(gs, q, 8 * n + gr, bg);
                     ct_mma_bf16_16x8x16(dv[n], pa, bg, dv[n]);
-                    const uint32_t bq[2] = {attn_half(qs[q], d) | attn_half(qs[q + 1], d) << 16,
-                                            attn_half(qs[q + 8], d) | attn_half(qs[q + 9], d) << 16};
+                    attn_b_frag_t(qs, q, 8 * n + gr, bq);
                     ct_mma_bf16_16x8x16(dk[n], da, bq, dk[n]);
                 }
             }
