@@ -113,28 +113,6 @@ static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(a), 1e-30
 
 /* ---- eval and logits ---- */
 
-static void forward_on(const ct_backend *be, const ct_model_options *base, ct_dtype compute, double *nll,
-                       int64_t *count, float *logits, int64_t T, int64_t V) {
-    ct_model_options o = *base;
-    o.backend = be;
-    ct_model *m = NULL;
-    CHECK_OK(ct_model_load(g_model, &o, &m));
-    if (!m) return;
-    CHECK_OK(ct_model_set_compute(m, compute));
-    CHECK(ct_model_decoder(m)->layers[0].wqkv.w->device == be->device, "%s: wqkv not placed", be->name);
-    int32_t ids[40], labels[40], seg[40];
-    for (int64_t t = 0; t < T; t++) {
-        ids[t] = (int32_t)((t * 37 + 11) % V);
-        seg[t] = t < 17 ? 0 : t < 30 ? 1 : 2; /* three packed samples */
-        labels[t] = t % 5 == 0 ? -100 : (int32_t)((t * 13 + 5) % V);
-    }
-    ct_tape tape;
-    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
-    CHECK_OK(ct_model_nll(m, &tape, ids, labels, seg, T, 3, nll, count));
-    CHECK_OK(ct_model_logits(m, &tape, ids, T, T - 4, logits));
-    ct_tape_free(&tape);
-    ct_model_free(m);
-}
 
 static void test_forward(void) {
     const int64_t T = 40, V = 512;
@@ -159,8 +137,8 @@ static void test_forward(void) {
         float *lg[2];
         for (int b = 0; b < 2; b++) {
             lg[b] = ct_test_need(calloc((size_t)(4 * V), sizeof(float)));
-            forward_on(b ? emu() : ct_cpu_backend(), &variants[k].o, variants[k].compute, nll[b], count[b], lg[b],
-                       T, V);
+            ct_stack_forward(g_model, b ? emu() : ct_cpu_backend(), &variants[k].o, variants[k].compute, nll[b],
+                             count[b], lg[b], T, V);
         }
         double early = fmax(rel(nll[0][0], nll[1][0]), rel(nll[0][1], nll[1][1])), late = rel(nll[0][2], nll[1][2]);
         double mag, dl = max_diff(lg[0], lg[1], 4 * V, &mag);
@@ -281,35 +259,11 @@ static const char *k_yaml =
     "seed: 3\n"
     "logging_interval: 1\n";
 
-typedef struct {
-    double loss[16];
-    int n;
-} losses;
 
-static void on_iter(void *ctx, int64_t iter, double loss) {
-    losses *l = ctx;
-    if (iter >= 0 && iter < 16) l->loss[iter] = loss, l->n = (int)iter + 1;
-}
 
 /* g_dir/<pass>/name: each pass's own runs. */
 static void work_path(char *buf, const char *name) { snprintf(buf, CT_PATH_MAX, "%s/%s/%s", g_dir, g_pass, name); }
 
-static int train(const ct_backend *be, const char *name, const char *resume, int64_t stop_after, losses *l,
-                 ct_train_result *res) {
-    char text[4 * CT_PATH_MAX], wd[CT_PATH_MAX];
-    work_path(wd, name);
-    snprintf(text, sizeof text, "pretrained_model_name_or_path: '%s'\ndata_path: '%s'\nwork_dir: '%s'\n%s", g_model,
-             g_data, wd, k_yaml);
-    ct_run_config cfg;
-    int rc = ct_config_parse(text, strlen(text), "test.yaml", NULL, 0, &cfg);
-    CHECK(rc == CT_OK, "config: %s", ct_last_error());
-    if (rc) return rc;
-    ct_train_options opt = {.cfg = &cfg, .resume = resume, .quiet = true, .stop_after = stop_after,
-                            .on_iter = on_iter, .cb_ctx = l, .backend = be, .eval_data = g_data};
-    rc = ct_train(&opt, res);
-    ct_config_free(&cfg);
-    return rc;
-}
 
 /* Compares two adapter files tensor by tensor (same names and sizes): the
  * largest max|a - b| / max|a| of a tensor (B starts at zero and stays small, A
@@ -347,8 +301,16 @@ static double adapter_diff(const char *rel_a, const char *rel_b, char *worst_nam
     return worst;
 }
 
+/* A run in work dir `name` (under this test's directory) on be. */
+static int train(const ct_backend *be, const char *name, const char *resume, int64_t stop_after,
+                 ct_stack_losses *l, ct_train_result *res) {
+    char wd[CT_PATH_MAX];
+    work_path(wd, name);
+    return ct_stack_train(g_model, g_data, k_yaml, wd, be, resume, stop_after, l, res);
+}
+
 static void test_train(void) {
-    losses cpu = {0}, ce = {0};
+    ct_stack_losses cpu = {0}, ce = {0};
     ct_train_result rc, r1, r2;
     CHECK_OK(train(ct_cpu_backend(), "cpu", NULL, 0, &cpu, &rc));
     CHECK_OK(train(emu(), "emu", NULL, 3, &ce, &r1)); /* stops inside the window 2..3 */

@@ -39,31 +39,6 @@ static const ct_backend *guarded(void) { return ct_guarded_backend(); }
 
 /* ---- eval and logits ---- */
 
-static void forward_on(const ct_backend *be, const ct_model_options *base, double *nll, int64_t *count,
-                       float *logits, int64_t T, int64_t V) {
-    ct_model_options o = *base;
-    o.backend = be;
-    ct_model *m = NULL;
-    CHECK_OK(ct_model_load(g_model, &o, &m));
-    if (!m) return;
-    ct_model_memory mem;
-    ct_model_get_memory(m, &mem);
-    CHECK(be->device == CT_CPU ? mem.device_bytes == 0 : mem.device_bytes > 0, "%s: %llu device bytes", be->name,
-          (unsigned long long)mem.device_bytes);
-    CHECK(ct_model_decoder(m)->layers[0].wqkv.w->device == be->device, "%s: wqkv not placed", be->name);
-    int32_t ids[40], labels[40], seg[40];
-    for (int64_t t = 0; t < T; t++) {
-        ids[t] = (int32_t)((t * 37 + 11) % V);
-        seg[t] = t < 17 ? 0 : t < 30 ? 1 : 2; /* three packed samples */
-        labels[t] = t % 5 == 0 ? -100 : (int32_t)((t * 13 + 5) % V);
-    }
-    ct_tape tape;
-    CHECK_OK(ct_tape_init(&tape, be, 1 << 20));
-    CHECK_OK(ct_model_nll(m, &tape, ids, labels, seg, T, 3, nll, count));
-    CHECK_OK(ct_model_logits(m, &tape, ids, T, T - 4, logits));
-    ct_tape_free(&tape);
-    ct_model_free(m);
-}
 
 static void test_forward(void) {
     const int64_t T = 40, V = 512;
@@ -74,7 +49,8 @@ static void test_forward(void) {
         float *lg[2];
         for (int b = 0; b < 2; b++) {
             lg[b] = ct_test_need(calloc((size_t)(4 * V), sizeof(float)));
-            forward_on(b ? guarded() : ct_cpu_backend(), &variants[k], nll[b], count[b], lg[b], T, V);
+            ct_stack_forward(g_model, b ? guarded() : ct_cpu_backend(), &variants[k], CT_F32, nll[b], count[b],
+                             lg[b], T, V);
         }
         CHECK(memcmp(nll[0], nll[1], sizeof nll[0]) == 0 && memcmp(count[0], count[1], sizeof count[0]) == 0,
               "%s: guarded NLL %.17g vs cpu %.17g", k ? "nf4" : "fp32", nll[1][0], nll[0][0]);
@@ -157,37 +133,21 @@ static const char *k_yaml =
     "seed: 3\n"
     "logging_interval: 1\n";
 
-typedef struct {
-    double loss[16];
-    int n;
-} losses;
 
-static void on_iter(void *ctx, int64_t iter, double loss) {
-    losses *l = ctx;
-    if (iter >= 0 && iter < 16) l->loss[iter] = loss, l->n = (int)iter + 1;
-}
 
 static void work_path(char *buf, const char *name) { snprintf(buf, CT_PATH_MAX, "%s/%s", g_dir, name); }
 
-static int train(const ct_backend *be, const char *name, const char *resume, int64_t stop_after, losses *l,
-                 ct_train_result *res) {
-    char text[4 * CT_PATH_MAX], wd[CT_PATH_MAX];
+
+/* A run in work dir `name` (under this test's directory) on be. */
+static int train(const ct_backend *be, const char *name, const char *resume, int64_t stop_after,
+                 ct_stack_losses *l, ct_train_result *res) {
+    char wd[CT_PATH_MAX];
     work_path(wd, name);
-    snprintf(text, sizeof text, "pretrained_model_name_or_path: '%s'\ndata_path: '%s'\nwork_dir: '%s'\n%s", g_model,
-             g_data, wd, k_yaml);
-    ct_run_config cfg;
-    int rc = ct_config_parse(text, strlen(text), "test.yaml", NULL, 0, &cfg);
-    CHECK(rc == CT_OK, "config: %s", ct_last_error());
-    if (rc) return rc;
-    ct_train_options opt = {.cfg = &cfg, .resume = resume, .quiet = true, .stop_after = stop_after,
-                            .on_iter = on_iter, .cb_ctx = l, .backend = be, .eval_data = g_data};
-    rc = ct_train(&opt, res);
-    ct_config_free(&cfg);
-    return rc;
+    return ct_stack_train(g_model, g_data, k_yaml, wd, be, resume, stop_after, l, res);
 }
 
 static void test_train(void) {
-    losses cpu = {0}, grd = {0};
+    ct_stack_losses cpu = {0}, grd = {0};
     ct_train_result rc, r1, r2;
     CHECK_OK(train(ct_cpu_backend(), "cpu", NULL, 0, &cpu, &rc));
     CHECK_OK(train(guarded(), "guarded", NULL, 3, &grd, &r1)); /* stops inside the window 2..3 */
