@@ -117,3 +117,16 @@ bool ct_test_no_temp_left(const char *dir) {
     if (d) closedir(d);
     return ok;
 }
+
+int ct_test_fail_after(void *ctx, const char *tensor, uint64_t done, uint64_t total) {
+    ct_test_fail_ctx *f = ctx;
+    CHECK(done <= total, "progress %llu of %llu", (unsigned long long)done, (unsigned long long)total);
+    if (++f->calls == f->fail_at) return ct_errorf(CT_ERUNTIME, "injected failure before %s", tensor);
+    return CT_OK;
+}
+
+bool *ct_test_keep_mask(uint64_t seed, int64_t n, float p) {
+    bool *keep = ct_test_need(malloc((size_t)(n > 0 ? n : 1) * sizeof *keep));
+    for (int64_t i = 0; i < n; i++) keep[i] = !(ct_uniform(seed, (uint64_t)i) < p);
+    return keep;
+}

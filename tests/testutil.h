@@ -57,6 +57,18 @@ bool ct_check_close(const char *what, const float *got, const double *want, int6
 bool ct_check_close_f(const char *what, const float *got, const float *want, int64_t n,
                       double atol, double rtol);
 
+/* A progress callback (merge, quantize) that fails the fail_at-th call with
+ * CT_ERUNTIME "injected failure before <tensor>" and checks done <= total:
+ * for the tests of writes interrupted midway. ctx is a ct_test_fail_ctx. */
+typedef struct {
+    int calls, fail_at;
+} ct_test_fail_ctx;
+int ct_test_fail_after(void *ctx, const char *tensor, uint64_t done, uint64_t total);
+
+/* keep[n] (malloc'ed) = the LoRA dropout mask of the kernels: element i kept
+ * unless ct_uniform(seed, i) < p. */
+bool *ct_test_keep_mask(uint64_t seed, int64_t n, float p);
+
 /* True when files a and b both read and hold the same bytes. */
 bool ct_test_same_file(const char *a, const char *b);
 

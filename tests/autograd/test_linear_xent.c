@@ -39,7 +39,7 @@ typedef struct {
     double s, keep_scale, norm, seed_scale;
     double *x, *w, *a, *b;  /* [T,D] [V,D] [r,D] [V,r] */
     double *xbase;          /* [T,D] x as the head's GEMM sees it (bf16-rounded), or NULL: x */
-    unsigned char *keep;    /* [T,D] */
+    bool *keep;             /* [T,D] */
     const int32_t *lab;
 } xref_t;
 
@@ -150,9 +150,7 @@ static void xref_init(const xcase *c, const xsetup *S, uint64_t mask_seed, float
     R->w = to_double(S->wf, (int64_t)c->V * c->D);
     R->a = c->lora ? to_double(S->a->data, (int64_t)c->r * c->D) : NULL;
     R->b = c->lora ? to_double(S->b->data, (int64_t)c->V * c->r) : NULL;
-    R->keep = malloc((size_t)c->T * (size_t)c->D);
-    for (int64_t i = 0; i < (int64_t)c->T * c->D; i++)
-        R->keep[i] = !(ct_uniform(mask_seed, (uint64_t)i) < p);
+    R->keep = ct_test_keep_mask(mask_seed, (int64_t)c->T * c->D, p);
 }
 
 static void xref_free(xref_t *R) {
@@ -340,7 +338,7 @@ typedef struct {
     xref_t head;    /* head.x is overwritten with h */
     int T, in;
     double *x, *w1, *a1, *b1; /* [T,in] [D,in] [r,in] [D,r] */
-    unsigned char *keep1;     /* [T,in] */
+    bool *keep1;              /* [T,in] */
     double s1, ks1;
 } chain_ref;
 
@@ -400,9 +398,7 @@ static void test_chain(void) {
         C.b1 = to_double(b1->data, D * r);
         C.s1 = l1.scale;
         C.ks1 = 1.0 / (1.0 - 0.25);
-        C.keep1 = malloc((size_t)(T * in));
-        uint64_t ms = ct_mix64(2024 ^ ct_mix64(3));
-        for (int i = 0; i < T * in; i++) C.keep1[i] = !(ct_uniform(ms, (uint64_t)i) < 0.25f);
+        C.keep1 = ct_test_keep_mask(ct_mix64(2024 ^ ct_mix64(3)), (int64_t)T * in, 0.25f);
         double want = chain_loss(&C);
         ct_check_close("chain: loss", loss->data, &want, 1, 1e-6, 1e-6);
         struct { const char *n; ct_tensor *t; double *ref; int len; } g[4] = {

@@ -32,7 +32,7 @@ typedef struct {
     bool lora;
     double s, keep_scale;
     double *x, *w, *a, *b, *cot; /* [T,in] [out,in] [r,in] [out,r] [T,out] */
-    unsigned char *keep;         /* [T,in] mask */
+    bool *keep;                  /* [T,in] mask */
 } ref_t;
 
 static void ref_forward(const ref_t *R, double *y) {
@@ -145,9 +145,7 @@ static void ref_init(const lcase *c, const setup_t *S, uint64_t mask_seed, float
     R->a = c->lora ? to_double(S->a->data, (int64_t)c->r * c->in) : NULL;
     R->b = c->lora ? to_double(S->b->data, (int64_t)c->out * c->r) : NULL;
     R->cot = to_double(S->cot, (int64_t)c->T * c->out);
-    R->keep = malloc((size_t)c->T * (size_t)c->in);
-    for (int64_t i = 0; i < (int64_t)c->T * c->in; i++)
-        R->keep[i] = !(ct_uniform(mask_seed, (uint64_t)i) < p);
+    R->keep = ct_test_keep_mask(mask_seed, (int64_t)c->T * c->in, p);
 }
 
 static void ref_free(ref_t *R) {

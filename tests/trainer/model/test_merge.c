@@ -473,27 +473,16 @@ static void test_refusals(void) {
 
 /* ------------------------------------------------------------ failures midway */
 
-typedef struct {
-    int calls, fail_at;
-} fail_ctx;
-
-static int fail_after(void *ctx, const char *tensor, uint64_t done, uint64_t total) {
-    fail_ctx *f = ctx;
-    CHECK(done <= total, "progress %llu of %llu", (unsigned long long)done, (unsigned long long)total);
-    if (++f->calls == f->fail_at) return ct_errorf(CT_ERUNTIME, "injected failure before %s", tensor);
-    return CT_OK;
-}
-
 static void test_interrupted(void) {
     printf("failures midway\n");
     for (int q = 0; q < 2; q++)
         for (int k = 0; k < 3; k++) {
             /* the first, one in the middle, the last tensor (17 plain; 7 + 10·6 with 4-bit parts) */
             const int fail_at[] = {1, q ? 30 : 9, q ? 67 : 17};
-            fail_ctx f = {0, fail_at[k]};
+            ct_test_fail_ctx f = {0, fail_at[k]};
             const char *out = path_in("interrupted");
             ct_merge_options o = {.base_dir = path_in("base-sh"), .adapter_dir = path_in("ad"), .out_dir = out,
-                                  .dtype = -1, .max_shard_bytes = 12000, .quantize = q, .progress = fail_after,
+                                  .dtype = -1, .max_shard_bytes = 12000, .quantize = q, .progress = ct_test_fail_after,
                                   .progress_ctx = &f};
             int rc = ct_merge(&o, NULL);
             CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "injected failure"), "fail at %d: rc %d %s",

@@ -290,17 +290,6 @@ static void test_refusals(void) {
 
 /* ------------------------------------------------------------ failures midway */
 
-typedef struct {
-    int calls, fail_at;
-} fail_ctx;
-
-static int fail_after(void *ctx, const char *tensor, uint64_t done, uint64_t total) {
-    fail_ctx *f = ctx;
-    CHECK(done <= total, "progress %llu of %llu", (unsigned long long)done, (unsigned long long)total);
-    if (++f->calls == f->fail_at) return ct_errorf(CT_ERUNTIME, "injected failure before %s", tensor);
-    return CT_OK;
-}
-
 static void test_interrupted(void) {
     printf("failures midway\n");
     for (int dq = 0; dq < 2; dq++) {
@@ -308,10 +297,10 @@ static void test_interrupted(void) {
         int last = 7 + 10 * (dq ? 6 : 4);
         const int fail_at[] = {1, last / 2, last};
         for (int k = 0; k < 3; k++) {
-            fail_ctx f = {0, fail_at[k]};
+            ct_test_fail_ctx f = {0, fail_at[k]};
             const char *out = path_in("interrupted");
             ct_merge_options o = {.base_dir = path_in("base"), .out_dir = out, .dtype = -1, .max_shard_bytes = 6000,
-                                  .quantize = true, .no_double_quant = !dq, .progress = fail_after,
+                                  .quantize = true, .no_double_quant = !dq, .progress = ct_test_fail_after,
                                   .progress_ctx = &f};
             int rc = ct_merge(&o, NULL);
             CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "injected failure"), "fail at %d: rc %d %s",
