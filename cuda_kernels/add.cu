@@ -44,17 +44,6 @@ static __global__ void add_fwd_kernel(const A *a, const A *b, A *y, int64_t n, i
     for (int64_t i = 8 * nv + t0; i < n; i += step) act_st(y, i, add_one(act_ld(a, i), act_ld(b, i)));
 }
 
-/* CT_EINPUT unless a is f32/bf16 and b and c have its dtype (c may be NULL). */
-static int check_same(const char *op, const ct_tensor *a, const ct_tensor *b, const ct_tensor *c) {
-    CT_TRY(act_check(a, op));
-    const ct_tensor *o[2] = {b, c};
-    for (int k = 0; k < 2; k++)
-        if (o[k] && o[k]->dtype != a->dtype)
-            return ct_errorf(CT_EINPUT, "%s: tensors of mixed dtypes (%s and %s)", op,
-                             ct_dtype_name(a->dtype), ct_dtype_name(o[k]->dtype));
-    return CT_OK;
-}
-
 template <class A> static int axpy_launch(float alpha, const ct_tensor *x, ct_tensor *y, int64_t n) {
     const int64_t nv = aligned16(x->data) && aligned16(y->data) ? n / 8 : 0;
     CT_LAUNCH(axpy_kernel<A>, ew_grid(n, nv), kThreads, 0, alpha, (const A *)x->data, (A *)y->data,
@@ -71,14 +60,18 @@ static int add_fwd_launch(const ct_tensor *a, const ct_tensor *b, ct_tensor *y, 
 }
 
 int ct_cuda_axpy(float alpha, const ct_tensor *x, ct_tensor *y) {
-    CT_TRY(check_same("axpy", x, y, nullptr));
+    const ct_tensor *ts[] = {x, y};
+    const char *names[] = {"x", "y"};
+    CT_TRY(act_check_same("axpy", ts, names, 2));
     int64_t n = ct_numel(x);
     if (n == 0) return CT_OK;
     return CT_ACT_DISPATCH(x, axpy_launch, alpha, x, y, n);
 }
 
 int ct_cuda_add_fwd(const ct_tensor *a, const ct_tensor *b, ct_tensor *y) {
-    CT_TRY(check_same("add", a, b, y));
+    const ct_tensor *ts[] = {a, b, y};
+    const char *names[] = {"a", "b", "y"};
+    CT_TRY(act_check_same("add", ts, names, 3));
     int64_t n = ct_numel(a);
     if (n == 0) return CT_OK;
     return CT_ACT_DISPATCH(a, add_fwd_launch, a, b, y, n);

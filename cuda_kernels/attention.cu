@@ -844,18 +844,6 @@ static int attn_bwd_launch(const attn_dims &a, const A *qkv, const int *st, cons
     return CT_OK;
 }
 
-/* CT_OK when every tensor of ts (NULLs skipped) is an activation of ts[0]'s dtype. */
-static int attn_act_same(const ct_tensor *const *ts, const char *const *names, int n) {
-    for (int k = 0; k < n; k++) {
-        if (!ts[k]) continue;
-        CT_TRY(act_check(ts[k], names[k]));
-        if (ts[k]->dtype != ts[0]->dtype)
-            return ct_errorf(CT_EINPUT, "%s is %s but qkv is %s (activations share one dtype)", names[k],
-                             ct_dtype_name(ts[k]->dtype), ct_dtype_name(ts[0]->dtype));
-    }
-    return CT_OK;
-}
-
 template <class A, int HD>
 static int attn_fwd_mma_launch(const attn_dims &a, const A *qkv, const int *st, const int *en, A *out, float *lse) {
     const dim3 grid((unsigned)((a.T + AM_ROWS - 1) / AM_ROWS), (unsigned)a.Hq);
@@ -917,8 +905,8 @@ int ct_cuda_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_
     attn_dims a = {};
     CT_TRY(attn_dims_init(&a, qkv, p));
     const ct_tensor *acts[] = {qkv, out};
-    const char *names[] = {"attention forward: qkv", "attention forward: out"};
-    CT_TRY(attn_act_same(acts, names, 2));
+    const char *names[] = {"qkv", "out"};
+    CT_TRY(act_check_same("attention forward", acts, names, 2));
     if (a.T == 0) return CT_OK;
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;
@@ -938,9 +926,8 @@ int ct_cuda_attention_bwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_
     attn_dims a = {};
     CT_TRY(attn_dims_init(&a, qkv, p));
     const ct_tensor *acts[] = {qkv, out, dout, dqkv};
-    const char *names[] = {"attention backward: qkv", "attention backward: out", "attention backward: dout",
-                           "attention backward: dqkv"};
-    CT_TRY(attn_act_same(acts, names, 4));
+    const char *names[] = {"qkv", "out", "dout", "dqkv"};
+    CT_TRY(act_check_same("attention backward", acts, names, 4));
     if (a.T == 0 || !dqkv) return CT_OK;
     ct_arena_mark mark = ct_arena_get_mark(scratch);
     int *st = (int *)ct_arena_alloc(scratch, 2 * (size_t)a.T * sizeof(int)), *en = st ? st + a.T : nullptr;

@@ -109,15 +109,8 @@ int ct_cuda_attention_decode(const ct_tensor *qkv, int64_t p0, const ct_attn_par
         return ct_errorf(CT_EINPUT, "cached attention: positions %lld..%lld do not fit a cache of %lld",
                          (long long)p0, (long long)(p0 + T - 1), (long long)max_len);
     const ct_tensor *acts[] = {qkv, k_cache, v_cache, out};
-    const char *names[] = {"cached attention: qkv", "cached attention: k_cache", "cached attention: v_cache",
-                           "cached attention: out"};
-    for (int k = 0; k < 4; k++) {
-        if (!acts[k]) continue;
-        CT_TRY(act_check(acts[k], names[k]));
-        if (acts[k]->dtype != qkv->dtype)
-            return ct_errorf(CT_EINPUT, "%s is %s but qkv is %s (activations share one dtype)", names[k],
-                             ct_dtype_name(acts[k]->dtype), ct_dtype_name(qkv->dtype));
-    }
+    const char *names[] = {"qkv", "k_cache", "v_cache", "out"};
+    CT_TRY(act_check_same("cached attention", acts, names, 4));
     if (T == 0) return CT_OK;
     return CT_ACT_DISPATCH(qkv, dec_run, qkv, T, C, Hkv, G, hd, p0, p->scale, k_cache, v_cache, out);
 }

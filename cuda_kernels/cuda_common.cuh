@@ -128,6 +128,18 @@ static inline int act_check(const ct_tensor *t, const char *what) {
                      ct_dtype_name(t->dtype));
 }
 
+/* CT_OK when ts[0] is an activation (act_check) and every other non-NULL
+ * ts[k] of the n has its dtype: the activations of one call share one dtype.
+ * Else CT_EINPUT "<op>: <names[k]> is <dt> but <names[0]> is <dt> ...". */
+static inline int act_check_same(const char *op, const ct_tensor *const *ts, const char *const *names, int n) {
+    CT_TRY(act_check(ts[0], op));
+    for (int k = 1; k < n; k++)
+        if (ts[k] && ts[k]->dtype != ts[0]->dtype)
+            return ct_errorf(CT_EINPUT, "%s: %s is %s but %s is %s (the activations of one call share one dtype)",
+                             op, names[k], ct_dtype_name(ts[k]->dtype), names[0], ct_dtype_name(ts[0]->dtype));
+    return CT_OK;
+}
+
 /* result = fn<float>(args...) or fn<bf16_t>(args...) by t's dtype (checked
  * first with act_check). */
 #define CT_ACT_DISPATCH(t, fn, ...)                                                        \

@@ -462,10 +462,9 @@ int ct_cuda_linear_xent_fwd(const ct_tensor *x, const ct_linear *head, const ct_
     *nll_sum = 0.0;
     *n_trained = 0;
     if (!head->a) da = db = nullptr;
-    CT_TRY(act_check(x, "linear_cross_entropy"));
-    if (dx && dx->dtype != x->dtype)
-        return ct_errorf(CT_EINPUT, "linear_cross_entropy: activations of mixed dtypes (x %s, dx %s)",
-                         ct_dtype_name(x->dtype), ct_dtype_name(dx->dtype));
+    const ct_tensor *ts[] = {x, dx};
+    const char *names[] = {"x", "dx"};
+    CT_TRY(act_check_same("linear_cross_entropy", ts, names, 2));
     if (T == 0) return CT_OK;
     /* host: labels [T], then tok [T] (int64), y [T], nll [T] (double) */
     size_t Ts = (size_t)T;

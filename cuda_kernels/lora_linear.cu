@@ -355,15 +355,6 @@ static int64_t align64(int64_t rows, int64_t total) {
     return rows < 1 ? 1 : rows;
 }
 
-/* CT_EINPUT unless every non-NULL tensor of ts has x's dtype. */
-static int same_act(const ct_tensor *x, const ct_tensor *const *ts, const char *const *names, int n) {
-    for (int k = 0; k < n; k++)
-        if (ts[k] && ts[k]->dtype != x->dtype)
-            return ct_errorf(CT_EINPUT, "lora_linear: activations of mixed dtypes (x %s, %s %s)",
-                             ct_dtype_name(x->dtype), names[k], ct_dtype_name(ts[k]->dtype));
-    return CT_OK;
-}
-
 /* Forward, bf16 activations: u first (f32 scratch, then rounded into u), then
  * y per token chunk (all T with compute bf16) and column tile. */
 static int fwd_bf16(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y, ct_tensor *u,
@@ -583,20 +574,18 @@ static int bwd_bf16_run(const ct_tensor *x, const ct_linear *lin, uint64_t seed,
 
 int ct_cuda_lora_linear_fwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, ct_tensor *y,
                             ct_tensor *u, ct_arena *scratch) {
-    CT_TRY(act_check(x, "lora_linear"));
-    const ct_tensor *ts[2] = {y, u};
-    const char *names[2] = {"y", "u"};
-    CT_TRY(same_act(x, ts, names, 2));
+    const ct_tensor *ts[] = {x, y, u};
+    const char *names[] = {"x", "y", "u"};
+    CT_TRY(act_check_same("lora_linear", ts, names, 3));
     return x->dtype == CT_BF16 ? fwd_bf16(x, lin, seed, y, u, scratch) : fwd_f32(x, lin, seed, y, u, scratch);
 }
 
 int ct_cuda_lora_linear_bwd(const ct_tensor *x, const ct_linear *lin, uint64_t seed, const ct_tensor *u,
                             const ct_tensor *dy, ct_tensor *dx, ct_tensor *da, ct_tensor *db,
                             ct_arena *scratch) {
-    CT_TRY(act_check(x, "lora_linear"));
-    const ct_tensor *ts[3] = {u, dy, dx};
-    const char *names[3] = {"u", "dY", "dx"};
-    CT_TRY(same_act(x, ts, names, 3));
+    const ct_tensor *ts[] = {x, u, dy, dx};
+    const char *names[] = {"x", "u", "dY", "dx"};
+    CT_TRY(act_check_same("lora_linear", ts, names, 4));
     if (x->dtype != CT_BF16) return bwd_f32(x, lin, seed, u, dy, dx, da, db, scratch);
     if (!lin->a) da = db = nullptr;
     if (ct_rows(x) == 0 || (!dx && !da && !db)) return CT_OK;

@@ -106,18 +106,6 @@ static int check_f32(const ct_tensor *t, const char *what) {
     return ct_errorf(CT_EINPUT, "rmsnorm: %s must be float32, not %s", what, ct_dtype_name(t->dtype));
 }
 
-/* CT_EINPUT unless x is an activation dtype and every other given tensor has
- * x's dtype. */
-static int check_acts(const ct_tensor *x, const ct_tensor *a, const ct_tensor *b) {
-    CT_TRY(act_check(x, "rmsnorm"));
-    const ct_tensor *o[2] = {a, b};
-    for (int k = 0; k < 2; k++)
-        if (o[k] && o[k]->dtype != x->dtype)
-            return ct_errorf(CT_EINPUT, "rmsnorm: activations of mixed dtypes (%s and %s)",
-                             ct_dtype_name(x->dtype), ct_dtype_name(o[k]->dtype));
-    return CT_OK;
-}
-
 /* D/8 when x and every other given tensor (NULL: absent) start 16-byte
  * aligned and so does every row (D elements of A) and w: the vector paths;
  * else 0. */
@@ -156,7 +144,9 @@ static int rmsnorm_bwd_launch(const ct_tensor *x, const ct_tensor *w, const ct_t
 
 int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
                         ct_tensor *rstd) {
-    CT_TRY(check_acts(x, y, nullptr));
+    const ct_tensor *ts[] = {x, y};
+    const char *names[] = {"x", "y"};
+    CT_TRY(act_check_same("rmsnorm", ts, names, 2));
     CT_TRY(check_weight(w));
     CT_TRY(check_f32(rstd, "rstd"));
     int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
@@ -167,7 +157,9 @@ int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_te
 int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
                         const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw) {
     if (!dx && !dw) return CT_OK;
-    CT_TRY(check_acts(x, dy, dx));
+    const ct_tensor *ts[] = {x, dy, dx};
+    const char *names[] = {"x", "dy", "dx"};
+    CT_TRY(act_check_same("rmsnorm", ts, names, 3));
     CT_TRY(check_weight(w));
     CT_TRY(check_f32(rstd, "rstd"));
     CT_TRY(check_f32(dw, "dw"));

@@ -108,10 +108,9 @@ static int rope_launch_as(const ct_tensor *src, ct_tensor *dst, const ct_tensor 
 
 static int rope_launch(const ct_tensor *src, ct_tensor *dst, const ct_tensor *pos,
                        const ct_rope_params *p, double sign, int accumulate) {
-    CT_TRY(act_check(src, "rope"));
-    if (dst->dtype != src->dtype)
-        return ct_errorf(CT_EINPUT, "rope: activations of mixed dtypes (%s and %s)",
-                         ct_dtype_name(src->dtype), ct_dtype_name(dst->dtype));
+    const ct_tensor *ts[] = {src, dst};
+    const char *names[] = {"input", "output"};
+    CT_TRY(act_check_same("rope", ts, names, 2));
     const int64_t T = ct_rows(src), C = ct_dim_from_end(src, 1);
     if (T == 0 || C == 0) return CT_OK;
     return CT_ACT_DISPATCH(src, rope_launch_as, src, dst, pos, p, sign, accumulate, T, C);

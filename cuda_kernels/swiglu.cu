@@ -68,19 +68,6 @@ static bool all16(const ct_tensor *a, const ct_tensor *b, const ct_tensor *c, co
     return true;
 }
 
-/* CT_EINPUT unless a is an activation dtype and every other given tensor
- * (NULL: absent) has a's dtype. */
-static int check_acts(const ct_tensor *a, const ct_tensor *b, const ct_tensor *c,
-                      const ct_tensor *d, const ct_tensor *e) {
-    CT_TRY(act_check(a, "swiglu"));
-    const ct_tensor *o[4] = {b, c, d, e};
-    for (int k = 0; k < 4; k++)
-        if (o[k] && o[k]->dtype != a->dtype)
-            return ct_errorf(CT_EINPUT, "swiglu: activations of mixed dtypes (%s and %s)",
-                             ct_dtype_name(a->dtype), ct_dtype_name(o[k]->dtype));
-    return CT_OK;
-}
-
 template <class A>
 static int swiglu_fwd_launch(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y, int64_t n) {
     const int64_t nv = all16(gate, up, y, nullptr, nullptr) ? n / 8 : 0;
@@ -100,7 +87,9 @@ static int swiglu_bwd_launch(const ct_tensor *gate, const ct_tensor *up, const c
 }
 
 int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y) {
-    CT_TRY(check_acts(gate, up, y, nullptr, nullptr));
+    const ct_tensor *ts[] = {gate, up, y};
+    const char *names[] = {"gate", "up", "y"};
+    CT_TRY(act_check_same("swiglu", ts, names, 3));
     int64_t n = ct_numel(gate);
     if (n == 0) return CT_OK;
     return CT_ACT_DISPATCH(gate, swiglu_fwd_launch, gate, up, y, n);
@@ -109,7 +98,9 @@ int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y)
 int ct_cuda_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,
                        ct_tensor *dgate, ct_tensor *dup) {
     if (!dgate && !dup) return CT_OK;
-    CT_TRY(check_acts(gate, up, dy, dgate, dup));
+    const ct_tensor *ts[] = {gate, up, dy, dgate, dup};
+    const char *names[] = {"gate", "up", "dy", "dgate", "dup"};
+    CT_TRY(act_check_same("swiglu", ts, names, 5));
     int64_t n = ct_numel(gate);
     if (n == 0) return CT_OK;
     return CT_ACT_DISPATCH(gate, swiglu_bwd_launch, gate, up, dy, dgate, dup, n);

@@ -117,6 +117,31 @@ static void test_list(void) {
     ct_error_clear();
 }
 
+/* The CUDA kernels take f32 or bf16 activations, all of one call in one
+ * dtype: a mix, or another dtype, is CT_EINPUT naming the op and tensors
+ * (checked on the emulated backend when the build has it). */
+static void test_activation_dtypes(void) {
+    const ct_backend *be = ct_cuda_emu_backend();
+    if (!be) {
+        ct_error_clear();
+        return;
+    }
+    const int64_t n = 16;
+    ct_tensor *x = ct_tensor_new(be, CT_F32, 1, &n, true), *y = ct_tensor_new(be, CT_BF16, 1, &n, true);
+    ct_tensor *h = ct_tensor_new(be, CT_F16, 1, &n, true);
+    CHECK(x && y && h, "tensors on cuda-emu: %s", ct_last_error());
+    if (x && y && h) {
+        CHECK(be->axpy(1.0f, x, y) == CT_EINPUT && strstr(ct_last_error(), "axpy: y is bf16 but x is f32"),
+              "mixed activation dtypes: %s", ct_last_error());
+        CHECK(be->swiglu_fwd(h, h, h) == CT_EINPUT && strstr(ct_last_error(), "swiglu") &&
+                  strstr(ct_last_error(), "float32 or bfloat16"),
+              "f16 activations: %s", ct_last_error());
+        CHECK(be->axpy(1.0f, x, x) == CT_OK, "f32 activations: %s", ct_last_error());
+    }
+    ct_tensor_free(be, x), ct_tensor_free(be, y), ct_tensor_free(be, h);
+    ct_error_clear();
+}
+
 int main(void) {
     if (!ct_guarded_backend()) {
         printf("skipped: %s\n", ct_last_error());
@@ -125,5 +150,6 @@ int main(void) {
     test_full_backends();
     test_missing_entry();
     test_list();
+    test_activation_dtypes();
     return ct_test_finish();
 }
