@@ -16,9 +16,8 @@
 static int load_model(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
     /* The caller's backend (tests) wins over the config's device. */
-    static const char *const names[] = {"auto", "cpu", "cuda", "cuda-emu"};
     const ct_backend *be = t->opt->backend;
-    if (!be) CT_TRY(ct_backend_by_name(names[c->device], "device:", &be));
+    if (!be) CT_TRY(ct_backend_by_name(ct_config_device_name(c->device), "device:", &be));
     ct_model_options mo = {.backend = be};
     if (c->quantization.load_in_4bit) {
         mo.quant = c->quantization.quant_type == CT_QUANT_FP4 ? CT_MODEL_QUANT_FP4 : CT_MODEL_QUANT_NF4;

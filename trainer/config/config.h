@@ -31,6 +31,8 @@
 #define CT_CONFIG_MAX_PHASES 8
 
 typedef enum { CT_DEVICE_AUTO = 0, CT_DEVICE_CPU, CT_DEVICE_CUDA, CT_DEVICE_CUDA_EMU } ct_device_kind;
+/* "auto", "cpu", "cuda", "cuda-emu": the config's spelling (ct_backend_by_name's). */
+const char *ct_config_device_name(ct_device_kind d);
 typedef enum { CT_OPTIM_ADAMW = 0 } ct_optim_type;
 /* The phase kinds are the scheduler's (trainer/optim/scheduler.h: LinearLR,
  * CosineAnnealingLR, ConstantLR), so the config and the one LR function agree. */

@@ -22,6 +22,8 @@
 static const char *const format_names[] = {"auto", "alpaca", "openai", "conversation", "pretokenized", NULL};
 static const char *const optim_names[] = {"AdamW", NULL};
 static const char *const device_names[] = {"auto", "cpu", "cuda", "cuda-emu", NULL};
+
+const char *ct_config_device_name(ct_device_kind d) { return device_names[d]; }
 static const char *const quant_names[] = {"nf4", "fp4", NULL};
 static const char *const dtype_names[] = {"bfloat16", "float16", "float32", NULL};
 static const int dtype_values[] = {CT_BF16, CT_F16, CT_F32};
