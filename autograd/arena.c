@@ -65,6 +65,15 @@ void *ct_arena_alloc(ct_arena *a, size_t bytes) {
     return ptr;
 }
 
+int ct_arena_reserve(ct_arena *a, size_t bytes) {
+    if (a->n_blocks > 0 || bytes == 0) return CT_OK;
+    size_t size = align_up(bytes);
+    void *ptr = a->mem.alloc(size);
+    if (!ptr) return ct_errorf(CT_ERUNTIME, "arena: out of memory reserving %.1f MiB", (double)size / (1 << 20));
+    a->blocks[a->n_blocks++] = (ct_arena_block){ptr, size};
+    return CT_OK;
+}
+
 void ct_arena_reset(ct_arena *a) {
     a->cur = 0;
     a->off = 0;

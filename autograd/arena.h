@@ -49,6 +49,11 @@ void ct_arena_free(ct_arena *a);
  * The memory is uninitialised and lives until the next reset or rewind. */
 void *ct_arena_alloc(ct_arena *a, size_t bytes);
 void ct_arena_reset(ct_arena *a);
+/* Allocates the first block now, of `bytes` (an arena that already has a
+ * block is left alone): a run that knows its step's needs (the memory plan)
+ * holds one block of the right size from the start. CT_OK, or CT_ERUNTIME
+ * with the message set. */
+int ct_arena_reserve(ct_arena *a, size_t bytes);
 ct_arena_mark ct_arena_get_mark(const ct_arena *a);
 void ct_arena_rewind(ct_arena *a, ct_arena_mark m);
 /* Sum of block sizes: what the arena holds from the system. */

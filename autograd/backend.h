@@ -30,6 +30,7 @@
 #include <stdio.h>
 
 #include "arena.h"
+#include "mem_track.h"
 #include "tensor.h"
 
 #ifdef __cplusplus
@@ -166,6 +167,10 @@ typedef struct ct_backend {
     int (*upload)(void *dst, const void *host_src, size_t bytes);    /* host -> device */
     int (*download)(void *host_dst, const void *src, size_t bytes);  /* device -> host */
     int (*sync)(void);
+    /* What mem holds (current, peak, allocations), from its own tracker
+     * (mem_track.h); with reset_peak the peak restarts from current. Optional:
+     * NULL means the backend does not count. */
+    ct_mem_usage (*mem_usage)(int reset_peak);
 
     /* --- ops --- */
     /* y[T,D] = table[ids[t], :]; table [V,D] any float dtype. */

@@ -31,6 +31,8 @@ void ct_tape_reset(ct_tape *t) {
     t->data = &t->main;
     t->n_entries = 0;
     t->in_checkpoint = false;
+    t->spare_grad = NULL;
+    t->spare_bytes = 0;
 }
 
 bool ct_tape_set_recording(ct_tape *t, bool on) {
@@ -47,6 +49,13 @@ ct_tensor *ct_tape_new(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape) 
     if (ct_tensor_init(x, dt, t->be->device, ndim, shape, NULL)) return NULL;
     x->data = ct_arena_alloc(t->data, ct_nbytes(x));
     return x->data ? x : NULL;
+}
+
+ct_tensor *ct_tape_header(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape) {
+    ct_tensor *x = ct_tape_meta(t, sizeof *x);
+    if (!x || ct_tensor_init(x, dt, t->be->device, ndim, shape, NULL)) return NULL;
+    x->data = NULL;
+    return x;
 }
 
 ct_tensor *ct_tape_zeros(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape) {
@@ -129,11 +138,27 @@ typedef struct {
     void *ctx;
 } checkpoint_saved;
 
+/* The segment input's grad (main arena). Once a segment's backward has run,
+ * its output's grad is dead (every consumer of the output ran its backward
+ * earlier), so its memory serves the next segment's input grad when that
+ * fits: a checkpointed decoder holds two [T, D] grads, not one per layer. */
+static ct_tensor *segment_input_grad(ct_tape *t, ct_tensor *in) {
+    if (in->grad || !t->spare_grad) return ct_grad(t, in);
+    ct_tensor *g = ct_tape_header(t, in->dtype == CT_F32 ? CT_F32 : t->be->act_dtype, in->ndim, in->shape);
+    if (!g) return NULL;
+    if (ct_nbytes(g) > t->spare_bytes) return ct_grad(t, in);
+    g->data = t->spare_grad;
+    t->spare_grad = NULL;
+    if (t->be->zero(g->data, ct_nbytes(g))) return NULL;
+    in->grad = g;
+    return g;
+}
+
 static int checkpoint_backward(ct_tape *t, const ct_tape_entry *e) {
     const checkpoint_saved *s = e->saved;
     ct_tensor *in = e->in[0];
     ct_tensor *gin = NULL;
-    if (in->requires_grad && !(gin = ct_grad(t, in))) return CT_ERUNTIME; /* main arena */
+    if (in->requires_grad && !(gin = segment_input_grad(t, in))) return CT_ERUNTIME; /* main arena */
 
     ct_arena_mark meta_mark = ct_arena_get_mark(&t->meta);
     ct_arena_mark scratch_mark = ct_arena_get_mark(&t->scratch);
@@ -165,6 +190,10 @@ static int checkpoint_backward(ct_tape *t, const ct_tape_entry *e) {
     t->data = &t->main;
     ct_arena_rewind(&t->scratch, scratch_mark);
     ct_arena_rewind(&t->meta, meta_mark);
+    if (!rc && e->out->grad && e->out->grad->data) { /* dead from here on (see segment_input_grad) */
+        t->spare_grad = e->out->grad->data;
+        t->spare_bytes = ct_nbytes(e->out->grad);
+    }
     return rc;
 }
 

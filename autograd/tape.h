@@ -55,6 +55,10 @@ struct ct_tape {
     bool recording;       /* false = no_grad */
     bool in_checkpoint;   /* segments do not nest */
     uint64_t step_seed;   /* with ct_linear.id seeds dropout; set per step */
+    /* A dead grad in main: a finished checkpoint segment's output grad, whose
+     * memory the next segment's input grad reuses (NULL: none). */
+    void *spare_grad;
+    size_t spare_bytes;
 };
 
 /* block_bytes: size of each arena block (0 = 64 MiB). */
@@ -68,6 +72,10 @@ bool ct_tape_set_recording(ct_tape *t, bool on);
 /* A tensor in the current data arena (uninitialised, or zeroed); NULL on OOM. */
 ct_tensor *ct_tape_new(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape);
 ct_tensor *ct_tape_zeros(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape);
+/* A header without storage (data NULL): the output of an op whose value is
+ * never read (the _tail ops in a recomputation), so only its entry and grad
+ * exist. */
+ct_tensor *ct_tape_header(ct_tape *t, ct_dtype dt, int ndim, const int64_t *shape);
 /* A tensor with t's shape in the backend's activation dtype (f32 on the CPU). */
 ct_tensor *ct_tape_new_like(ct_tape *tp, const ct_tensor *t);
 /* Host memory for saved state, lives until the next reset. */

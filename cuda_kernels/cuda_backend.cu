@@ -18,13 +18,24 @@
 #define CT_BACKEND_GETTER ct_cuda_backend
 #endif
 
-static void *cuda_alloc(size_t n) {
+/* Every device allocation goes through this tracker (autograd/mem_track.h):
+ * the run's current and peak device memory are the allocator's own counts.
+ * Plain cudaMalloc, never managed memory; allocations happen at setup and
+ * when an arena grows (the first step), never in a warm step. */
+static ct_mem_tracker g_device_mem = CT_MEM_TRACKER_INIT;
+
+static void *raw_alloc(size_t n) {
     void *p = nullptr;
     if (cudaMalloc(&p, n ? n : 256) != cudaSuccess) return nullptr;
     return p;
 }
 
-static void cuda_free(void *p) { cudaFree(p); }
+static void raw_free(void *p) { cudaFree(p); }
+static void *cuda_alloc(size_t n) { return ct_mem_track_alloc(&g_device_mem, raw_alloc, raw_free, n); }
+static void cuda_free(void *p) { ct_mem_track_free(&g_device_mem, raw_free, p); }
+void *ct_cuda_mem_alloc(size_t bytes) { return cuda_alloc(bytes); }
+void ct_cuda_mem_free(void *p) { cuda_free(p); }
+static ct_mem_usage cuda_mem_usage(int reset_peak) { return ct_mem_track_usage(&g_device_mem, reset_peak); }
 
 static int cuda_zero(void *p, size_t n) {
     CT_CUDA_TRY(cudaMemsetAsync(p, 0, n, 0));
@@ -77,6 +88,7 @@ static const ct_backend k_cuda = {
     .upload = cuda_upload,
     .download = cuda_download,
     .sync = cuda_sync,
+    .mem_usage = cuda_mem_usage,
     .embedding_fwd = ct_cuda_embedding_fwd,
     .embedding_bwd = ct_cuda_embedding_bwd,
     .rmsnorm_fwd = ct_cuda_rmsnorm_fwd,

@@ -7,6 +7,12 @@
 
 #include "cuda_includes.h"
 
+/* The backend's tracked device allocator (cuda_backend.cu): every device
+ * buffer of this folder comes from it, so the run's peak counts them all.
+ * NULL when out of memory. */
+void *ct_cuda_mem_alloc(size_t bytes);
+void ct_cuda_mem_free(void *p);
+
 int ct_cuda_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
 int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y);
 int ct_cuda_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,

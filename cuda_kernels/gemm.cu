@@ -25,7 +25,8 @@ static void *g_workspace = nullptr;
 
 static int lt_init(void) {
     if (g_lt) return CT_OK;
-    if (!g_workspace) CT_CUDA_TRY(cudaMalloc(&g_workspace, kWorkspaceBytes));
+    if (!g_workspace && !(g_workspace = ct_cuda_mem_alloc(kWorkspaceBytes)))
+        return ct_errorf(CT_ERUNTIME, "cuBLASLt workspace: out of device memory for %zu MiB", kWorkspaceBytes >> 20);
     CT_CUBLAS_TRY(cublasLtCreate, &g_lt);
     return CT_OK;
 }

@@ -144,9 +144,10 @@ static size_t g_sumsq_cap = 0; /* doubles */
 
 static int sumsq_reserve(size_t count) {
     if (count <= g_sumsq_cap) return CT_OK;
-    if (g_sumsq_buf) CT_CUDA_TRY(cudaFree(g_sumsq_buf));
+    ct_cuda_mem_free(g_sumsq_buf);
     g_sumsq_buf = nullptr, g_sumsq_cap = 0;
-    CT_CUDA_TRY(cudaMalloc((void **)&g_sumsq_buf, count * sizeof(double)));
+    if (!(g_sumsq_buf = (double *)ct_cuda_mem_alloc(count * sizeof(double))))
+        return ct_errorf(CT_ERUNTIME, "grad norm: out of device memory for %zu sums", count);
     g_sumsq_cap = count;
     return CT_OK;
 }

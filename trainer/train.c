@@ -253,9 +253,20 @@ int ct_train(const ct_train_options *opt, ct_train_result *res) {
     res->last_loss = t.last_loss;
     res->tokens_per_s = t.log.secs_all > 0 ? (double)t.log.tokens_all / t.log.secs_all : 0.0;
     res->peak_rss_mb = ct_train_peak_rss_mb();
+    res->dev_peak_mb = (double)ct_train_device_mem(&t).peak / 1048576.0;
+    res->plan_mb = (double)t.plan.allocator_total / 1048576.0;
+    res->arena_used_mb = (double)(t.tape.main.peak + t.tape.scratch.peak) / 1048576.0;
+    res->arena_reserved_mb = (double)(ct_arena_reserved(&t.tape.main) + ct_arena_reserved(&t.tape.scratch)) / 1048576.0;
+    if (t.model) {
+        ct_model_memory mm;
+        ct_model_get_memory(t.model, &mm);
+        if (!mm.device_bytes)
+            res->weights_outside_mb = (double)(mm.mapped_bytes + mm.copied_bytes + mm.quant_bytes) / 1048576.0;
+    }
     if (!rc && t.out)
-        fprintf(t.out, "%s %lld iterations, %.0f tokens/s, peak RSS %.0f MiB\n",
-                res->stopped ? "stopped after" : "done:", (long long)t.iter, res->tokens_per_s, res->peak_rss_mb);
+        fprintf(t.out, "%s %lld iterations, %.0f tokens/s, peak RSS %.0f MiB, %s peak %.0f MiB\n",
+                res->stopped ? "stopped after" : "done:", (long long)t.iter, res->tokens_per_s, res->peak_rss_mb,
+                t.model ? ct_model_backend(t.model)->name : "device", res->dev_peak_mb);
     ct_trainer_close(&t);
     return rc;
 }

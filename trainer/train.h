@@ -63,6 +63,12 @@ typedef struct {
     int64_t eval_tokens;      /* scored tokens of eval_data */
     double tokens_per_s;      /* real (non-padding) tokens per second of this process's iterations */
     double peak_rss_mb;       /* peak resident memory of the process */
+    double dev_peak_mb;       /* peak of the backend allocator (device memory on a GPU) */
+    double plan_mb;           /* the memory plan's prediction of that peak (ctuner plan's allocator total) */
+    double weights_outside_mb; /* frozen weights not in the allocator (the CPU's mapped/quantized
+                                * weights; 0 once placed on a device): the plan counts them */
+    double arena_used_mb;     /* the step arenas' high-water marks (main + scratch) ... */
+    double arena_reserved_mb; /* ... and what they hold: the plan's sizes, more if it fell short */
     char checkpoint[CT_PATH_MAX]; /* the last checkpoint written ("" when none) */
 } ct_train_result;
 

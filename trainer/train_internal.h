@@ -19,6 +19,7 @@
 #include "trainer/config/config.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/scheduler.h"
+#include "trainer/plan/mem_plan.h"
 #include "trainer/train.h"
 
 /* Progress bookkeeping (train_log.c). */
@@ -54,7 +55,8 @@ typedef struct {
     ct_loader peek;           /* the same order, read ahead to count a window's tokens */
     ct_batch batch, peek_batch;
     int32_t *seg;             /* (batch_size * max_length) segment ids made unique across rows */
-    ct_tape tape;
+    ct_tape tape;             /* its arenas reserved as the plan says */
+    ct_mem_plan plan;         /* the memory plan of this run (what `ctuner plan` prints) */
     ct_adamw *adamw;
     ct_tensor **params;       /* (n_params) LoRA A/B in PEFT order, borrowed from the LoRA */
     size_t n_params;
@@ -102,6 +104,8 @@ int ct_train_log_eval_loss(ct_trainer *t, double loss, int64_t tokens);
 void ct_train_log_close(ct_trainer *t);
 /* Peak resident memory of the process in MiB (getrusage). */
 double ct_train_peak_rss_mb(void);
+/* The backend allocator's counts (zeros when it does not count). */
+ct_mem_usage ct_train_device_mem(const ct_trainer *t);
 
 /* ---- eval_hook.c ---- */
 /* Greedy answers to evaluation_inputs (template + SYSTEM), printed and

@@ -10,7 +10,9 @@
  * "tokens" counts the real (non-padding) tokens trained on so far by the whole
  * run, "tokens_per_s" those of the interval over its wall time, "elapsed_s"
  * the seconds since this process started training, "rss_mb" the peak resident
- * memory. A resumed run first cuts metrics.jsonl back to the checkpoint's
+ * memory, "dev_mb" / "dev_peak_mb" what the backend's allocator holds now and
+ * at most so far (the device's memory on a GPU; on the CPU the backend's share
+ * of the process: placed weights, LoRA, optimizer state, arenas). A resumed run first cuts metrics.jsonl back to the checkpoint's
  * iteration (entries written after it are recomputed). */
 #include <errno.h>
 #include <math.h>
@@ -26,10 +28,18 @@
 #include "trainer/loss_plot.h"
 #include "trainer/train_internal.h"
 
+#define MIB 1048576.0
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+ct_mem_usage ct_train_device_mem(const ct_trainer *t) {
+    const ct_backend *be = t->model ? ct_model_backend(t->model) : NULL;
+    ct_mem_usage u = {0, 0, 0};
+    return be && be->mem_usage ? be->mem_usage(0) : u;
 }
 
 double ct_train_peak_rss_mb(void) {
@@ -129,7 +139,8 @@ static void fmt_duration(char *buf, size_t cap, double s) {
 
 static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static int write_metrics(ct_trainer *t, double loss, double lr, double tok_s, double elapsed, double rss) {
+static int write_metrics(ct_trainer *t, double loss, double lr, double tok_s, double elapsed, double rss,
+                         ct_mem_usage dev) {
     json_t *j = json_object();
     if (!j) return ct_errorf(CT_ERUNTIME, "out of memory");
     json_object_set_new(j, "iter", json_integer((json_int_t)t->iter));
@@ -142,6 +153,8 @@ static int write_metrics(ct_trainer *t, double loss, double lr, double tok_s, do
     json_object_set_new(j, "tokens_per_s", json_real(tok_s));
     json_object_set_new(j, "elapsed_s", json_real(elapsed));
     json_object_set_new(j, "rss_mb", json_real(rss));
+    json_object_set_new(j, "dev_mb", json_real((double)dev.current / MIB));
+    json_object_set_new(j, "dev_peak_mb", json_real((double)dev.peak / MIB));
     int bad = json_dumpf(j, t->log.metrics, JSON_COMPACT | JSON_REAL_PRECISION(12));
     json_decref(j);
     if (bad || fputc('\n', t->log.metrics) == EOF || fflush(t->log.metrics) != 0)
@@ -167,23 +180,23 @@ int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens
     double tok_s = dt > 0 ? (double)L->tokens / dt : 0.0, rss = ct_train_peak_rss_mb();
     int64_t done = t->iter - L->iter0;
     double eta = done > 0 ? elapsed / (double)done * (double)(t->total_iters - t->iter) : 0.0;
+    ct_mem_usage dev = ct_train_device_mem(t);
     if (t->out) {
-        size_t arenas = ct_arena_reserved(&t->tape.meta) + ct_arena_reserved(&t->tape.main) +
-                        ct_arena_reserved(&t->tape.scratch);
         char eta_s[32], grad[32];
         fmt_duration(eta_s, sizeof eta_s, eta);
         if (t->step > 0) snprintf(grad, sizeof grad, "%.4g", t->last_grad_norm);
         else snprintf(grad, sizeof grad, "-");
         fprintf(t->out, "%siter %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | eta %s | "
-                "mem %.0f MiB peak RSS, %.0f MiB arenas%s", live ? "\r" : "", (long long)t->iter,
+                "mem %.0f MiB peak RSS, %s %.0f MiB (peak %.0f MiB)%s", live ? "\r" : "", (long long)t->iter,
                 (long long)t->total_iters, (double)t->iter / (double)t->iters_per_epoch, loss, lr, grad, tok_s, eta_s,
-                rss, (double)arenas / 1048576.0, live ? "\x1b[K" : "");
+                rss, ct_model_backend(t->model)->name, (double)dev.current / MIB, (double)dev.peak / MIB,
+                live ? "\x1b[K" : "");
         L->line_open = live && !due;
         if (!L->line_open) fputc('\n', t->out);
         fflush(t->out);
     }
     if (!due) return CT_OK;
-    CT_TRY(write_metrics(t, loss, lr, tok_s, elapsed, rss));
+    CT_TRY(write_metrics(t, loss, lr, tok_s, elapsed, rss, dev));
     CT_TRY(hist_push(L, t->iter, loss));
     L->nll = 0;
     L->targets = L->tokens = 0;

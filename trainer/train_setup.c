@@ -83,6 +83,24 @@ static int load_data(ct_trainer *t) {
     return CT_OK;
 }
 
+/* The step's arenas sized by the memory plan (trainer/plan/mem_plan.h): one
+ * block each, allocated now, so the first step allocates nothing either and
+ * the peak is known before it. A plan that falls short shows as more blocks
+ * of 16 MiB (tests hold the plan to the measured peak). */
+static int plan_arenas(ct_trainer *t) {
+    const ct_backend *be = ct_model_backend(t->model);
+    ct_plan_input in = {.model = ct_model_config(t->model), .run = t->cfg, .gpu = be->device != CT_CPU};
+    CT_TRY(ct_mem_plan_make(&in, t->ds.max_length, &t->plan));
+    CT_TRY(ct_tape_init(&t->tape, be, (size_t)16 << 20));
+    CT_TRY(ct_arena_reserve(&t->tape.main, t->plan.main_arena));
+    CT_TRY(ct_arena_reserve(&t->tape.scratch, t->plan.scratch_arena));
+    if (t->out)
+        fprintf(t->out, "memory: %.1f MiB planned on %s (arenas: main %.1f MiB, scratch %.1f MiB; `ctuner plan` "
+                "itemizes)\n", (double)t->plan.allocator_total / 1048576.0, be->name,
+                (double)t->plan.main_arena / 1048576.0, (double)t->plan.scratch_arena / 1048576.0);
+    return CT_OK;
+}
+
 static int make_loop_state(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
     int64_t B = c->batch_size, T = t->ds.max_length;
@@ -94,7 +112,7 @@ static int make_loop_state(ct_trainer *t) {
     CT_TRY(ct_batch_alloc(&t->peek_batch, B, T));
     t->seg = malloc((size_t)B * (size_t)T * sizeof *t->seg);
     if (!t->seg) return ct_errorf(CT_ERUNTIME, "out of memory for the segment ids");
-    CT_TRY(ct_tape_init(&t->tape, ct_model_backend(t->model), 0));
+    CT_TRY(plan_arenas(t));
 
     t->iters_per_epoch = ct_loader_batches_per_epoch(&t->loader);
     t->total_iters = ct_config_total_iters(c, t->ds.rows.n_rows);

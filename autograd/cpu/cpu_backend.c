@@ -17,6 +17,14 @@ static int cpu_copy(void *dst, const void *src, size_t n) {
 
 static int cpu_sync(void) { return CT_OK; }
 
+/* The backend's memory (weights placed on it, LoRA, optimizer state, arena
+ * blocks) is counted; other host allocations (tape headers, the loader) are
+ * not: they are the process's, reported as RSS. */
+static ct_mem_tracker g_cpu_mem = CT_MEM_TRACKER_INIT;
+static void *cpu_alloc(size_t n) { return ct_mem_track_alloc(&g_cpu_mem, ct_host_alloc, ct_host_free, n); }
+static void cpu_free(void *p) { ct_mem_track_free(&g_cpu_mem, ct_host_free, p); }
+static ct_mem_usage cpu_mem_usage(int reset_peak) { return ct_mem_track_usage(&g_cpu_mem, reset_peak); }
+
 static const char *cpu_compute_note(ct_dtype compute) {
     if (compute != CT_BF16) return NULL;
     return ct_cpu_bf16_dot_supported() ? "AVX512-BF16"
@@ -30,12 +38,13 @@ static const ct_backend k_cpu = {
     .compute_dtypes = CT_CPU_COMPUTE_DTYPES,
     .weight_dtypes = CT_CPU_WEIGHT_DTYPES,
     .compute_note = cpu_compute_note,
-    .mem = {ct_host_alloc, ct_host_free},
+    .mem = {cpu_alloc, cpu_free},
     .zero = cpu_zero,
     .copy = cpu_copy,
     .upload = cpu_copy,
     .download = cpu_copy,
     .sync = cpu_sync,
+    .mem_usage = cpu_mem_usage,
     .embedding_fwd = ct_cpu_embedding_fwd,
     .embedding_bwd = ct_cpu_embedding_bwd,
     .rmsnorm_fwd = ct_cpu_rmsnorm_fwd,

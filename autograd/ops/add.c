@@ -24,7 +24,7 @@ static ct_tensor *add(ct_tape *t, ct_tensor *a, ct_tensor *b, bool value) {
                   ct_dtype_name(a->dtype), ct_dtype_name(b->dtype));
         return NULL;
     }
-    ct_tensor *y = ct_tape_new_like(t, a);
+    ct_tensor *y = value ? ct_tape_new_like(t, a) : ct_tape_header(t, t->be->act_dtype, a->ndim, a->shape);
     if (!y || ct_backend_require(t->be, CT_OP_ADD, NULL)) return NULL;
     if (!value) {
         /* the value is never read (ct_add_tail): only the entry matters */

@@ -85,7 +85,8 @@ static ct_tensor *lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin, bo
     int64_t shape[CT_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
     shape[x->ndim - 1] = lin->w->shape[0];
-    ct_tensor *y = ct_tape_new(t, t->be->act_dtype, x->ndim, shape);
+    /* A recomputation of a _tail op never reads y: no storage then. */
+    ct_tensor *y = value ? ct_tape_new(t, t->be->act_dtype, x->ndim, shape) : ct_tape_header(t, t->be->act_dtype, x->ndim, shape);
     if (!y) return NULL;
     lora_saved *s = NULL;
     if (grad) {

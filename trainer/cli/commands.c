@@ -13,6 +13,7 @@ const ct_command ct_commands[] = {
      ct_cmd_log_dataset},
     {"make-model", "write a randomly initialised InternLM2 model of any shape", ct_cmd_make_model},
     {"merge", "merge a LoRA adapter into its base model and write a Hugging Face model directory", ct_cmd_merge},
+    {"plan", "predict a training run's peak memory item by item, and whether it fits a budget", ct_cmd_plan},
     {"quantize", "write a full-precision model as a bitsandbytes NF4/FP4 checkpoint transformers can load",
      ct_cmd_quantize},
     {"tokenize", "print the token ids (or pieces) of a text, as the HF tokenizer gives them", ct_cmd_tokenize},

@@ -11,6 +11,10 @@ typedef struct {
     int (*run)(int argc, char **argv);
 } ct_command;
 
+/* A command's verdict that is not an error: `plan` when the run does not
+ * fit the budget (exit code 3, nothing printed to stderr). */
+#define CT_CMD_NOT_FIT (-3)
+
 /* The table, terminated by a {NULL} entry. */
 extern const ct_command ct_commands[];
 
@@ -22,6 +26,7 @@ int ct_cmd_list_cfg(int argc, char **argv);
 int ct_cmd_log_dataset(int argc, char **argv);
 int ct_cmd_make_model(int argc, char **argv);
 int ct_cmd_merge(int argc, char **argv);
+int ct_cmd_plan(int argc, char **argv);
 int ct_cmd_quantize(int argc, char **argv);
 int ct_cmd_tokenize(int argc, char **argv);
 int ct_cmd_train(int argc, char **argv);

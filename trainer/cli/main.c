@@ -1,5 +1,6 @@
 /* ctuner: the subcommand dispatcher. The only place that prints library errors
- * and chooses exit codes: 0 success, 1 runtime failure, 2 usage or input error. */
+ * and chooses exit codes: 0 success, 1 runtime failure, 2 usage or input error, 3 `plan`: does
+ * not fit. */
 #include <stdio.h>
 #include <string.h>
 
@@ -33,6 +34,7 @@ int main(int argc, char **argv) {
         if (strcmp(c->name, cmd) != 0) continue;
         int rc = c->run(argc - 1, argv + 1);
         if (rc == CT_ARGS_HELP) return 0;
+        if (rc == CT_CMD_NOT_FIT) return 3;
         if (rc) {
             fprintf(stderr, "ctuner %s: error: %s\n", cmd, ct_last_error());
             return rc == CT_EINPUT ? 2 : 1;

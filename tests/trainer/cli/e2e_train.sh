@@ -78,7 +78,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 logs = [r for r in rows if 'loss' in r]
 assert [r['iter'] for r in logs] == list(range(4, 41, 4)), [r['iter'] for r in logs]
 for r in logs:
-    assert set(r) >= {'iter', 'step', 'epoch', 'loss', 'lr', 'grad_norm', 'tokens', 'tokens_per_s', 'elapsed_s', 'rss_mb'}, r
+    assert set(r) >= {'iter', 'step', 'epoch', 'loss', 'lr', 'grad_norm', 'tokens', 'tokens_per_s', 'elapsed_s', 'rss_mb', 'dev_mb', 'dev_peak_mb'}, r
 first, last = logs[0]['loss'], logs[-1]['loss']
 print('loss %.4f -> %.4f' % (first, last))
 assert last < 0.7 * first, (first, last)
