@@ -98,7 +98,7 @@ typedef struct {
 typedef enum {
     CT_OP_EMBEDDING,        /* embedding_fwd (the op also needs embedding_bwd for a trainable
                              * table and refuses one without it) */
-    CT_OP_RMSNORM,          /* rmsnorm_fwd, rmsnorm_bwd */
+    CT_OP_RMSNORM,          /* rmsnorm_fwd, rmsnorm_bwd (add_rmsnorm_fwd optional) */
     CT_OP_ROPE,             /* rope_fwd, rope_bwd */
     CT_OP_ATTENTION,        /* attention_fwd, attention_bwd */
     CT_OP_ATTENTION_DECODE, /* attention_decode */
@@ -183,6 +183,14 @@ typedef struct ct_backend {
                        ct_tensor *rstd);
     int (*rmsnorm_bwd)(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
                        const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw);
+    /* sum = a + b, then y = rmsnorm(sum)·w as rmsnorm_fwd (rstd [rows] or NULL),
+     * in one pass over each row: a residual add and the norm that reads it.
+     * sum is rounded to the activation dtype before the norm reads it, so sum,
+     * y and rstd equal add_fwd then rmsnorm_fwd's bit for bit. a, b, sum, y
+     * [R, D] activations; sum may be a or b, y is none of them. Optional: NULL
+     * means ct_add_rmsnorm runs ct_add then ct_rmsnorm (the same values). */
+    int (*add_rmsnorm_fwd)(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                           ct_tensor *sum, ct_tensor *y, ct_tensor *rstd);
 
     /* y = rope(x) at positions pos (i32 [T]); x, y [T, H*head_dim]; y may equal x. */
     int (*rope_fwd)(const ct_tensor *x, const ct_tensor *pos, const ct_rope_params *p,

@@ -44,6 +44,14 @@ ct_tensor *ct_swiglu(ct_tape *t, ct_tensor *gate, ct_tensor *up);
 /* a + b (same shape): the residual connection. */
 ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b);
 
+/* a + b and rmsnorm(a + b)·w (ct_rmsnorm's contract): a residual connection
+ * and the norm that reads it. Returns the norm's output and sets *sum to
+ * a + b (the residual stream; NULL on failure). One pass over the rows where
+ * the backend has add_rmsnorm_fwd, else ct_add then ct_rmsnorm: the same bits
+ * either way, and the same two tape entries (add, then rmsnorm), so the
+ * backward is theirs and checkpoint recomputation needs nothing of its own. */
+ct_tensor *ct_add_rmsnorm(ct_tape *t, ct_tensor *a, ct_tensor *b, ct_tensor *w, float eps, ct_tensor **sum);
+
 /* x [T, in] -> [T, out] through a frozen base weight plus LoRA (see ct_linear).
  * Grads: dx when x requires grad, dA/dB when they do; never the base weight. */
 ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin);
@@ -55,6 +63,10 @@ ct_tensor *ct_lora_linear(ct_tape *t, ct_tensor *x, const ct_linear *lin);
  * run twice. Anywhere else they are ct_lora_linear and ct_add. */
 ct_tensor *ct_lora_linear_tail(ct_tape *t, ct_tensor *x, const ct_linear *lin);
 ct_tensor *ct_add_tail(ct_tape *t, ct_tensor *a, ct_tensor *b);
+
+/* ct_add's checks, output tensor and tape entry, with the output left
+ * unwritten: for an op whose own kernel writes a + b (ct_add_rmsnorm). */
+ct_tensor *ct_add_entry(ct_tape *t, ct_tensor *a, ct_tensor *b);
 
 /* Helpers shared by the linear ops (ops/lora_linear.c). ct_linear_check: x [.., in]
  * in the activation dtype `act` (the backend's act_dtype) against lin's shapes

@@ -3,8 +3,8 @@
  * of 128, FFN 14336, vocab 92544, T = 2048 tokens, LoRA r = 64 on wqkv, wo,
  * w1, w2, w3 of 32 layers) or tiny ones, each next to its ceiling measured in
  * the same run:
- * - memory-bound entries (embedding, rmsnorm, rope, swiglu, add, decode, the
- *   optimizer): the bytes the entry must move at the device's copy bandwidth
+ * - memory-bound entries (embedding, rmsnorm and add_rmsnorm, rope, swiglu,
+ *   add, decode, the optimizer): the bytes the entry must move at the device's copy bandwidth
  *   (be->copy of a 256 MiB buffer, read + write counted);
  * - GEMM-based entries (lora_linear, linear_xent): a plain GEMM of the same
  *   shape (M = T, N = out, K = in: cuBLASLt through cuda_kernels/bench_gemm.cu
@@ -483,12 +483,16 @@ static void group_embedding(void) {
     release();
 }
 
-/* rmsnorm: x, y, dy, dx [T, D]; w bf16 [D] frozen (dw NULL); rstd f32 [T]. */
+/* rmsnorm: x, y, dy, dx [T, D]; w bf16 [D] frozen (dw NULL); rstd f32 [T].
+ * add_rmsnorm_fwd: a, b, sum [T, D] too (sum = a + b, y = rmsnorm(sum)·w):
+ * the work is a and b read, sum and y written, against add_fwd's three
+ * passes plus rmsnorm_fwd's two. */
 static struct {
-    ct_tensor *x, *w, *y, *rstd, *dy, *dx;
+    ct_tensor *x, *w, *y, *rstd, *dy, *dx, *a, *b, *sum;
 } R;
 static int call_rmsnorm_fwd(void) { return g_be->rmsnorm_fwd(R.x, R.w, 1e-5f, R.y, R.rstd); }
 static int call_rmsnorm_bwd(void) { return g_be->rmsnorm_bwd(R.x, R.w, R.rstd, R.dy, R.dx, NULL); }
+static int call_add_rmsnorm_fwd(void) { return g_be->add_rmsnorm_fwd(R.a, R.b, R.w, 1e-5f, R.sum, R.y, R.rstd); }
 
 static void group_rmsnorm(void) {
     const int64_t T = S.T, D = S.D, a = (int64_t)ct_dtype_bytes(A, 1);
@@ -498,10 +502,13 @@ static void group_rmsnorm(void) {
               .goal = 70};
     spec b = {ENTRY(rmsnorm_bwd), CT_OP_RMSNORM, {CT_BF16, ANY}, "", MEM, 4.0 * T * D * a + 4.0 * T + 2.0 * D,
               .goal = 70};
+    spec fa = {ENTRY(add_rmsnorm_fwd), CT_OP_RMSNORM, {CT_BF16, ANY}, "", MEM,
+               4.0 * T * D * a + 4.0 * T + 2.0 * D, .goal = 70};
     snprintf(f.variant, sizeof f.variant, "%s", v);
     snprintf(b.variant, sizeof b.variant, "%s, dx += (dw NULL)", v);
-    bool run_f = row_begin(&f), run_b = row_begin(&b);
-    if (!run_f && !run_b) return;
+    snprintf(fa.variant, sizeof fa.variant, "sum = a + b; norm %s", v);
+    bool run_f = row_begin(&f), run_b = row_begin(&b), run_fa = row_begin(&fa);
+    if (!run_f && !run_b && !run_fa) return;
     R.x = t_rand(A, SH2(T, D), SEED + 3, 1.0f);
     R.w = t_rand(CT_BF16, SH1(D), SEED + 4, 1.0f);
     R.y = t_new(A, SH2(T, D));
@@ -512,6 +519,12 @@ static void group_rmsnorm(void) {
         R.dy = t_rand(A, SH2(T, D), SEED + 5, 1.0f);
         R.dx = t_zero(A, SH2(T, D));
         row_run(&b, call_rmsnorm_bwd);
+    }
+    if (run_fa) {
+        R.a = t_rand(A, SH2(T, D), SEED + 42, 1.0f);
+        R.b = t_rand(A, SH2(T, D), SEED + 43, 1.0f);
+        R.sum = t_new(A, SH2(T, D));
+        row_run(&fa, call_add_rmsnorm_fwd);
     }
     release();
 }

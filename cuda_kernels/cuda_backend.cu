@@ -93,6 +93,7 @@ static const ct_backend k_cuda = {
     .embedding_bwd = ct_cuda_embedding_bwd,
     .rmsnorm_fwd = ct_cuda_rmsnorm_fwd,
     .rmsnorm_bwd = ct_cuda_rmsnorm_bwd,
+    .add_rmsnorm_fwd = ct_cuda_add_rmsnorm_fwd,
     .rope_fwd = ct_cuda_rope_fwd,
     .rope_bwd = ct_cuda_rope_bwd,
     .attention_fwd = ct_cuda_attention_fwd,

@@ -21,6 +21,8 @@ int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_te
                         ct_tensor *rstd);
 int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
                         const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw);
+int ct_cuda_add_rmsnorm_fwd(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                            ct_tensor *sum, ct_tensor *y, ct_tensor *rstd);
 int ct_cuda_embedding_fwd(const ct_tensor *table, const ct_tensor *ids, ct_tensor *y);
 int ct_cuda_attention_fwd(const ct_tensor *qkv, const ct_tensor *runs, const ct_attn_params *p,
                           ct_tensor *out, ct_tensor *lse, ct_arena *scratch);

@@ -1,7 +1,8 @@
-/* rmsnorm forward/backward: one block per row, fp32 statistics; weights
+/* rmsnorm forward/backward, and the forward fused with the residual add
+ * before it (add_rmsnorm_fwd): one block per row, fp32 statistics; weights
  * f32/bf16/f16. The twin of autograd/cpu/rmsnorm.c.
  *
- * Buffers: x, y, dy, dx [R, D] activations (f32 or bf16, one dtype per call);
+ * Buffers: x, y, dy, dx, a, b, sum [R, D] activations (f32 or bf16, one dtype per call);
  * w [D] f32/bf16/f16; rstd [R] f32; dw [D] f32. Kernels are templated on the
  * activation storage A (cuda_common.cuh): loads widen to f32, the sums, rstd
  * and every intermediate are f32, stores round once (dx: its old value plus
@@ -11,30 +12,59 @@
  * the entry; else nv = 0, the scalar path) each thread takes 8 consecutive
  * elements per step (act_ld8/act_st8, load_w8), then the row's D - 8 nv tail
  * elements one by one. Each output element is computed by the same
- * expression in both paths; only the sums' order depends on the path. */
+ * expression in both paths; only the sums' order depends on the path.
+ *
+ * The fused forward (ADD): the first pass forms each x = a + b, rounds it to
+ * A (add_fwd's store), writes it to sum and squares the rounded value; the
+ * second pass reads sum back (this thread's own elements, just written: in
+ * cache). The same elements in the same order as rmsnorm_fwd over add_fwd's
+ * output, so the same bits, with a and b read once and no separate pass that
+ * reads sum. */
 #include "cuda_common.cuh"
 
 static __device__ __forceinline__ float fwd_one(float x, float inv, float w) { return x * inv * w; }
+
+/* v rounded to A as act_st stores it, widened back (sum's value as stored). */
+static __device__ __forceinline__ float act_round(const float *, float v) { return v; }
+static __device__ __forceinline__ float act_round(const bf16_t *, float v) { return ct_bf16_to_f32(ct_f32_to_bf16(v)); }
 
 /* dx + (rstd dy w - c x) for one element. */
 static __device__ __forceinline__ float bwd_one(float dx, float inv, float g, float w, float c, float x) {
     return dx + (inv * g * w - c * x);
 }
 
-template <class A>
+/* ADD: x is sum, formed here from a and b (written through sum, the same
+ * memory as x); else a, b, sum are unused. */
+template <class A, bool ADD>
 static __global__ void rmsnorm_fwd_kernel(const A *x, const void *w, int wdt, float eps, A *y,
-                                          float *rstd, int64_t D, int64_t nv) {
+                                          float *rstd, int64_t D, int64_t nv, const A *a, const A *b,
+                                          A *sum) {
     __shared__ float sh[256];
-    const A *xr = x + blockIdx.x * D;
-    A *yr = y + blockIdx.x * D;
+    const int64_t row = blockIdx.x * D;
+    const A *xr = x + row;
+    A *yr = y + row;
     float ss = 0.0f;
     for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
         float xv[8];
-        act_ld8(xr, 8 * v, xv);
+        if (ADD) {
+            float bv[8];
+            act_ld8(a + row, 8 * v, xv);
+            act_ld8(b + row, 8 * v, bv);
+            for (int k = 0; k < 8; k++) xv[k] = act_round(xr, xv[k] + bv[k]);
+            act_st8(sum + row, 8 * v, xv);
+        } else {
+            act_ld8(xr, 8 * v, xv);
+        }
         for (int k = 0; k < 8; k++) ss += xv[k] * xv[k];
     }
     for (int64_t i = 8 * nv + threadIdx.x; i < D; i += blockDim.x) {
-        const float v = act_ld(xr, i);
+        float v;
+        if (ADD) {
+            v = act_round(xr, act_ld(a + row, i) + act_ld(b + row, i));
+            act_st(sum + row, i, v);
+        } else {
+            v = act_ld(xr, i);
+        }
         ss += v * v;
     }
     ss = block_sum(ss, sh);
@@ -110,10 +140,10 @@ static int check_f32(const ct_tensor *t, const char *what) {
  * aligned and so does every row (D elements of A) and w: the vector paths;
  * else 0. */
 static int64_t vec_count(int64_t D, const ct_tensor *x, const ct_tensor *w, const ct_tensor *a,
-                         const ct_tensor *b) {
-    const ct_tensor *t[3] = {w, a, b};
+                         const ct_tensor *b, const ct_tensor *c = nullptr, const ct_tensor *d = nullptr) {
+    const ct_tensor *t[5] = {w, a, b, c, d};
     if ((D * (int64_t)ct_dtype_bytes(x->dtype, 1)) % 16 != 0 || !aligned16(x->data)) return 0;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 5; k++)
         if (t[k] && !aligned16(t[k]->data)) return 0;
     return D / 8;
 }
@@ -121,9 +151,21 @@ static int64_t vec_count(int64_t D, const ct_tensor *x, const ct_tensor *w, cons
 template <class A>
 static int rmsnorm_fwd_launch(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
                               ct_tensor *rstd, int64_t R, int64_t D) {
-    CT_LAUNCH(rmsnorm_fwd_kernel<A>, (unsigned)R, 256, 0, (const A *)x->data, w->data,
+    auto *rmsnorm_kernel = &rmsnorm_fwd_kernel<A, false>;
+    CT_LAUNCH(rmsnorm_kernel, (unsigned)R, 256, 0, (const A *)x->data, w->data,
               (int)w->dtype, eps, (A *)y->data, rstd ? (float *)rstd->data : nullptr, D,
-              vec_count(D, x, w, y, nullptr));
+              vec_count(D, x, w, y, nullptr), nullptr, nullptr, nullptr);
+    return CT_OK;
+}
+
+/* The fused forward: x is sum, written by the kernel from a and b. */
+template <class A>
+static int add_rmsnorm_fwd_launch(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                                  ct_tensor *sum, ct_tensor *y, ct_tensor *rstd, int64_t R, int64_t D) {
+    auto *add_rmsnorm_kernel = &rmsnorm_fwd_kernel<A, true>;
+    CT_LAUNCH(add_rmsnorm_kernel, (unsigned)R, 256, 0, (const A *)sum->data, w->data,
+              (int)w->dtype, eps, (A *)y->data, rstd ? (float *)rstd->data : nullptr, D,
+              vec_count(D, sum, w, y, a, b), (const A *)a->data, (const A *)b->data, (A *)sum->data);
     return CT_OK;
 }
 
@@ -152,6 +194,18 @@ int ct_cuda_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_te
     int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
     if (R == 0) return CT_OK;
     return CT_ACT_DISPATCH(x, rmsnorm_fwd_launch, x, w, eps, y, rstd, R, D);
+}
+
+int ct_cuda_add_rmsnorm_fwd(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                            ct_tensor *sum, ct_tensor *y, ct_tensor *rstd) {
+    const ct_tensor *ts[] = {a, b, sum, y};
+    const char *names[] = {"a", "b", "sum", "y"};
+    CT_TRY(act_check_same("add_rmsnorm", ts, names, 4));
+    CT_TRY(check_weight(w));
+    CT_TRY(check_f32(rstd, "rstd"));
+    int64_t R = ct_rows(a), D = ct_dim_from_end(a, 1);
+    if (R == 0) return CT_OK;
+    return CT_ACT_DISPATCH(a, add_rmsnorm_fwd_launch, a, b, w, eps, sum, y, rstd, R, D);
 }
 
 int ct_cuda_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,

@@ -49,6 +49,7 @@ static const ct_backend k_cpu = {
     .embedding_bwd = ct_cpu_embedding_bwd,
     .rmsnorm_fwd = ct_cpu_rmsnorm_fwd,
     .rmsnorm_bwd = ct_cpu_rmsnorm_bwd,
+    .add_rmsnorm_fwd = ct_cpu_add_rmsnorm_fwd,
     .rope_fwd = ct_cpu_rope_fwd,
     .rope_bwd = ct_cpu_rope_bwd,
     .attention_fwd = ct_cpu_attention_fwd,

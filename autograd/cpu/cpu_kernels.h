@@ -56,6 +56,8 @@ int ct_cpu_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_ten
                        ct_tensor *rstd);
 int ct_cpu_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rstd,
                        const ct_tensor *dy, ct_tensor *dx, ct_tensor *dw);
+int ct_cpu_add_rmsnorm_fwd(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                           ct_tensor *sum, ct_tensor *y, ct_tensor *rstd); /* cpu/rmsnorm.c */
 int ct_cpu_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_params *p,
                     ct_tensor *y);
 int ct_cpu_rope_bwd(const ct_tensor *dy, const ct_tensor *pos, const ct_rope_params *p,

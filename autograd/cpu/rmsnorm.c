@@ -1,9 +1,10 @@
-/* rmsnorm over the last dim: y = x * r * w, r = rsqrt(mean(x²) + eps).
+/* rmsnorm over the last dim: y = x * r * w, r = rsqrt(mean(x²) + eps), and
+ * the same fused with the residual add before it (x = a + b: add_rmsnorm_fwd).
  * Backward (per row, D = dim, g = dy * w):
  *   dx = r * g - x * r³ * mean(g * x)
  *   dw += dy * x * r   (summed over rows)
  *
- * Layout: x, y, dy, dx [R, D] row-major; w, dw [D]; rstd [R].
+ * Layout: x, y, dy, dx, a, b [R, D] row-major; w, dw [D]; rstd [R].
  *
  * Each thread owns a contiguous block of rows. The weight is read as f32 from a
  * per-thread stack buffer converted once (bf16/f16) or straight from w (f32),
@@ -87,13 +88,12 @@ static float sum_gwx(const float *g, const float *w, const float *x, int64_t n) 
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-int ct_cpu_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
-                       ct_tensor *rstd) {
-    CT_TRY(check_weight(w));
-    const int64_t R = ct_rows(x), D = ct_dim_from_end(x, 1);
-    const float *xs = x->data;
-    float *ys = y->data;
-    float *rs = rstd ? rstd->data : NULL;
+/* The forward over R rows of D: y = x * r * w, r into rs (NULL: not saved).
+ * With as/bs (add_rmsnorm_fwd) each row of x is first written as as + bs,
+ * then normalised while it is in cache: the same sums, so the same bits as
+ * add_fwd then rmsnorm_fwd. */
+static void norm_fwd(const float *as, const float *bs, float *xs_out, const float *xs, const ct_tensor *w,
+                     float eps, float *ys, float *rs, int64_t R, int64_t D) {
 #pragma omp parallel if (R * D > RMSNORM_PAR_MIN)
     {
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -102,8 +102,14 @@ int ct_cpu_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_ten
         const bool one = D <= W_CHUNK;
         const float *wf = one ? weight_f32(w, 0, D, wbuf) : NULL;
         for (int64_t r = r0; r < r1; r++) {
-            const float *xr = xs + (size_t)r * (size_t)D;
-            float *yr = ys + (size_t)r * (size_t)D;
+            const size_t row = (size_t)r * (size_t)D;
+            const float *xr = xs + row;
+            float *yr = ys + row;
+            if (as) { /* element-wise; sum may be a or b: each read before it is written */
+                const float *ar = as + row, *br = bs + row;
+                float *sr = xs_out + row;
+                for (int64_t i = 0; i < D; i++) sr[i] = ar[i] + br[i];
+            }
             float inv = 1.0f / sqrtf(sum_sq(xr, D) / (float)D + eps);
             if (rs) rs[r] = inv;
             for (int64_t c0 = 0; c0 < D; c0 += W_CHUNK) {
@@ -115,6 +121,21 @@ int ct_cpu_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_ten
             }
         }
     }
+}
+
+int ct_cpu_rmsnorm_fwd(const ct_tensor *x, const ct_tensor *w, float eps, ct_tensor *y,
+                       ct_tensor *rstd) {
+    CT_TRY(check_weight(w));
+    norm_fwd(NULL, NULL, NULL, x->data, w, eps, y->data, rstd ? rstd->data : NULL, ct_rows(x),
+             ct_dim_from_end(x, 1));
+    return CT_OK;
+}
+
+int ct_cpu_add_rmsnorm_fwd(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                           ct_tensor *sum, ct_tensor *y, ct_tensor *rstd) {
+    CT_TRY(check_weight(w));
+    norm_fwd(a->data, b->data, sum->data, sum->data, w, eps, y->data, rstd ? rstd->data : NULL,
+             ct_rows(a), ct_dim_from_end(a, 1));
     return CT_OK;
 }
 

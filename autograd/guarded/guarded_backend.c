@@ -98,6 +98,10 @@ static int g_rmsnorm_bwd(const ct_tensor *x, const ct_tensor *w, const ct_tensor
                          ct_tensor *dx, ct_tensor *dw) {
     GUARDED(ct_cpu_rmsnorm_bwd(x, w, rstd, dy, dx, dw));
 }
+static int g_add_rmsnorm_fwd(const ct_tensor *a, const ct_tensor *b, const ct_tensor *w, float eps,
+                             ct_tensor *sum, ct_tensor *y, ct_tensor *rstd) {
+    GUARDED(ct_cpu_add_rmsnorm_fwd(a, b, w, eps, sum, y, rstd));
+}
 static int g_rope_fwd(const ct_tensor *x, const ct_tensor *pos, const ct_rope_params *p, ct_tensor *y) {
     GUARDED(ct_cpu_rope_fwd(x, pos, p, y));
 }
@@ -168,6 +172,7 @@ static const ct_backend k_guarded = {
     .embedding_bwd = g_embedding_bwd,
     .rmsnorm_fwd = g_rmsnorm_fwd,
     .rmsnorm_bwd = g_rmsnorm_bwd,
+    .add_rmsnorm_fwd = g_add_rmsnorm_fwd,
     .rope_fwd = g_rope_fwd,
     .rope_bwd = g_rope_bwd,
     .attention_fwd = g_attention_fwd,

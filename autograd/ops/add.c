@@ -1,5 +1,6 @@
 /* add: y = a + b. Backward: da += dy, db += dy. The forward uses the backend's
- * fused add_fwd when it has one, else copy + axpy. */
+ * fused add_fwd when it has one, else copy + axpy; ct_add_entry leaves it to
+ * the caller (ct_add_rmsnorm, ops/rmsnorm.c). */
 #include "../ct_error.h"
 #include "../ops.h"
 
@@ -27,7 +28,8 @@ static ct_tensor *add(ct_tape *t, ct_tensor *a, ct_tensor *b, bool value) {
     ct_tensor *y = value ? ct_tape_new_like(t, a) : ct_tape_header(t, t->be->act_dtype, a->ndim, a->shape);
     if (!y || ct_backend_require(t->be, CT_OP_ADD, NULL)) return NULL;
     if (!value) {
-        /* the value is never read (ct_add_tail): only the entry matters */
+        /* the value is never read (ct_add_tail) or the caller writes it
+         * (ct_add_entry): only the output and the entry matter */
     } else if (t->be->add_fwd) { /* one pass: read a, b, write y */
         if (t->be->add_fwd(a, b, y)) return NULL;
     } else if (t->be->copy(y->data, a->data, ct_nbytes(a)) || t->be->axpy(1.0f, b, y)) {
@@ -43,3 +45,5 @@ ct_tensor *ct_add(ct_tape *t, ct_tensor *a, ct_tensor *b) { return add(t, a, b, 
 ct_tensor *ct_add_tail(ct_tape *t, ct_tensor *a, ct_tensor *b) {
     return add(t, a, b, !ct_tape_recomputing(t));
 }
+
+ct_tensor *ct_add_entry(ct_tape *t, ct_tensor *a, ct_tensor *b) { return add(t, a, b, false); }

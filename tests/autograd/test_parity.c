@@ -58,11 +58,11 @@ typedef void (*run_fn)(const struct pcase *c);
 
 enum {
     F_PACKED = 1 << 0,      /* attention: packed samples (runs), else one sequence */
-    F_INPLACE = 1 << 1,     /* rope_fwd: y = x; add_fwd: y = a */
+    F_INPLACE = 1 << 1,     /* rope_fwd: y = x; add_fwd: y = a; add_rmsnorm_fwd: sum = a */
     F_NO_DX = 1 << 2,       /* backward: the input's grad is NULL (dx, dgate) */
     F_NO_DW = 1 << 3,       /* backward: the other grads are NULL (dw, dup, dA and dB) */
     F_NO_LORA = 1 << 4,     /* lora_linear, linear_xent: no A, B */
-    F_NO_SAVE = 1 << 5,     /* forward saves nothing: rmsnorm's rstd, lora_linear's u NULL */
+    F_NO_SAVE = 1 << 5,     /* forward saves nothing: (add_)rmsnorm's rstd, lora_linear's u NULL */
     F_NULL_OUT = 1 << 6,    /* lora_linear: y NULL (only u); decode: first feed without out */
     F_NESTED = 1 << 7,      /* nf4 weight with double-quantized absmax */
     F_SMALL_TILES = 1 << 8, /* the CPU kernels' weight tiles and logits blocks made tiny (more
@@ -108,6 +108,7 @@ static void run_embedding_fwd(const pcase *c);
 static void run_embedding_bwd(const pcase *c);
 static void run_rmsnorm_fwd(const pcase *c);
 static void run_rmsnorm_bwd(const pcase *c);
+static void run_add_rmsnorm_fwd(const pcase *c);
 static void run_rope_fwd(const pcase *c);
 static void run_rope_bwd(const pcase *c);
 static void run_attention_fwd(const pcase *c);
@@ -130,6 +131,8 @@ static void run_scale(const pcase *c);
                                     run_rmsnorm_##dir, Q(dt, ANY), TOL_RED, .flags = (fl)}
 #define RMS_BIG(dir, dt, nm) {"rmsnorm_" #dir " w=" nm " 64x4100", CT_OP_RMSNORM, ENTRY(rmsnorm_##dir), \
                               run_rmsnorm_##dir, Q(dt, ANY), TOL_RED, .T = 64, .D = 4100}
+#define ADD_RMS(dt, nm, tail, fl, t, d) {"add_rmsnorm_fwd w=" nm tail, CT_OP_RMSNORM, ENTRY(add_rmsnorm_fwd), \
+                                        run_add_rmsnorm_fwd, Q(dt, ANY), TOL_RED, .flags = (fl), .T = (t), .D = (d)}
 #define ROPE(dir, nm, g, sc, fl) {"rope_" #dir " " nm, CT_OP_ROPE, ENTRY(rope_##dir), run_rope_##dir, \
                                   ANYQ, TOL_EW, .flags = (fl), .G = (g), .scaling = (sc)}
 #define ATTN(dir, nm, cd, g, fl, t) {"attention_" #dir " " nm, CT_OP_ATTENTION, ENTRY(attention_##dir), \
@@ -174,6 +177,14 @@ static const pcase k_rows[] = {
     {"rmsnorm_bwd w=f32 8x4096", CT_OP_RMSNORM, ENTRY(rmsnorm_bwd), run_rmsnorm_bwd, Q(CT_F32, ANY), TOL_RED, .T = 8, .D = 4096},
     {"rmsnorm_fwd w=f32 8x4099", CT_OP_RMSNORM, ENTRY(rmsnorm_fwd), run_rmsnorm_fwd, Q(CT_F32, ANY), TOL_RED, .T = 8, .D = 4099},
     {"rmsnorm_bwd w=bf16 8x4099", CT_OP_RMSNORM, ENTRY(rmsnorm_bwd), run_rmsnorm_bwd, Q(CT_BF16, ANY), TOL_RED, .T = 8, .D = 4099},
+    /* the residual add fused into rmsnorm's forward (optional entry): the
+     * same shapes' paths (19x100, vectors only, scalar only, wide rows) */
+    ADD_RMS(CT_F32, "f32", "", 0, 0, 0),
+    ADD_RMS(CT_BF16, "bf16", " no rstd", F_NO_SAVE, 0, 0),
+    ADD_RMS(CT_F16, "f16", " sum = a", F_INPLACE, 0, 0),
+    ADD_RMS(CT_BF16, "bf16", " 8x4096", 0, 8, 4096),
+    ADD_RMS(CT_F32, "f32", " 8x4099", 0, 8, 4099),
+    ADD_RMS(CT_BF16, "bf16", " 64x4100", 0, 64, 4100),
 
     /* rope: positions with a restart (packed samples) and one far position */
     ROPE(fwd, "plain", 0, CT_ROPE_NONE, 0),
@@ -566,19 +577,22 @@ static void compare_d(const char *what, const double *got, const double *want, i
           exact ? ", exact" : "");
 }
 
-/* One output, both sides: t[REF] against t[DUT] with the row's tolerance
+/* One output, both sides: t[REF] against t[DUT] with tolerance (atol, rtol)
  * (a bf16 DUT output: against the CPU's rounded to bf16, see g_act). */
-static void cmp(const char *what, ct_tensor *const t[2]) {
+static void cmp_tol(const char *what, ct_tensor *const t[2], double atol, double rtol) {
     float *want = download(REF, t[REF]), *got = download_f(DUT, t[DUT]);
     int64_t n = ct_numel(t[REF]);
     if (t[DUT]->dtype != CT_BF16) {
-        compare_f(what, got, want, n, g_row->atol, g_row->rtol);
+        compare_f(what, got, want, n, atol, rtol);
         return;
     }
     act_round(want, n);
-    bool exact = g_row->atol == 0.0 && g_row->rtol == 0.0;
-    compare_f(what, got, want, n, g_row->atol, exact ? 0.0 : g_row->rtol + 1.0 / 128.0);
+    bool exact = atol == 0.0 && rtol == 0.0;
+    compare_f(what, got, want, n, atol, exact ? 0.0 : rtol + 1.0 / 128.0);
 }
+
+/* cmp_tol with the row's tolerance. */
+static void cmp(const char *what, ct_tensor *const t[2]) { cmp_tol(what, t, g_row->atol, g_row->rtol); }
 
 /* ----------------------------------------------------------- embedding */
 
@@ -678,6 +692,56 @@ static void run_rmsnorm_bwd(const pcase *c) {
     }
     if (want_dx) cmp("dx (+=)", dx);
     if (want_dw) cmp("dw (+=)", dw);
+}
+
+/* add_rmsnorm_fwd: a, b, sum, y [R, D] (rms_make's shapes; row 0 of both
+ * tiny), w [D], rstd [R]. Each side's fused call must give the bits of its
+ * own add_fwd then rmsnorm_fwd (the entry's contract; fresh inputs, so in
+ * place too). Across sides: sum exactly (one rounding of a + b); y and rstd
+ * with rmsnorm's tolerance against the CPU's rmsnorm of the sum as the DUT
+ * stores it (in a bf16 pass the CPU's f32 sum rounded to bf16: the DUT
+ * normalises the rounded sum, by contract). */
+static void run_add_rmsnorm_fwd(const pcase *c) {
+    rms_setup r = rms_make(c);
+    float *b = rnd(r.R * r.D, 1.0);
+    for (int64_t i = 0; i < r.D; i++) b[i] *= 1e-3f;
+    bool save = !(c->flags & F_NO_SAVE), inplace = c->flags & F_INPLACE;
+    ct_tensor *sum[2], *y[2], *rstd[2] = {NULL, NULL}, *tw[2];
+    for (int k = 0; k < 2; k++) {
+        side *s = &g_side[k];
+        ct_tensor *ta = t_act(s, SH2(r.R, r.D), r.x), *tb = t_act(s, SH2(r.R, r.D), b);
+        tw[k] = t_in(s, c->q.weight, SH1(r.D), r.w);
+        sum[k] = inplace ? ta : t_out_act(s, SH2(r.R, r.D));
+        y[k] = t_out_act(s, SH2(r.R, r.D));
+        if (save) rstd[k] = t_out(s, SH1(r.R));
+        CALL(s, add_rmsnorm_fwd, (ta, tb, tw[k], RMS_EPS, sum[k], y[k], rstd[k]));
+        if (!s->be->add_fwd || !s->be->rmsnorm_fwd) continue; /* no unfused pair to compare with */
+        ct_tensor *ua = t_act(s, SH2(r.R, r.D), r.x), *ub = t_act(s, SH2(r.R, r.D), b);
+        ct_tensor *us = t_out_act(s, SH2(r.R, r.D)), *uy = t_out_act(s, SH2(r.R, r.D));
+        ct_tensor *ur = t_out(s, SH1(r.R));
+        CALL(s, add_fwd, (ua, ub, us));
+        CALL(s, rmsnorm_fwd, (us, tw[k], RMS_EPS, uy, ur));
+        ct_tensor *pairs[3][2] = {{sum[k], us}, {y[k], uy}, {rstd[k], ur}};
+        for (int p = 0; p < 3; p++) {
+            if (!pairs[p][0]) continue;
+            size_t bytes = ct_nbytes(pairs[p][0]);
+            CHECK(memcmp(download(k, pairs[p][0]), download(k, pairs[p][1]), bytes) == 0,
+                  "%s: %s on %s differs from add_fwd then rmsnorm_fwd (must be bit for bit)", c->name,
+                  p == 0 ? "sum" : p == 1 ? "y" : "rstd", s->be->name);
+        }
+    }
+    cmp_tol("sum", sum, EXACT);
+    if (g_act == CT_BF16) { /* the reference norm reads the sum rounded as the DUT stored it */
+        side *ref = &g_side[REF];
+        float *xs = download(REF, sum[REF]);
+        act_round(xs, r.R * r.D);
+        ct_tensor *tx = t_in(ref, CT_F32, SH2(r.R, r.D), xs);
+        y[REF] = t_out(ref, SH2(r.R, r.D));
+        if (save) rstd[REF] = t_out(ref, SH1(r.R));
+        CALL(ref, rmsnorm_fwd, (tx, tw[REF], RMS_EPS, y[REF], rstd[REF]));
+    }
+    cmp("y", y);
+    if (save) cmp("rstd", rstd);
 }
 
 /* ---------------------------------------------------------------- rope */

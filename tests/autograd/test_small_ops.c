@@ -1,4 +1,4 @@
-/* The small ops (embedding, rmsnorm, swiglu, add) against naive double
+/* The small ops (embedding, rmsnorm, swiglu, add, add_rmsnorm) against naive double
  * references and central finite differences; the tape's bookkeeping (which
  * tensors get grads, no_grad, memory reuse across steps, checkpoints); the
  * arena; and the f32/bf16/f16 conversions against an independent decoder and
@@ -1000,6 +1000,184 @@ static void test_tape_steps(ct_test_rng *rng) {
     ct_tape_free(&tp);
 }
 
+/* -------------------------------------------------- add fused with rmsnorm */
+
+/* loss = r·y + r2·sum with sum = a + b, y = rmsnorm(sum)·w: both outputs reach
+ * the loss, as in the decoder (sum is the residual stream). n.x is the sum,
+ * recomputed from a and b on every call. */
+typedef struct {
+    rms_ctx n;
+    double *a, *b;
+    const float *r2;
+} addrms_ctx;
+
+static double addrms_loss(void *p) {
+    addrms_ctx *c = p;
+    int64_t n = c->n.R * c->n.D;
+    for (int64_t i = 0; i < n; i++) c->n.x[i] = c->a[i] + c->b[i];
+    double l = rms_loss(&c->n);
+    for (int64_t i = 0; i < n; i++) l += c->r2[i] * c->n.x[i];
+    return l;
+}
+
+/* The two-output loss on the tape: r·y + r2·sum. */
+static ct_tensor *addrms_tape_loss(ct_tape *tp, ct_tensor *y, ct_tensor *sum, const float *r, const float *r2) {
+    ct_tensor *l1 = ct_test_dot_loss(tp, y, r), *l2 = l1 ? ct_test_dot_loss(tp, sum, r2) : NULL;
+    return l2 ? ct_add(tp, l1, l2) : NULL;
+}
+
+/* What one way of computing the pair gives: outputs, loss, the three grads,
+ * and the tape's entries (op names in order). */
+typedef struct {
+    float *y, *sum, *da, *db, *dw;
+    float loss;
+    const char *ops[8];
+    int n_ops;
+} addrms_run;
+
+/* Runs the pair on tape tp (whose backend decides the fused or the unfused
+ * path of ct_add_rmsnorm; `separate`: ct_add then ct_rmsnorm instead) from
+ * zeroed grads, and keeps what came out. */
+static addrms_run addrms_once(ct_tape *tp, bool separate, ct_tensor *a, ct_tensor *b, ct_tensor *w, float eps,
+                              const float *r, const float *r2) {
+    addrms_run o = {0};
+    ct_tensor *p[3] = {a, b, w};
+    for (int i = 0; i < 3; i++) memset(p[i]->grad->data, 0, ct_nbytes(p[i]->grad));
+    ct_tape_reset(tp);
+    ct_tensor *sum = NULL, *y;
+    if (separate) {
+        sum = ct_add(tp, a, b);
+        y = sum ? ct_rmsnorm(tp, sum, w, eps) : NULL;
+    } else {
+        y = ct_add_rmsnorm(tp, a, b, w, eps, &sum);
+    }
+    ct_tensor *loss = y ? addrms_tape_loss(tp, y, sum, r, r2) : NULL;
+    CHECK_PTR(loss);
+    if (!loss) return o;
+    o.n_ops = tp->n_entries < 8 ? tp->n_entries : 8;
+    for (int i = 0; i < o.n_ops; i++) o.ops[i] = tp->entries[i].op->name;
+    CHECK_OK(ct_backward(tp, loss, 1.0f));
+    o.loss = *(float *)loss->data;
+    const ct_tensor *src[5] = {y, sum, a->grad, b->grad, w->grad};
+    float **dst[5] = {&o.y, &o.sum, &o.da, &o.db, &o.dw};
+    for (int i = 0; i < 5; i++) {
+        *dst[i] = ct_test_need(malloc(ct_nbytes(src[i])));
+        memcpy(*dst[i], src[i]->data, ct_nbytes(src[i]));
+    }
+    return o;
+}
+
+static bool addrms_same(const addrms_run *x, const addrms_run *y, int64_t n, int64_t D) {
+    if (!x->y || !y->y || x->n_ops != y->n_ops || memcmp(&x->loss, &y->loss, sizeof x->loss)) return false;
+    for (int i = 0; i < x->n_ops; i++)
+        if (strcmp(x->ops[i], y->ops[i])) return false;
+    return same_floats(x->y, y->y, n) && same_floats(x->sum, y->sum, n) && same_floats(x->da, y->da, n) &&
+           same_floats(x->db, y->db, n) && same_floats(x->dw, y->dw, D);
+}
+
+static void addrms_free(addrms_run *o) { free(o->y), free(o->sum), free(o->da), free(o->db), free(o->dw); }
+
+/* ct_add_rmsnorm: forward against double, every grad against finite
+ * differences, and the same bits (outputs, loss, grads, tape entries) as
+ * ct_add then ct_rmsnorm, through the CPU's fused kernel and through the
+ * unfused path a backend without add_rmsnorm_fwd takes. */
+static void test_add_rmsnorm(ct_tape *tp, ct_test_rng *rng) {
+    printf("add_rmsnorm [4, 37]: fused residual add + rmsnorm\n");
+    const int64_t R = 4, D = 37, n = R * D, shape[2] = {R, D};
+    const float eps = 1e-5f;
+    ct_tensor *a = leaf(CT_F32, 2, shape, true, rng, 1.0), *b = leaf(CT_F32, 2, shape, true, rng, 1.0);
+    ct_tensor *w = leaf(CT_F32, 1, &D, true, rng, 1.0);
+    float *ad = a->data, *bd = b->data;
+    for (int64_t i = 0; i < D; i++) ad[i] *= 1e-3f, bd[i] *= 1e-3f;      /* row 0: eps matters */
+    for (int64_t i = D; i < 2 * D; i++) ad[i] *= 40.0f, bd[i] *= 40.0f; /* row 1: large */
+    float *r = random_floats(rng, n, 1.0), *r2 = random_floats(rng, n, 1.0);
+
+    ct_tape_reset(tp);
+    ct_tensor *sum = NULL, *y = ct_add_rmsnorm(tp, a, b, w, eps, &sum);
+    CHECK(y && sum, "add_rmsnorm failed: %s", ct_last_error());
+    if (!y || !sum) return;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (((float *)sum->data)[i] != ad[i] + bd[i]) bad++;
+    CHECK(bad == 0, "add_rmsnorm: %lld sums differ from a + b", (long long)bad);
+    addrms_ctx c = {{R, D, to_double(sum->data, n), to_double(w->data, D), eps, r},
+                    to_double(ad, n), to_double(bd, n), r2};
+    double *want = ct_test_need(malloc((size_t)n * sizeof(double)));
+    rms_ref(&c.n, want);
+    check_grad("forward vs double", y->data, want, n, 1e-6, 2e-6);
+    ct_tensor *loss = addrms_tape_loss(tp, y, sum, r, r2);
+    CHECK_PTR(loss);
+    if (loss) CHECK_OK(ct_backward(tp, loss, 1.0f));
+    double *g = ct_test_need(malloc((size_t)n * sizeof(double)));
+    ct_fd_grad(addrms_loss, &c, c.a, n, 1e-6, g);
+    check_grad("da vs FD", a->grad->data, g, n, 1e-5, 1e-4);
+    ct_fd_grad(addrms_loss, &c, c.b, n, 1e-6, g);
+    check_grad("db vs FD", b->grad->data, g, n, 1e-5, 1e-4);
+    ct_fd_grad(addrms_loss, &c, c.n.w, D, 1e-6, g);
+    check_grad("dw vs FD", w->grad->data, g, D, 1e-5, 1e-4);
+
+    /* The same bits three ways: fused (the CPU's kernel), ct_add then
+     * ct_rmsnorm, and ct_add_rmsnorm on a backend without the fused entry. */
+    ct_backend unfused = *ct_cpu_backend();
+    unfused.add_rmsnorm_fwd = NULL;
+    ct_tape tu;
+    CHECK_OK(ct_tape_init(&tu, &unfused, (size_t)1 << 20));
+    addrms_run fused = addrms_once(tp, false, a, b, w, eps, r, r2);
+    addrms_run sep = addrms_once(tp, true, a, b, w, eps, r, r2);
+    addrms_run fallback = addrms_once(&tu, false, a, b, w, eps, r, r2);
+    CHECK(fused.n_ops == 5 && !strcmp(fused.ops[0], "add") && !strcmp(fused.ops[1], "rmsnorm"),
+          "fused tape: %d entries, first %s", fused.n_ops, fused.n_ops ? fused.ops[0] : "-");
+    CHECK(addrms_same(&fused, &sep, n, D), "fused add_rmsnorm differs from add then rmsnorm");
+    CHECK(addrms_same(&fallback, &sep, n, D), "add_rmsnorm without the fused entry differs from add then rmsnorm");
+    addrms_free(&fused), addrms_free(&sep), addrms_free(&fallback);
+    ct_tape_free(&tu);
+
+    /* Bad input: a shape mismatch and an unreadable weight; *sum stays NULL. */
+    ct_tape_reset(tp);
+    ct_tensor *odd = leaf(CT_F32, 2, (int64_t[]){D, R}, false, rng, 1.0), *wi = leaf(CT_I32, 1, &D, false, rng, 0);
+    sum = a;
+    CHECK(ct_add_rmsnorm(tp, a, odd, w, eps, &sum) == NULL && sum == NULL, "add_rmsnorm of [4,37] and [37,4] accepted");
+    ct_error_clear();
+    CHECK(ct_add_rmsnorm(tp, a, b, wi, eps, &sum) == NULL && strstr(ct_last_error(), "i32"),
+          "add_rmsnorm with an i32 weight: %s", ct_last_error());
+    ct_tensor *all[5] = {a, b, w, odd, wi};
+    for (int i = 0; i < 5; i++) ct_tensor_free(be, all[i]);
+    free(r), free(r2), free(c.n.x), free(c.n.w), free(c.a), free(c.b), free(want), free(g);
+}
+
+/* add_rmsnorm_fwd against add_fwd then rmsnorm_fwd on large rows: the same
+ * bits with 3 threads (the parallel path) and with 1, with rstd and
+ * without, sum apart and sum = a; D > 8192 takes the column chunks. */
+static void add_rmsnorm_large(ct_test_rng *rng, int64_t R, int64_t D, ct_dtype wdt) {
+    printf("add_rmsnorm_fwd [%lld, %lld] %s weight: bits of add_fwd then rmsnorm_fwd\n", (long long)R, (long long)D,
+           ct_dtype_name(wdt));
+    int64_t shape[2] = {R, D};
+    const float eps = 1e-5f;
+    ct_tensor *a = leaf(CT_F32, 2, shape, false, rng, 1.0), *b = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *w = leaf(wdt, 1, &D, false, rng, 1.0);
+    ct_tensor *s0 = leaf(CT_F32, 2, shape, false, rng, 1.0), *y0 = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *r0 = leaf(CT_F32, 1, &R, false, rng, 1.0);
+    ct_tensor *s = leaf(CT_F32, 2, shape, false, rng, 1.0), *y = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    ct_tensor *rs = leaf(CT_F32, 1, &R, false, rng, 1.0), *a2 = leaf(CT_F32, 2, shape, false, rng, 1.0);
+    CHECK_OK(be->add_fwd(a, b, s0));
+    CHECK_OK(be->rmsnorm_fwd(s0, w, eps, y0, r0));
+    for (int run = 0; run < 4; run++) {
+        use_threads(run % 2 ? 1 : 3);
+        bool inplace = run >= 2;
+        memcpy(a2->data, a->data, ct_nbytes(a));
+        memset(y->data, 0xff, ct_nbytes(y));
+        ct_tensor *sum = inplace ? a2 : s;
+        CHECK_OK(be->add_rmsnorm_fwd(a2, b, w, eps, sum, y, run == 1 ? NULL : rs));
+        use_threads(0);
+        CHECK(memcmp(sum->data, s0->data, ct_nbytes(s0)) == 0 && memcmp(y->data, y0->data, ct_nbytes(y0)) == 0 &&
+                  (run == 1 || memcmp(rs->data, r0->data, ct_nbytes(r0)) == 0),
+              "add_rmsnorm_fwd (%d threads%s%s) differs from add_fwd then rmsnorm_fwd", run % 2 ? 1 : 3,
+              inplace ? ", sum = a" : "", run == 1 ? ", no rstd" : "");
+    }
+    ct_tensor *all[10] = {a, b, w, s0, y0, r0, s, y, rs, a2};
+    for (int i = 0; i < 10; i++) ct_tensor_free(be, all[i]);
+}
+
 /* --------------------------------------------------------------- the arena */
 
 static void test_arena(void) {
@@ -1060,6 +1238,9 @@ int main(void) {
     test_dtype_errors(&tp, &rng);
     test_tape_reachability(&tp, &rng);
     test_tape_steps(&rng);
+    test_add_rmsnorm(&tp, &rng);
+    add_rmsnorm_large(&rng, 97, 1003, CT_F32);
+    add_rmsnorm_large(&rng, 9, 8200, CT_BF16); /* two column chunks */
     test_arena();
 
     ct_tape_free(&tp);

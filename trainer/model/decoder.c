@@ -103,10 +103,13 @@ static int layer_body(ct_tape *t, const ct_decoder_dims *d, const ct_decoder_lay
     CT_OP(qkv_r, ct_rope(t, qkv, in->pos, &rp), "rope");          /* same shape */
     CT_OP(att, ct_attention(t, qkv_r, in->runs, &ap), "attention"); /* [T, Hq*hd] */
     CT_OP(o, ct_lora_linear(t, att, &w->wo), "wo");               /* [T, D] */
-    CT_OP(h1, ct_add(t, h, o), "attention residual");             /* [T, D] */
 
     ct_tensor *x2, *gate, *up, *act, *down;         /* feed-forward block */
-    CT_OP(x2, ct_rmsnorm(t, h1, w->ffn_norm, d->eps), "ffn_norm"); /* [T, D] */
+    /* The attention residual h1 = h + o and ffn_norm in one pass (the same
+     * values and entries as ct_add then ct_rmsnorm); both are needed again in
+     * a recomputation, so there is no tail variant. */
+    CT_OP(x2, ct_add_rmsnorm(t, h, o, w->ffn_norm, d->eps, &h1),
+          "attention residual + ffn_norm");                       /* [T, D] both */
     CT_OP(gate, ct_lora_linear(t, x2, &w->w1), "w1");             /* [T, F] */
     CT_OP(up, ct_lora_linear(t, x2, &w->w3), "w3");               /* [T, F] */
     CT_OP(act, ct_swiglu(t, gate, up), "swiglu");                 /* [T, F] */
