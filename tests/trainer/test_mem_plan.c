@@ -12,7 +12,9 @@
  * the plan's allocator total must be within 10 % of it. The step's arenas are
  * sized by the plan: their high-water mark must use at least 85 % of them (the
  * plan is not padded) and no block beyond the planned two may have been added
- * (the plan did not fall short). Prints the numbers. */
+ * (the plan did not fall short). And a warm step allocates nothing: the
+ * allocator's count stays flat from the second iteration on (on the CPU from
+ * the first). Prints the numbers. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +34,7 @@ static const char *k_qlora =
     "pack_to_max_length: true\n"
     "batch_size: 1\n"
     "accumulative_counts: 1\n"
-    "max_iters: 2\n"
+    "max_iters: 3\n"
     "warmup_ratio: 0\n"
     "evaluation_inputs: []\n"
     "quantization: {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_use_double_quant: true}\n"
@@ -46,13 +48,25 @@ static const char *k_lora_bf16 =
     "pack_to_max_length: true\n"
     "batch_size: 2\n"
     "accumulative_counts: 1\n"
-    "max_iters: 2\n"
+    "max_iters: 3\n"
     "warmup_ratio: 0\n"
     "evaluation_inputs: []\n"
     "quantization: {load_in_4bit: false}\n"
     "lora: {r: 16, lora_alpha: 16, lora_dropout: 0}\n"
     "gradient_checkpointing: false\n"
     "save_steps: 0\n";
+
+/* The allocator's count of allocations after each iteration. */
+typedef struct {
+    const ct_backend *be;
+    uint64_t n_allocs[8];
+} alloc_counts;
+
+static void on_iter(void *ctx, int64_t iter, double loss) {
+    (void)loss;
+    alloc_counts *a = ctx;
+    if (iter >= 0 && iter < 8) a->n_allocs[iter] = a->be->mem_usage(0).n_allocs;
+}
 
 static void run_case(const char *label, const char *model, const char *data, const char *yaml,
                      const ct_backend *be) {
@@ -66,7 +80,8 @@ static void run_case(const char *label, const char *model, const char *data, con
                                                                         : "compute_dtype: bfloat16\n");
     ct_run_config cfg;
     CHECK_OK(ct_config_parse(text, strlen(text), "test.yaml", NULL, 0, &cfg));
-    ct_train_options opt = {.cfg = &cfg, .quiet = true, .backend = be};
+    alloc_counts ac = {.be = be};
+    ct_train_options opt = {.cfg = &cfg, .quiet = true, .backend = be, .on_iter = on_iter, .cb_ctx = &ac};
     ct_train_result res;
     int rc = ct_train(&opt, &res);
     CHECK(rc == CT_OK, "%s on %s: %s", label, be->name, ct_last_error());
@@ -79,6 +94,13 @@ static void run_case(const char *label, const char *model, const char *data, con
            res.weights_outside_mb, 100.0 * err, res.arena_used_mb, res.arena_reserved_mb);
     CHECK(fabs(err) <= 0.10, "%s on %s: plan %.2f MiB vs measured %.2f MiB (%+.1f%%)", label, be->name,
           res.plan_mb, measured, 100.0 * err);
+    /* iteration 0 may make the GPU libraries' lazy buffers (cuBLASLt's
+     * workspace, the grad-norm sums: persistent); from then on nothing */
+    CHECK(ac.n_allocs[2] == ac.n_allocs[1], "%s on %s: the step allocated (%llu allocations after iteration 1, "
+          "%llu after 2)", label, be->name, (unsigned long long)ac.n_allocs[1], (unsigned long long)ac.n_allocs[2]);
+    if (be->device == CT_CPU)
+        CHECK(ac.n_allocs[2] == ac.n_allocs[0], "cpu: iteration 1 allocated (%llu -> %llu)",
+              (unsigned long long)ac.n_allocs[0], (unsigned long long)ac.n_allocs[1]);
     CHECK(res.arena_used_mb >= 0.85 * res.arena_reserved_mb, "%s on %s: the arenas used %.2f of the %.2f MiB "
           "planned: the plan pads them", label, be->name, res.arena_used_mb, res.arena_reserved_mb);
 }
