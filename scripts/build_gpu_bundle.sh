@@ -64,13 +64,14 @@ done
 bnb_version=${BNB_VERSION:-0.50.2}
 wheel=${BNB_WHEEL:-}
 if [ -z "$wheel" ]; then
-  wheel=$(ls "$dir"/wheels/bitsandbytes-"$bnb_version"-py3-none-manylinux*_x86_64.whl 2>/dev/null | head -1)
+  find_wheel() { compgen -G "$dir/wheels/bitsandbytes-$bnb_version-py3-none-manylinux*_x86_64.whl" | head -1 || true; }
+  wheel=$(find_wheel)
   if [ -z "$wheel" ]; then
     mkdir -p "$dir/wheels"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d "$dir/wheels" "bitsandbytes==$bnb_version" >&2 || true
-    wheel=$(ls "$dir"/wheels/bitsandbytes-"$bnb_version"-py3-none-manylinux*_x86_64.whl 2>/dev/null | head -1)
+    wheel=$(find_wheel)
   fi
 fi
 py="$dir/py"
