@@ -229,6 +229,7 @@ run_shape() { # SHAPE
     mkdir -p "$d"
     shape_config "$sh" "$d/config.json" || { say "$sh: unknown shape (tiny, 1.8b, 7b)"; status=1; return; }
     local model=$d/model-nf4
+    rm -rf "$d"/.model-nf4.tmp-* # what a make-model stopped by its timeout left
     # 1. the model (kept between runs of the script with the same shape)
     if [ ! -f "$model/config.json" ]; then
         t=$(limit "$(cap make "$sh")")

@@ -200,12 +200,12 @@ def build_model(model_dir, device, dtype, quantize):
         model = LlamaForCausalLM(lc)
     if quantize:
         import bitsandbytes as bnb
-    for name, w in (("model.embed_tokens.weight", "model.tok_embeddings.weight"), ("model.norm.weight",
-                                                                                     "model.norm.weight")):
-        set_module_tensor_to_device(model, name, device, value=read_weight(ck, w, device, dtype))
+    def put(name, value):  # dtype given: accelerate would cast to the meta parameter's float32
+        set_module_tensor_to_device(model, name, device, value=value, dtype=value.dtype)
+    put("model.embed_tokens.weight", read_weight(ck, "model.tok_embeddings.weight", device, dtype))
+    put("model.norm.weight", read_weight(ck, "model.norm.weight", device, dtype))
     if not lc.tie_word_embeddings:
-        set_module_tensor_to_device(model, "lm_head.weight", device, value=read_weight(ck, "output.weight", device,
-                                                                                         dtype))
+        put("lm_head.weight", read_weight(ck, "output.weight", device, dtype))
     for layer in range(cfg["num_hidden_layers"]):
         mod = model.model.layers[layer]
         for suffix, w in layer_weights(ck, cfg, layer, device, dtype).items():
@@ -221,7 +221,7 @@ def build_model(model_dir, device, dtype, quantize):
                                              module=q).to(device)  # bitsandbytes quantizes here
                 setattr(owner, leaf, q)
             else:
-                set_module_tensor_to_device(model, "model.layers.%d.%s.weight" % (layer, suffix), device, value=w)
+                put("model.layers.%d.%s.weight" % (layer, suffix), w)
             del w
     for name, buf in list(model.named_buffers()):
         set_module_tensor_to_device(model, name, device, value=buf.to(device))
