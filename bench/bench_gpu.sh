@@ -130,15 +130,13 @@ smi_start() { # FILE
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >>"$1" 2>/dev/null &
     SMI_PID=$!
 }
-smi_stop() { # FILE -> prints "peak - before" in MiB, or null
-    if [ -n "$SMI_PID" ]; then
-        kill "$SMI_PID" 2>/dev/null
-        wait "$SMI_PID" 2>/dev/null
-        SMI_PID=""
-        awk 'NR == 1 { b = $1; m = $1 } $1 + 0 > m { m = $1 + 0 } END { if (NR > 1) print m - b; else print "null" }' "$1"
-    else
-        echo null
-    fi
+smi_stop() { # FILE -> SMI_PEAK: the peak less the value before, MiB, or null
+    SMI_PEAK=null
+    [ -n "$SMI_PID" ] || return 0
+    kill "$SMI_PID" 2>/dev/null
+    wait "$SMI_PID" 2>/dev/null
+    SMI_PID=""
+    SMI_PEAK=$(awk 'NR == 1 { b = $1; m = $1 } $1 + 0 > m { m = $1 + 0 } END { if (NR > 1) print m - b; else print "null" }' "$1")
 }
 trap '[ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null' EXIT
 
@@ -277,12 +275,11 @@ EOF
         smi_start "$LOGS/smi_ctuner_$sh.txt"
         timeout "$t" env "${LDENV[@]}" "$CT" train "$d/train.yaml" >"$LOGS/train_$sh.log" 2>&1
         rc=$?
-        local smi
-        smi=$(smi_stop "$LOGS/smi_ctuner_$sh.txt")
+        smi_stop "$LOGS/smi_ctuner_$sh.txt"
         say "$sh: ctuner train: exit $rc after $(($(date +%s) - s)) s: $(tail -1 "$LOGS/train_$sh.log")"
         [ $rc -eq 0 ] || status=1
         cp "$d/run/metrics.jsonl" "$LOGS/metrics_$sh.jsonl" 2>/dev/null
-        record "$("$PY" - "$d/run/metrics.jsonl" "$sh" "$rc" "$WARMUP" "$SEQ" "$smi" "$plan" "$(($(date +%s) - s))" <<'EOF'
+        record "$("$PY" - "$d/run/metrics.jsonl" "$sh" "$rc" "$WARMUP" "$SEQ" "$SMI_PEAK" "$plan" "$(($(date +%s) - s))" <<'EOF'
 import json, sys
 path, sh, rc, warm, seq, smi, plan, secs = sys.argv[1:9]
 try:
@@ -321,11 +318,10 @@ EOF
             --device "$DEV" --seq "$SEQ" --warmup "$WARMUP" --steps "$STEPS" --r "$R" --alpha 16 --dropout 0.1 \
             >"$d/peer.json" 2>"$LOGS/peer_$sh.log"
         rc=$?
-        local smi
-        smi=$(smi_stop "$LOGS/smi_peer_$sh.txt")
+        smi_stop "$LOGS/smi_peer_$sh.txt"
         say "$sh: peer: exit $rc after $(($(date +%s) - s)) s: $(tail -1 "$LOGS/peer_$sh.log")"
         [ $rc -eq 0 ] || status=1
-        record "$("$PY" - "$d/peer.json" "$sh" "$rc" "$smi" "$(($(date +%s) - s))" <<'EOF'
+        record "$("$PY" - "$d/peer.json" "$sh" "$rc" "$SMI_PEAK" "$(($(date +%s) - s))" <<'EOF'
 import json, sys
 path, sh, rc, smi, secs = sys.argv[1:6]
 try:

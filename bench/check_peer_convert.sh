@@ -15,7 +15,7 @@
 #   bench/check_peer_convert.sh --ctuner PATH [--python PY] [--device cpu|cuda]
 #                               [--fixtures DIR] [--work DIR] [--tol 1e-4]
 # Needs a python with torch, transformers, accelerate and safetensors (not
-# bitsandbytes). env CT_LD_PATH: LD_LIBRARY_PATH for the ctuner runs only. Prints one line per model and "N passed, M failed"; exit 0
+# bitsandbytes): on the CPU, bench/setup_peer_venv.sh makes one. env CT_LD_PATH: LD_LIBRARY_PATH for the ctuner runs only. Prints one line per model and "N passed, M failed"; exit 0
 # when all pass, 1 otherwise, 2 for bad arguments or a missing fixture.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
