@@ -314,6 +314,7 @@ def train(a):
            "tokens_per_s": a.seq / step_s, "step_s": step_s, "step_times": times, "losses": losses,
            "warmup": a.warmup, "steps": a.steps, "load_s": load_s, "lora_params": n_lora,
            "r": a.r, "alpha": a.alpha, "dropout": a.dropout, "compute": a.compute,
+           "attn_implementation": getattr(model.config, "_attn_implementation", None),
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "peft": peft.__version__, "bitsandbytes": bnb.__version__}}
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,6 +11,9 @@
 #        scripts/build_gpu_bundle.sh        # writes build-gpu/bundle.tgz
 # 2. One call of the device tool, from the repo root:
 #        run(command="bash tests/gpu/run.sh", carry=["build-gpu/bundle.tgz"], timeout_s=420)
+#    (command="GPU_BUDGET_S=540 bash tests/gpu/run.sh" with timeout_s=600 gives
+#    the training benchmark three more minutes, e.g. when its 7B part was
+#    skipped for time)
 #
 # What it does there: unpacks the bundle into build-gpu/ (programs and their
 # libraries; skipped when build-gpu/ already holds the programs), checks that
