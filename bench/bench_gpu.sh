@@ -145,7 +145,7 @@ say "ctuner $CT on $DEV; shapes $SHAPES; seq $SEQ, r $R, $WARMUP warm-up + $STEP
     "deadline ${DEADLINE:-0} s; logs $LOGS"
 [ -n "$smi_total" ] && say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
 if [ "$PEER" = 1 ]; then
-    if pyv=$("$PY" -c 'import torch, transformers, peft, accelerate, safetensors, bitsandbytes as b
+    if pyv=$(timeout 90 "$PY" -c 'import torch, transformers, peft, accelerate, safetensors, bitsandbytes as b
 print("torch %s (cuda %s, available %s), transformers %s, peft %s, accelerate %s, bitsandbytes %s" % (torch.__version__,
   torch.version.cuda, torch.cuda.is_available(), transformers.__version__, peft.__version__, accelerate.__version__,
   b.__version__))' 2>"$LOGS/python_env.log"); then
