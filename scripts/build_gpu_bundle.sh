@@ -9,11 +9,26 @@
 # 3. copies the shared libraries they load (ldd) into build-gpu/lib/, named
 #    by their sonames so that LD_LIBRARY_PATH=build-gpu/lib finds them, except
 #    glibc's, the C++ runtime's and CUDA's (the GPU machine has its own);
-# 4. packs the three programs and lib/ into build-gpu/bundle.tgz: the one
-#    path to carry (the uncompressed bundle is too big to travel beside the
-#    working tree within the 64 MiB a call may carry); run.sh unpacks it.
+# 4. puts beside them what bench/bench_gpu.sh needs there:
+#    py/: bitsandbytes for the Python peer (the GPU machine has torch,
+#      transformers and PEFT but not bitsandbytes, and no network): its
+#      py3-none manylinux wheel (BNB_VERSION, fetched once with pip download
+#      into build-gpu/wheels/, or BNB_WHEEL=FILE), unpacked as pip install
+#      --target would install it, without the native libraries for CUDA 11/12,
+#      ROCm and XPU (torch there is CUDA 13: libbitsandbytes_cuda130/132 and
+#      the CPU one stay; the whole wheel is 43 MB, this 8 MB); run.sh puts py/
+#      on PYTHONPATH;
+#    fixtures/: from ../shared/fixtures (which does not travel), the
+#      InternLM2-chat-7B config and tokenizer, the 1.8B config and the
+#      stories260k model (the peer's conversion check);
+# 5. packs the three programs, lib/, py/ and fixtures/ into
+#    build-gpu/bundle.tgz: the one path to carry (the uncompressed bundle is
+#    too big to travel beside the working tree within the 64 MiB a call may
+#    carry); run.sh unpacks it.
 # Prints the sizes and the largest libraries; fails when the archive is over
-# 60 MiB or a library is not found here.
+# 60 MiB or a library or fixture is not found here. Without the wheel (pip
+# cannot reach PyPI and none is given) it warns and packs no py/: bench_gpu.sh
+# then runs ctuner alone.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${1:-$root/build-gpu}"
@@ -45,12 +60,64 @@ for b in "${bins[@]}"; do
 done
 [ $missing -eq 0 ] || exit 1
 
-echo "== bundle: programs and libraries (uncompressed)"
-(cd "$dir" && du -b "${bins[@]}" && du -b lib/*) | sort -nr | awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}' | head -12
-total=$(cd "$dir" && du -cb "${bins[@]}" lib | tail -1 | cut -f1)
+# ---- bitsandbytes for the peer (py3-none: any python 3 on the GPU machine)
+bnb_version=${BNB_VERSION:-0.50.2}
+wheel=${BNB_WHEEL:-}
+if [ -z "$wheel" ]; then
+  find_wheel() { compgen -G "$dir/wheels/bitsandbytes-$bnb_version-py3-none-manylinux*_x86_64.whl" | head -1 || true; }
+  wheel=$(find_wheel)
+  if [ -z "$wheel" ]; then
+    mkdir -p "$dir/wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$dir/wheels" "bitsandbytes==$bnb_version" >&2 || true
+    wheel=$(find_wheel)
+  fi
+fi
+py="$dir/py"
+rm -rf "$py"
+extra=(lib)
+if [ -n "$wheel" ] && [ -f "$wheel" ]; then
+  mkdir -p "$py"
+  # the package and its dist-info (transformers reads the version from it);
+  # native libraries only for CUDA 13 and the CPU
+  python3 - "$wheel" "$py" <<'EOF'
+import re, sys, zipfile
+keep = re.compile(r"libbitsandbytes_(cuda13\d|cpu)\.so$")
+with zipfile.ZipFile(sys.argv[1]) as z:
+    names = [n for n in z.namelist() if not n.endswith(".so") or keep.search(n)]
+    z.extractall(sys.argv[2], names)
+    print("bitsandbytes: %s: %d of %d files (%s)" % (sys.argv[1].rsplit("/", 1)[-1], len(names), len(z.namelist()),
+          ", ".join(sorted(n.rsplit("/", 1)[-1] for n in names if n.endswith(".so")))))
+EOF
+  extra+=(py)
+else
+  echo "build_gpu_bundle: WARNING: no bitsandbytes wheel (pip download failed; set BNB_WHEEL=FILE): the bundle" \
+    "has no py/, and bench/bench_gpu.sh will run ctuner without its Python peer" >&2
+fi
+
+# ---- the fixtures bench_gpu.sh reads (../shared does not travel)
+fx_src="${FIXTURES:-$root/../shared/fixtures}"
+fx="$dir/fixtures"
+rm -rf "$fx"
+mkdir -p "$fx/internlm2-chat-7b" "$fx/model-configs" "$fx/stories260k-internlm2"
+for f in internlm2-chat-7b/config.json internlm2-chat-7b/tokenizer.model internlm2-chat-7b/tokenizer_config.json \
+  internlm2-chat-7b/special_tokens_map.json internlm2-chat-7b/generation_config.json \
+  model-configs/internlm2-chat-1_8b.config.json stories260k-internlm2/config.json \
+  stories260k-internlm2/model.safetensors stories260k-internlm2/tokenizer.model; do
+  [ -f "$fx_src/$f" ] || { echo "build_gpu_bundle: fixture $fx_src/$f not found (set FIXTURES)" >&2; exit 1; }
+  cp "$fx_src/$f" "$fx/$f"
+done
+for f in "$fx_src"/stories260k-internlm2/*.json; do cp "$f" "$fx/stories260k-internlm2/"; done
+extra+=(fixtures)
+
+echo "== bundle: programs, libraries, py/, fixtures/ (uncompressed)"
+(cd "$dir" && du -b "${bins[@]}" && du -b lib/* && du -sb "${extra[@]:1}") | sort -nr |
+  awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}' | head -14
+total=$(cd "$dir" && du -cb "${bins[@]}" "${extra[@]}" | tail -1 | cut -f1)
 awk -v t="$total" -v n="$(ls "$lib" | wc -l)" 'BEGIN { printf "   total %.1f MiB uncompressed, %d libraries\n", t / 1048576, n }'
 
-tar -czf "$dir/bundle.tgz" -C "$dir" "${bins[@]}" lib
+tar -czf "$dir/bundle.tgz" -C "$dir" "${bins[@]}" "${extra[@]}"
 size=$(stat -c %s "$dir/bundle.tgz")
 awk -v s="$size" -v f="$dir/bundle.tgz" -v l="$limit_mib" \
   'BEGIN { printf "== %s: %.1f MiB (the path to carry; limit %d MiB)\n", f, s / 1048576, l }'

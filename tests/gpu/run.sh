@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The one-shot check on a lent GPU machine (H100/H200, CUDA 13; none of our
 # Debian libraries there), in under 6 minutes: the parity harness on the cuda
-# backend (every kernel entry, forward and backward, against the CPU) and
+# backend (every kernel entry, forward and backward, against the CPU),
 # bench/bench_ops at InternLM2-7B shapes (each entry's time, GFLOP/s or GB/s,
-# and % of its ceiling: cuBLASLt GEMM of the same shape, or copy bandwidth).
+# and % of its ceiling: cuBLASLt GEMM of the same shape, or copy bandwidth)
+# and bench/bench_gpu.sh (QLoRA training steps, ctuner against transformers +
+# PEFT + bitsandbytes, in the time left).
 #
 # 1. Here, on the machine without a GPU, after every change of the sources:
 #        scripts/build_gpu_bundle.sh        # writes build-gpu/bundle.tgz
 # 2. One call of the device tool, from the repo root:
 #        run(command="bash tests/gpu/run.sh", carry=["build-gpu/bundle.tgz"], timeout_s=420)
+#    (command="GPU_BUDGET_S=540 bash tests/gpu/run.sh" with timeout_s=600 gives
+#    the training benchmark three more minutes, e.g. when its 7B part was
+#    skipped for time)
 #
 # What it does there: unpacks the bundle into build-gpu/ (programs and their
 # libraries; skipped when build-gpu/ already holds the programs), checks that
@@ -18,12 +23,23 @@
 # `timeout`:
 #     build-gpu/tests/test_parity cuda                                (120 s)
 #     build-gpu/bench/bench_ops --backend cuda --shape 7b             (200 s)
+#     bench/bench_gpu.sh: QLoRA training, ctuner against transformers +
+#       PEFT + bitsandbytes on the same model and data (InternLM2-1.8B, then
+#       7B, both NF4, seq 2048; the bundle's bitsandbytes on PYTHONPATH), in
+#       what is left of GPU_BUDGET_S (default 360 s) after the two above,
+#       less 20 s for the summary; each of its runs has its own timeout,
+#       the 7B last, and a run that no longer fits is skipped; first the
+#       peer's conversion check (bench/check_peer_convert.sh: the Llama
+#       layout gives ctuner's losses, fp32, with that machine's transformers)
 # and ends with a summary: parity rows run / passed / failed per op (and the
-# failing rows), each bench row's time, % of ceiling and goal. The full logs
-# go to $OUT when it is set (the device tool brings back what is written
-# there), else to build-gpu/gpu-logs/.
-# Exit: 0 both clean; 1 a parity failure, a bench error or a timeout; 2 the
-# machine cannot run them (no bundle, a library missing, no GPU).
+# failing rows), each bench row's time, % of ceiling and goal, and
+# bench_gpu's table (tokens/s, step time, peak memory measured and as
+# `ctuner plan` predicts it, for ctuner and the peer). The full logs go to
+# $OUT when it is set (the device tool brings back what is written there;
+# bench_gpu's dozen files as one bench_gpu.tgz), else to build-gpu/gpu-logs/.
+# Exit: 0 all clean; 1 a parity failure, a bench error, a failed training
+# run or a timeout; 2 the machine cannot run them (no bundle, a library
+# missing, no GPU).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -32,13 +48,14 @@ bdir=build-gpu
 logs="${OUT:-$bdir/gpu-logs}"
 mkdir -p "$logs"
 progs=("$bdir/tests/test_parity" "$bdir/bench/bench_ops") # what this script runs
-others=("$bdir/ctuner")                                    # bundled, checked, not run here
+others=("$bdir/ctuner")                                    # bundled, checked; bench_gpu.sh runs it if it loads
+budget=${GPU_BUDGET_S:-360}
 
 say() { echo "$@" | tee -a "$logs/summary.txt"; }
 : >"$logs/summary.txt"
 
 # ---- the bundle
-if [ ! -x "${progs[0]}" ] || [ ! -x "${progs[1]}" ]; then
+if [ ! -x "${progs[0]}" ] || [ ! -x "${progs[1]}" ] || [ ! -d "$bdir/fixtures" ]; then
   if [ ! -f "$bdir/bundle.tgz" ]; then
     say "no bundle: build it here with scripts/build_gpu_bundle.sh and carry build-gpu/bundle.tgz"
     exit 2
@@ -71,12 +88,13 @@ done
 [ -z "$added" ] || say "libraries: CUDA's from$added"
 
 bad=0
+ctuner_ok=1
 for p in "${progs[@]}" "${others[@]}"; do
   miss=$(unresolved "$p")
   [ -z "$miss" ] && continue
   say "libraries: $p cannot load:"
   say "$miss"
-  case " ${progs[*]} " in *" $p "*) bad=1 ;; *) say "  ($p is not run by this script: going on)" ;; esac
+  case " ${progs[*]} " in *" $p "*) bad=1 ;; *) ctuner_ok=0; say "  (no training benchmark without $p: going on)" ;; esac
 done
 if [ $bad -ne 0 ]; then
   say "stopping: a program this script runs cannot load its libraries (see above; full ldd in $logs/env.txt)"
@@ -115,6 +133,26 @@ brc=$?
 say "bench_ops: exit $brc after $(secs "$t") s (log: $logs/bench_ops.log)"
 [ $brc -eq 0 ] || status=1
 
+# the training benchmark in what is left of the budget (20 s kept for the summary)
+left=$((budget - $(secs "$start") - 20))
+gdir=/tmp/ctuner-bench-gpu
+grc=0
+if [ $ctuner_ok -eq 0 ]; then
+  say "bench_gpu: not run ($bdir/ctuner cannot load its libraries)"
+elif [ $left -lt 60 ]; then
+  say "bench_gpu: not run: ${left} s left of GPU_BUDGET_S=$budget"
+else
+  t=$(date +%s)
+  CT_LD_PATH="$ld_path" PYTHONPATH="$root/$bdir/py${PYTHONPATH:+:$PYTHONPATH}" timeout $((left + 30)) \
+    bash bench/bench_gpu.sh --ctuner "$bdir/ctuner" --fixtures "$bdir/fixtures" --deadline-s "$left" \
+    --work "$gdir" --logs "$gdir/logs" >"$gdir.out" 2>&1
+  grc=$?
+  mkdir -p "$gdir/logs" && cp "$gdir.out" "$gdir/logs/bench_gpu.out"
+  tar -czf "$logs/bench_gpu.tgz" -C "$gdir" logs 2>/dev/null
+  say "bench_gpu: exit $grc after $(secs "$t") s (its logs: $logs/bench_gpu.tgz)"
+  [ $grc -eq 0 ] || status=1
+fi
+
 # ---- the summary
 say ""
 say "== parity (test_parity cuda)"
@@ -147,6 +185,11 @@ grep -E "^# [0-9]+ rows ran" "$logs/bench_ops.log" | tee -a "$logs/summary.txt"
 goals_ok=$(grep -c ' ok |$' "$logs/bench_ops.log")
 goals_no=$(grep -c ' NO |$' "$logs/bench_ops.log")
 say "goals met: $goals_ok, missed: $goals_no"
+if [ -f "$gdir/logs/bench_gpu.txt" ]; then
+  cat "$gdir/logs/bench_gpu.txt" | tee -a "$logs/summary.txt"
+  say "   (run log: bench_gpu.out in bench_gpu.tgz)"
+  grep "^bench_gpu: " "$gdir.out" | tail -25 | sed 's/^/   /' | tee -a "$logs/summary.txt"
+fi
 say ""
 say "total $(secs "$start") s; exit $status"
 exit $status

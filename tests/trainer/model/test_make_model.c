@@ -2,7 +2,12 @@
  * equals the real stories260k checkpoint's names and shapes; values follow
  * InternLM2's init (N(0, initializer_range²), norms 1, biases 0, pad row 0)
  * statistically; a bf16 model is exactly the rounding of the fp32 one; output
- * is independent of sharding and thread count, and differs across seeds. */
+ * is independent of sharding and thread count, and differs across seeds.
+ * --quantize writes the very files of make-model then `ctuner quantize` (nf4
+ * with double quant in bf16, fp4 without it at blocksize 128 in fp32, one file
+ * and several shards), which ct_model_load takes as pre-quantized, with the
+ * logits of quantize-on-load of the full-precision model. */
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +19,7 @@
 #include "trainer/io/fsutil.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/model.h"
 
 static char g_dir[256];
 
@@ -261,6 +267,122 @@ static bool test_stories(void) {
     return true;
 }
 
+/* Runs `ctuner ARGS` quietly; its exit code. */
+static int ctuner(const char *args) {
+    char cmd[8 * CT_PATH_MAX];
+    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/out.txt' 2>&1", CT_BINARY, args, g_dir);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Every file of dir a has a byte-identical twin in dir b and the reverse;
+ * returns the number of files compared (0 on any difference). */
+static int same_dirs(const char *a, const char *b) {
+    int n = 0, na = 0, nb = 0;
+    const char *dirs[2] = {a, b};
+    int *counts[2] = {&na, &nb};
+    for (int k = 0; k < 2; k++) {
+        DIR *d = opendir(dirs[k]);
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            if (e->d_name[0] != '.') (*counts[k])++;
+        if (d) closedir(d);
+    }
+    DIR *d = opendir(a);
+    struct dirent *e;
+    bool same = d && na == nb && na > 0;
+    while (same && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char pa[CT_PATH_MAX], pb[CT_PATH_MAX], *x = NULL, *y = NULL;
+        size_t nx = 0, ny = 0;
+        same = ct_path_join(pa, sizeof pa, a, e->d_name) == CT_OK && ct_path_join(pb, sizeof pb, b, e->d_name) == CT_OK &&
+               ct_file_read_all(pa, &x, &nx) == CT_OK && ct_file_read_all(pb, &y, &ny) == CT_OK && nx == ny &&
+               memcmp(x, y, nx) == 0;
+        if (!same) fprintf(stderr, "  %s differs between %s and %s\n", e->d_name, a, b);
+        free(x);
+        free(y);
+        n++;
+    }
+    if (d) closedir(d);
+    if (na != nb) fprintf(stderr, "  %s has %d files, %s %d\n", a, na, b, nb);
+    return same ? n : 0;
+}
+
+/* logits [n, vocab] of a model dir; o NULL: as stored. */
+static float *logits(const char *dir, const ct_model_options *o, const int32_t *ids, int64_t n, int64_t vocab,
+                     ct_model_memory *mem) {
+    ct_model *m = NULL;
+    CHECK_OK(ct_model_load(dir, o, &m));
+    ct_test_need(m);
+    if (mem) ct_model_get_memory(m, mem);
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, ct_cpu_backend(), (size_t)4 << 20));
+    float *lg = ct_test_need(malloc((size_t)(n * vocab) * sizeof(float)));
+    CHECK_OK(ct_model_logits(m, &tape, ids, n, 0, lg));
+    ct_tape_free(&tape);
+    ct_model_free(m);
+    return lg;
+}
+
+/* make-model --quantize = make-model then ctuner quantize, file for file. */
+static void test_quantized(void) {
+    static const char *cfg_text =
+        "{\"architectures\": [\"InternLM2ForCausalLM\"], \"model_type\": \"internlm2\", \"hidden_size\": 48,\n"
+        " \"intermediate_size\": 100, \"num_hidden_layers\": 2, \"num_attention_heads\": 6, \"num_key_value_heads\": 2,\n"
+        " \"vocab_size\": 301, \"bias\": false, \"initializer_range\": 0.3, \"rope_theta\": 1e6,\n"
+        " \"torch_dtype\": \"bfloat16\"}\n";
+    char cfgp[CT_PATH_MAX];
+    snprintf(cfgp, sizeof cfgp, "%s", path_in("q.json"));
+    CHECK_OK(ct_file_write_atomic(cfgp, cfg_text, strlen(cfg_text)));
+    const struct {
+        const char *name, *make_flags, *quant_flags, *shard;
+        ct_model_options load;
+    } cases[] = {
+        {"nf4", "--quantize nf4", "", "5GB", {.quant = CT_MODEL_QUANT_NF4, .double_quant = true}},
+        {"fp4-128", "--quantize fp4 --blocksize 128 --no-double-quant --dtype fp32",
+         "--quant-type fp4 --blocksize 128 --no-double-quant", "5GB", {.quant = CT_MODEL_QUANT_FP4, .blocksize = 128}},
+        {"nf4-shards", "--quantize nf4", "", "20KB", {.quant = CT_MODEL_QUANT_NF4, .double_quant = true}},
+    };
+    static const int32_t ids[7] = {1, 17, 300, 4, 4, 99, 2};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char q[CT_PATH_MAX], f[CT_PATH_MAX], fq[CT_PATH_MAX], args[6 * CT_PATH_MAX];
+        snprintf(q, sizeof q, "%s/q-%s", g_dir, cases[k].name);
+        snprintf(f, sizeof f, "%s/f-%s", g_dir, cases[k].name);
+        snprintf(fq, sizeof fq, "%s/fq-%s", g_dir, cases[k].name);
+        bool fp32 = strstr(cases[k].make_flags, "fp32") != NULL;
+        snprintf(args, sizeof args, "--config '%s' --out '%s' --seed 21 --max-shard-size %s %s", cfgp, q,
+                 cases[k].shard, cases[k].make_flags);
+        CHECK(make_model("", args) == 0, "%s: make-model --quantize", cases[k].name);
+        snprintf(args, sizeof args, "--config '%s' --out '%s' --seed 21 --max-shard-size %s%s", cfgp, f,
+                 cases[k].shard, fp32 ? " --dtype fp32" : "");
+        CHECK(make_model("", args) == 0, "%s: make-model", cases[k].name);
+        snprintf(args, sizeof args, "quantize '%s' --out '%s' --max-shard-size %s %s", f, fq, cases[k].shard,
+                 cases[k].quant_flags);
+        CHECK(ctuner(args) == 0, "%s: ctuner quantize", cases[k].name);
+        int n = same_dirs(q, fq);
+        bool sharded = strcmp(cases[k].shard, "5GB") != 0;
+        /* config, generation config, and the weights: one file or shards + index */
+        CHECK(sharded ? n > 4 : n == 3, "%s: %d identical files", cases[k].name, n);
+        /* it loads as a pre-quantized checkpoint: 2 layers x 5 linears, and its
+         * logits are those of quantize-on-load of the full-precision model */
+        ct_model_memory mem;
+        float *lq = logits(q, NULL, ids, 7, 301, &mem), *ll = logits(f, &cases[k].load, ids, 7, 301, NULL);
+        CHECK(mem.prequantized && mem.n_quantized == 10, "%s: prequantized %d, %d weights", cases[k].name,
+              (int)mem.prequantized, mem.n_quantized);
+        CHECK(memcmp(lq, ll, 7 * 301 * sizeof(float)) == 0, "%s: logits differ from quantize-on-load", cases[k].name);
+        free(lq);
+        free(ll);
+    }
+    /* refused before anything is written */
+    char args[3 * CT_PATH_MAX];
+    const char *bad[] = {"--quantize int4", "--quantize nf4 --blocksize 48", "--quantize nf4 --blocksize 8192",
+                         "--blocksize 64", "--no-double-quant"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        snprintf(args, sizeof args, "make-model --config '%s' --out '%s' %s", cfgp, path_in("bad"), bad[k]);
+        CHECK(ctuner(args) == 2 && !ct_path_exists(path_in("bad")), "'%s' not refused", bad[k]);
+    }
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/ct_test_mm_XXXXXX");
     if (!mkdtemp(g_dir)) {
@@ -268,6 +390,7 @@ int main(void) {
         return 1;
     }
     test_gqa();
+    test_quantized();
     bool had_fixture = test_stories();
     ct_remove_tree(g_dir);
     int rc = ct_test_finish();
