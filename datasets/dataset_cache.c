@@ -19,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <hdf5.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/h5_image.h"
 #include "datasets/sha256.h"
 
 enum { META_VERSION, META_MAX_LENGTH, META_PAD_ID, META_SAMPLES, META_ROWS, META_TOKENS, N_META };
@@ -70,8 +73,11 @@ static int write_1d(hid_t file, const char *name, hid_t filetype, hid_t memtype,
     return e < 0 ? -1 : 0;
 }
 
+/* Built in memory and written to `tmp` with write(2) (h5_image.h: a full
+ * disk never reaches HDF5's file handling); -1 with ct_last_error() set when
+ * the write failed, -1 with no error for an HDF5 failure. */
 static int save_hdf5(const char *tmp, const uint8_t key[32], const ct_dataset *ds) {
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = ct_h5_mem_create(tmp, H5P_DEFAULT);
     if (f < 0) return -1;
     int64_t meta[N_META] = {CT_DS_CACHE_VERSION, ds->max_length, ds->pad_id, ds->n_samples, ds->rows.n_rows,
                             ds->sample_off[ds->n_samples]};
@@ -92,7 +98,8 @@ static int save_hdf5(const char *tmp, const uint8_t key[32], const ct_dataset *d
     bad |= write_1d(f, "row_off", H5T_STD_I64LE, H5T_NATIVE_INT64, ds->rows.row_off, nr + 1);
     bad |= write_1d(f, "row_samples", H5T_STD_I64LE, H5T_NATIVE_INT64, ds->rows.row_samples, ns);
     bad |= write_1d(f, "digest", H5T_STD_U8LE, H5T_NATIVE_UINT8, digest, 32);
-    if (H5Fclose(f) < 0) bad = -1;
+    if (!bad && ct_h5_mem_write(f, tmp) != CT_OK) bad = -2;
+    if (H5Fclose(f) < 0 && !bad) bad = -1;
     return bad;
 }
 
@@ -114,19 +121,26 @@ int ct_ds_cache_save(const char *path, const uint8_t key[32], const ct_dataset *
     int fd = mkstemp(tmp);
     if (fd < 0)
         return ct_errorf(CT_ERUNTIME, "%s: cannot create a temp file for the dataset cache: %s", dir, strerror(errno));
-    close(fd);
+    /* Held until the file is renamed or removed: the lock tells
+     * ct_ds_cache_reclaim in another process that this temp file is alive. */
+    (void)flock(fd, LOCK_EX);
     int bad;
     H5E_BEGIN_TRY { bad = save_hdf5(tmp, key, ds); }
     H5E_END_TRY;
-    if (bad || fsync_path(tmp, O_RDONLY) != 0) {
+    if (bad) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", bad == -2 ? ct_last_error() : "HDF5 could not build the file");
         unlink(tmp);
-        return ct_errorf(CT_ERUNTIME, "%s: cannot write the dataset cache (disk full or not writable?)", path);
+        close(fd);
+        return ct_errorf(CT_ERUNTIME, "%s: cannot write the dataset cache: %s", path, why);
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
+        close(fd);
         return ct_errorf(CT_ERUNTIME, "%s: cannot rename the dataset cache into place: %s", path, strerror(e));
     }
+    close(fd);
     fsync_path(dir, O_RDONLY | O_DIRECTORY); /* the rename itself; best effort */
     return CT_OK;
 }
@@ -274,6 +288,31 @@ int ct_ds_cache_load(const char *path, const uint8_t key[32], int64_t max_length
     return CT_OK;
 }
 
+int ct_ds_cache_reclaim(const char *dir, int *removed) {
+    if (removed) *removed = 0;
+    DIR *d = opendir(dir);
+    if (!d) return CT_OK; /* no cache dir yet */
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        /* ".ds-<hex>.h5.tmp-XXXXXX": only the names ct_ds_cache_save creates */
+        const char *n = e->d_name, *t = strstr(n, ".h5.tmp-");
+        if (strncmp(n, ".ds-", 4) != 0 || !t || strlen(t) != 8 + 6) continue;
+        char path[4096];
+        int pn = snprintf(path, sizeof path, "%s/%s", dir, n);
+        if (pn < 0 || (size_t)pn >= sizeof path) continue;
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) continue;
+        struct stat st;
+        /* A writer that is alive holds the lock; a killed one left it free. */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 && unlink(path) == 0 &&
+            removed)
+            (*removed)++;
+        close(fd);
+    }
+    closedir(d);
+    return CT_OK;
+}
+
 /* mkdir -p with mode 0755. */
 static int make_dirs(const char *path) {
     char buf[4096];
@@ -311,6 +350,7 @@ int ct_ds_open(const ct_ds_config *cfg, const ct_tokenizer *tok, ct_dataset *out
         return CT_OK;
     }
     snprintf(info->reason, sizeof info->reason, "%s", ct_last_error());
+    ct_ds_cache_reclaim(cfg->cache_dir, &info->reclaimed); /* an interrupted build's temp files */
     CT_TRY(ct_dataset_prepare(cfg, tok, out));
     int rc = make_dirs(cfg->cache_dir);
     if (!rc) rc = ct_ds_cache_save(info->path, info->key, out);

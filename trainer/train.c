@@ -211,11 +211,24 @@ static int config_text(ct_trainer *t) {
     return rc;
 }
 
+static void note_damaged(void *ctx, const char *path, const char *why) {
+    ct_trainer *t = ctx;
+    ct_train_log_note(t, "resume auto: skipping %s, it is damaged (%s)\n", path, why);
+    t->skipped_damaged++;
+}
+
 static int resume(ct_trainer *t) {
     const char *r = t->opt->resume;
     char path[CT_PATH_MAX];
     bool found = true;
-    if (r && strcmp(r, "auto") == 0) CT_TRY(ct_ckpt_find_latest(t->work_dir, path, sizeof path, NULL, &found));
+    /* Our temp files of an interrupted save (a kill -9, a full disk). */
+    int reclaimed = 0;
+    CT_TRY(ct_ckpt_reclaim(t->work_dir, &reclaimed));
+    if (reclaimed)
+        ct_train_log_note(t, "removed %d temporary file(s) left in %s by an interrupted save\n", reclaimed,
+                          t->work_dir);
+    if (r && strcmp(r, "auto") == 0)
+        CT_TRY(ct_ckpt_find_intact(t->work_dir, path, sizeof path, NULL, &found, note_damaged, t));
     else if (r) snprintf(path, sizeof path, "%s", r);
     if (!r || !found) {
         /* A fresh run must not mix its checkpoints with an older run's
@@ -232,6 +245,10 @@ static int resume(ct_trainer *t) {
     CT_TRY(ct_train_state_load(t, path));
     ct_train_log_note(t, "resumed from %s: iteration %lld of %lld, optimizer step %lld\n", path, (long long)t->iter,
                       (long long)t->total_iters, (long long)t->step);
+    /* A run killed between a save and its retention step left one checkpoint
+     * too many: apply save_total_limit now (not when a damaged newer one was
+     * skipped: the one resumed from must stay). */
+    if (r && strcmp(r, "auto") == 0 && !t->skipped_damaged) CT_TRY(ct_ckpt_retain(t->work_dir, (int)t->cfg->save_total_limit, NULL));
     return CT_OK;
 }
 

@@ -70,6 +70,7 @@ typedef struct {
     int64_t epoch;            /* epoch of the last batch */
     double last_loss, last_lr, last_grad_norm;
     int64_t last_saved_iter;  /* -1: none yet by this process */
+    int skipped_damaged;      /* damaged checkpoints --resume auto passed over */
     ct_train_log log;
     ct_train_result *res;
 } ct_trainer;
