@@ -208,20 +208,21 @@ size_t ct_adamw_plan(const ct_adamw *o, char *buf, size_t cap) {
     return bytes;
 }
 
-/* Offload: one transfer per run between the backend and the host copies:
- * down (grads, or the parameters when what is 'p') or up (the parameters). */
-static int transfer(ct_adamw *o, char what) {
+typedef enum { GRADS_DOWN, PARAMS_DOWN, PARAMS_UP } transfer_kind;
+
+/* Offload: one transfer per run between the backend and the host copies. */
+static int transfer(ct_adamw *o, transfer_kind what) {
     for (size_t r = 0; r < o->n_runs; r++) {
         const param_run *run = &o->runs[r];
         ct_tensor *p = o->params[run->first];
         size_t bytes = (size_t)run->numel * sizeof(float);
         float *hp = o->host + run->at, *hg = o->host + o->host_n + run->at;
-        int rc = what == 'g'   ? o->be->download(hg, p->grad->data, bytes)
-                 : what == 'p' ? o->be->download(hp, p->data, bytes)
-                               : o->be->upload(p->data, hp, bytes);
+        int rc = what == GRADS_DOWN    ? o->be->download(hg, p->grad->data, bytes)
+                 : what == PARAMS_DOWN ? o->be->download(hp, p->data, bytes)
+                                       : o->be->upload(p->data, hp, bytes);
         if (rc)
-            return ct_error_wrap(rc, "AdamW (optimizer_offload): %s %.1f MiB of %s", what == 'u' ? "uploading" :
-                                 "downloading", (double)bytes / (1 << 20), what == 'g' ? "grads" : "parameters");
+            return ct_error_wrap(rc, "AdamW (optimizer_offload): %s %.1f MiB of %s", what == PARAMS_UP ? "uploading" :
+                                 "downloading", (double)bytes / (1 << 20), what == GRADS_DOWN ? "grads" : "parameters");
     }
     return CT_OK;
 }
@@ -245,11 +246,12 @@ int ct_adamw_step(ct_adamw *o, double lr) {
         .use_decay = c->weight_decay != 0.0,
     };
     if (o->sb == o->be) return o->be->adamw_update(&k, o->slots, o->n);
-    if (o->stale) CT_TRY(transfer(o, 'p'));
+    /* Offload: grads down, the update over the host copies, parameters up. */
+    if (o->stale) CT_TRY(transfer(o, PARAMS_DOWN));
     o->stale = false;
-    CT_TRY(transfer(o, 'g'));
+    CT_TRY(transfer(o, GRADS_DOWN));
     CT_TRY(o->sb->adamw_update(&k, o->slots, o->n));
-    return transfer(o, 'u');
+    return transfer(o, PARAMS_UP);
 }
 
 int ct_adamw_zero_grad(ct_adamw *o) {
