@@ -287,7 +287,10 @@ int main(void) {
     work_path(g_data, "data.json");
     ct_stack_write_data(g_data);
     make_tied();
-    const ct_backend *emu = ct_cuda_emu_backend(), *grd = ct_guarded_backend();
+    const ct_backend *emu = ct_cuda_emu_backend();
+    char no_emu[256];
+    snprintf(no_emu, sizeof no_emu, "%s", emu ? "" : ct_last_error());
+    const ct_backend *grd = ct_guarded_backend();
     static ct_backend emu_f32; /* cuda-emu with f32 activations (its own are bf16) */
     if (emu) {
         emu_f32 = *emu;
@@ -312,7 +315,7 @@ int main(void) {
         test_train(emu, "emu", false);
         printf("  (cuda-emu training: %.1f s)\n", now() - t0);
     } else {
-        printf("cuda-emu skipped: %s\n", ct_last_error());
+        printf("cuda-emu skipped: %s\n", no_emu);
     }
     t0 = now();
     test_train(ct_cpu_backend(), "cpu", true);
