@@ -111,7 +111,9 @@ static int load_data(ct_trainer *t) {
  * of 16 MiB (tests hold the plan to the measured peak). */
 static int plan_arenas(ct_trainer *t) {
     const ct_backend *be = ct_model_backend(t->model);
-    ct_plan_input in = {.model = ct_model_config(t->model), .run = t->cfg, .gpu = be->device != CT_CPU};
+    ct_plan_input in = {.model = ct_model_config(t->model), .run = t->cfg, .gpu = be->device != CT_CPU,
+                        .optimizer_on_host = t->cfg->optimizer_offload == CT_OFFLOAD_CPU,
+                        .embedding_on_host = t->cfg->embedding_offload == CT_OFFLOAD_CPU};
     CT_TRY(ct_mem_plan_make(&in, t->ds.max_length, &t->plan));
     CT_TRY(ct_tape_init(&t->tape, be, (size_t)16 << 20));
     CT_TRY(ct_arena_reserve(&t->tape.main, t->plan.main_arena));
