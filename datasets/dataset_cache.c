@@ -345,12 +345,12 @@ int ct_ds_open(const ct_ds_config *cfg, const ct_tokenizer *tok, ct_dataset *out
     ct_sha256_hex(info->key, hex);
     int n = snprintf(info->path, sizeof info->path, "%s/ds-%.32s.h5", cfg->cache_dir, hex);
     if (n < 0 || (size_t)n >= sizeof info->path) return ct_errorf(CT_EINPUT, "%s: cache dir path too long", cfg->cache_dir);
+    ct_ds_cache_reclaim(cfg->cache_dir, &info->reclaimed); /* interrupted builds' temp files */
     if (ct_ds_cache_load(info->path, info->key, cfg->max_length, ct_tok_vocab_size(tok), out) == CT_OK) {
         info->hit = true;
         return CT_OK;
     }
     snprintf(info->reason, sizeof info->reason, "%s", ct_last_error());
-    ct_ds_cache_reclaim(cfg->cache_dir, &info->reclaimed); /* an interrupted build's temp files */
     CT_TRY(ct_dataset_prepare(cfg, tok, out));
     int rc = make_dirs(cfg->cache_dir);
     if (!rc) rc = ct_ds_cache_save(info->path, info->key, out);
