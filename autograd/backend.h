@@ -171,6 +171,10 @@ typedef struct ct_backend {
      * (mem_track.h); with reset_peak the peak restarts from current. Optional:
      * NULL means the backend does not count. */
     ct_mem_usage (*mem_usage)(int reset_peak);
+    /* Bytes mem could still allocate (the CPU: host_mem.h; CUDA: the free
+     * device memory), for the trainer's check of the memory plan before it
+     * allocates. Optional: NULL, or an error, means unknown (no check). */
+    int (*mem_available)(uint64_t *bytes);
 
     /* --- ops --- */
     /* y[T,D] = table[ids[t], :]; table [V,D] any float dtype. */

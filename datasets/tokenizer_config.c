@@ -129,7 +129,7 @@ static int model_default_id(const ct_tokenizer *t, int32_t id) {
 }
 
 static int finish(ct_tokenizer *t, special_list *l) {
-    qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_special);
+    if (l->n > 1) qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_special); /* l->v is NULL when empty */
     t->specials = l->v;
     t->n_specials = l->n;
     l->v = NULL;

@@ -252,12 +252,18 @@ static int read_param(const char *file, const ct_st_tensor *t, const ct_lora_par
                          "belongs to another model", file, t->name, got, (long long)want[0], (long long)want[1],
                          p->is_b ? "out, r" : "r, in");
     }
-    if (be->device == CT_CPU) return ct_st_read_f32(t, p->t->data);
-    float *tmp = malloc((size_t)t->numel * sizeof(float)); /* [numel] host staging */
-    if (!tmp) return ct_errorf(CT_ERUNTIME, "out of memory reading %s", t->name);
-    int rc = ct_st_read_f32(t, tmp);
-    if (rc == CT_OK) rc = be->upload(p->t->data, tmp, (size_t)t->numel * sizeof(float));
-    free(tmp);
+    /* [numel] the slot itself on the CPU, else host staging */
+    float *host = be->device == CT_CPU ? p->t->data : malloc((size_t)t->numel * sizeof(float));
+    if (!host) return ct_errorf(CT_ERUNTIME, "out of memory reading %s", t->name);
+    int rc = ct_st_read_f32(t, host);
+    /* A NaN/Inf weight (a diverged run's save, a damaged file) would only
+     * show later as NaN losses or garbage text: refuse it here. */
+    for (int64_t i = 0; rc == CT_OK && i < t->numel; i++)
+        if (!isfinite(host[i]))
+            rc = ct_errorf(CT_EINPUT, "%s: key '%s' holds a non-finite value (%g at element %lld): the adapter is "
+                           "damaged or comes from a diverged run", file, t->name, (double)host[i], (long long)i);
+    if (rc == CT_OK && host != p->t->data) rc = be->upload(p->t->data, host, (size_t)t->numel * sizeof(float));
+    if (host != p->t->data) free(host);
     return rc;
 }
 

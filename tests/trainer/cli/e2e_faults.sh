@@ -80,6 +80,36 @@ for dp in "$work/fifo" /dev/zero "$work"; do
   rm -rf "$work/w_in"
 done
 
+# ---- resource limits, refused before anything is allocated (exit 2, nothing trained)
+limit() { # NAME NEEDLE ARGS...: exit 2 with NEEDLE on stderr, no checkpoint
+  local name="$1" needle="$2"; shift 2
+  rc=$(run_t "$bin" train "$cfg" --work-dir "$work/lim" "$@")
+  check_eq "$name: exit" "$rc" 2
+  if grep -qF -- "$needle" "$work/err"; then ok; else bad "$name: $(cat "$work/err")"; fi
+  check_eq "$name: nothing saved" "$(ckpts "$work/lim")" 0
+  rm -rf "$work/lim"
+}
+limit "max_length above max_position_embeddings" "max_length 1024 is above the model's max_position_embeddings 512" \
+  --set max_length=1024
+limit "batch_size above the data" "batch_size 16 is larger than the data" --set batch_size=16
+limit "lora.r above the layer widths" "use lora.r <= 64" --set lora.r=128
+# a model far beyond any machine (config.json only: the check comes before the weights are read)
+mkdir -p "$work/huge"
+cp "$st/tokenizer.model" "$st/tokenizer_config.json" "$work/huge/"
+python3 - "$st/config.json" "$work/huge/config.json" <<'EOF2'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(hidden_size=32768, intermediate_size=131072, num_hidden_layers=1000, num_attention_heads=256,
+         num_key_value_heads=8)
+json.dump(c, open(sys.argv[2], "w"))
+EOF2
+limit "memory estimate above the machine's" "GiB is available" --set "pretrained_model_name_or_path=$work/huge"
+# the explicit override: past the positions, rows still only as long as the data needs
+expect 0 "$bin" train "$cfg" --work-dir "$work/long" --set max_length=1024 --set max_length_beyond_model=true \
+  --set max_iters=1 --set pack_to_max_length=false
+has "rows of 76 (the longest sample; max_length 1024)"
+rm -rf "$work/long"
+
 # ---- --resume auto skips a truncated newest checkpoint; retention after a crash
 expect 0 "$bin" train "$cfg" --work-dir "$work/d" --set save_total_limit=0
 check_eq "all checkpoints kept" "$(ckpts "$work/d")" 3

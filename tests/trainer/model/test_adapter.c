@@ -468,6 +468,12 @@ static void test_peft_style(void) {
     longre[0] = '"', longre[300] = '"', longre[301] = '\0';
     write_hand(dir, l, &(hand){.targets = longre});
     expect_bad(dir, "long regex", "characters long", NULL);
+    /* a NaN weight (a diverged run's save) is refused naming the key */
+    float *a0 = ct_lora_at(l, 0)->t->data, keep = a0[3];
+    a0[3] = NAN;
+    write_hand(dir, l, &(hand){0});
+    expect_bad(dir, "NaN weight", qa, "non-finite");
+    a0[3] = keep;
     write_hand(dir, l, &(hand){.targets = "\".*(wqkv|wo|w[123]{1,1}){1,4}\""}); /* small counts stay fine */
     m = load_base();
     CHECK_OK(ct_adapter_load(dir, m, false, &got));
