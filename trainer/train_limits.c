@@ -12,12 +12,16 @@
 #include <stdlib.h>
 
 #include "autograd/ct_error.h"
+#include "trainer/io/fsutil.h"
 #include "trainer/train_internal.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 int ct_trainer_check_model_limits(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
+    if (!ct_path_is_dir(c->pretrained_model_name_or_path)) /* as ct_model_load says it */
+        return ct_errorf(CT_EINPUT, "%s: not a directory (give a Hugging Face model directory)",
+                         c->pretrained_model_name_or_path);
     CT_TRY(ct_hf_config_load(c->pretrained_model_name_or_path, &t->hf));
     int64_t pos = t->hf.max_position_embeddings;
     if (c->max_length > pos && !c->max_length_beyond_model)
