@@ -471,6 +471,27 @@ static int kind_of_type(hid_t t) {
 
 /* Opens dataset `name` and reports its kind and shape. On success the caller
  * closes *ds. Strings report ndim 0 (their dataspace must hold one element). */
+/* HDF5 allocates a whole chunk to read one, with the chunk's dims taken from
+ * the file: a damaged layout message can ask for gigabytes (fuzz_checkpoint
+ * found a 3.2 GB malloc). Our chunks never exceed the dataset's dims
+ * (chunk_dims), so anything larger is damage. nd/dims: the dataspace's. */
+static bool chunks_sane(hid_t dset, int nd, const hsize_t *dims) {
+    hid_t pl = H5Dget_create_plist(dset);
+    if (pl < 0) return false;
+    bool ok = true;
+    if (H5Pget_layout(pl) == H5D_CHUNKED) {
+        hsize_t c[32];
+        int cn = H5Pget_chunk(pl, 32, c);
+        ok = cn == nd && nd >= 1 && nd <= CT_CKPT_MAX_DIMS;
+        for (int i = 0; ok && i < nd; i++) ok = c[i] >= 1 && c[i] <= (dims[i] > 1 ? dims[i] : 1);
+    }
+    H5Pclose(pl);
+    return ok;
+}
+
+/* The longest string dataset read back (the config text is a few KiB). */
+#define MAX_STR_BYTES ((size_t)64 << 20)
+
 static int open_dataset(ct_ckpt_reader *r, const char *name, hid_t *ds, ct_ckpt_kind *kind,
                         int *ndim, hsize_t dims[CT_CKPT_MAX_DIMS]) {
     *ds = -1;
@@ -494,6 +515,12 @@ static int open_dataset(ct_ckpt_reader *r, const char *name, hid_t *ds, ct_ckpt_
     /* Ours: arrays of 1..4 dims; strings with one element (scalar or [1]). */
     bool ours = k >= 0 && shape_ok &&
                 (k == CT_CKPT_STR ? nd == 0 || (nd == 1 && dims[0] == 1) : nd >= 1);
+    if (ours && !chunks_sane(dset, nd, dims)) {
+        H5Dclose(dset);
+        H5Eclear2(H5E_DEFAULT);
+        return ct_errorf(CT_EINPUT, "checkpoint %s: dataset '%s' is truncated or corrupt (its chunks are larger "
+                         "than the dataset)", r->path, name);
+    }
     if (!ours) {
         H5Dclose(dset);
         return ct_errorf(CT_EINPUT, "checkpoint %s: dataset '%s' has a type or shape ctuner does "
@@ -585,6 +612,7 @@ int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out) {
     char d[256];
     hid_t t = H5Dget_type(ds); /* read with the file's own (fixed-size) string type */
     size_t size = t >= 0 ? H5Tget_size(t) : 0;
+    if (size > MAX_STR_BYTES) size = 0; /* damage: a string type of gigabytes */
     char *buf = size ? malloc(size + 1) : NULL;
     herr_t ok = buf ? H5Dread(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
     if (ok < 0) h5_detail(d);
@@ -605,6 +633,7 @@ int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out) {
 
 typedef struct {
     int bad;
+    double file_bytes; /* the file's size: no dataset of ours holds more (no compression) */
     char name[256], detail[256];
 } verify_state;
 
@@ -626,10 +655,15 @@ static herr_t verify_one(hid_t group, const char *name, const H5L_info_t *info, 
         hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
         size_t sz = t >= 0 ? H5Tget_size(t) : 0;
         ok = t < 0 || sp < 0 || np < 0 || sz == 0 ? -1 : 0;
+        int nd = ok ? -1 : H5Sget_simple_extent_ndims(sp);
+        hsize_t dims[CT_CKPT_MAX_DIMS];
+        if (!ok && (nd < 0 || nd > CT_CKPT_MAX_DIMS || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)) ok = -1;
+        if (!ok && nd >= 1 && !chunks_sane(obj, nd, dims)) ok = -1;
         /* [np * sz] the dataset's raw values; sizes come from the file, so a
          * damaged header asking for more than 1 GiB counts as damage. */
         size_t bytes = ok < 0 ? 0 : (size_t)np * sz;
         if (!ok && (double)np * (double)sz > (double)((size_t)1 << 30)) ok = -1;
+        if (!ok && vs->file_bytes > 0 && (double)np * (double)sz > vs->file_bytes) ok = -1; /* sparse: damage */
         void *buf = !ok && bytes ? malloc(bytes) : NULL;
         if (!ok && bytes && !buf) ok = -1;
         if (!ok && bytes) ok = H5Dread(obj, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
@@ -650,6 +684,8 @@ int ct_ckpt_verify(const char *path) {
     ct_ckpt_reader *r = NULL;
     CT_TRY(ct_ckpt_open(path, &r));
     verify_state vs = {0};
+    struct stat st;
+    if (stat(path, &st) == 0) vs.file_bytes = (double)st.st_size;
     herr_t e = H5Lvisit(r->file, H5_INDEX_NAME, H5_ITER_INC, verify_one, &vs);
     if (e < 0 && !vs.bad) {
         vs.bad = 1;
