@@ -237,6 +237,10 @@ static int resume(ct_trainer *t) {
         char old[CT_PATH_MAX];
         bool any = false;
         CT_TRY(ct_ckpt_find_latest(t->work_dir, old, sizeof old, NULL, &any));
+        if (any && t->skipped_damaged)
+            return ct_errorf(CT_EINPUT, "resume auto: no checkpoint in %s is intact (%d damaged, the newest %s): "
+                             "resume from a copy with --resume PATH, or move them away to start over",
+                             t->work_dir, t->skipped_damaged, old);
         if (any)
             return ct_errorf(CT_EINPUT, "work_dir %s already holds checkpoints of a run (%s): continue it with "
                              "--resume auto, or train into another --work-dir", t->work_dir, old);

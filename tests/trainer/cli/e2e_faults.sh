@@ -80,6 +80,23 @@ for dp in "$work/fifo" /dev/zero "$work"; do
   rm -rf "$work/w_in"
 done
 
+# a model file that is a FIFO (the others symlinks, as in the Hugging Face cache)
+for f in config.json tokenizer.model tokenizer_config.json model.safetensors; do
+  m="$work/m_$f"; mkdir -p "$m"
+  for g in config.json tokenizer.model tokenizer_config.json model.safetensors; do ln -s "$st/$g" "$m/$g"; done
+  rm "$m/$f"; mkfifo "$m/$f"
+  rc=$(run_t "$bin" train "$cfg" --work-dir "$work/w_in" --set "pretrained_model_name_or_path=$m")
+  check_eq "model's $f a FIFO: exit" "$rc" 2
+  if grep -q "must be a regular file, this is a FIFO" "$work/err"; then ok; else bad "FIFO $f: $(cat "$work/err")"; fi
+  rm -rf "$work/w_in" "$m"
+done
+# --resume auto when no checkpoint is intact: exit 2 saying so
+mkdir -p "$work/w_dmg"; mkfifo "$work/w_dmg/iter_2.h5"
+rc=$(run_t "$bin" train "$cfg" --work-dir "$work/w_dmg" --resume auto)
+check_eq "resume auto, nothing intact: exit" "$rc" 2
+if grep -q "no checkpoint in $work/w_dmg is intact" "$work/err"; then ok; else bad "nothing intact: $(cat "$work/err")"; fi
+rm -rf "$work/w_dmg"
+
 # ---- resource limits, refused before anything is allocated (exit 2, nothing trained)
 limit() { # NAME NEEDLE ARGS...: exit 2 with NEEDLE on stderr, no checkpoint
   local name="$1" needle="$2"; shift 2
