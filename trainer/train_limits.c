@@ -7,12 +7,15 @@
  *   - batch_size at most the rows the data makes;
  *   - the memory plan (trainer/plan/mem_plan.h) within what the backend can
  *     still allocate: host RAM on the CPU, free device memory on CUDA.
- * lora.r is bounded by the targeted layers' widths in ct_lora_new. */
+ *   - lora.r within the targeted layers' widths (ct_lora_new checks it too,
+ *     for every other caller). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "autograd/ct_error.h"
 #include "trainer/io/fsutil.h"
+#include "trainer/model/lora.h"
 #include "trainer/train_internal.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -29,6 +32,26 @@ int ct_trainer_check_model_limits(ct_trainer *t) {
                          "max_length %lld is above the model's max_position_embeddings %lld (%s/config.json): lower "
                          "max_length, or set max_length_beyond_model: true to train past the positions the model "
                          "knows", (long long)c->max_length, (long long)pos, c->pretrained_model_name_or_path);
+    /* lora.r against the targeted linears' smaller sides, from config.json
+     * (ct_lora_new checks the same on the weights; here it comes before the
+     * weights and the memory plan, whose estimate a huge r would dominate). */
+    const ct_hf_config *h = &t->hf;
+    int64_t D = h->hidden_size, I = h->intermediate_size, V = h->vocab_size;
+    int64_t hd = h->num_attention_heads > 0 ? D / h->num_attention_heads : D;
+    int64_t qkv = (h->num_attention_heads + 2 * h->num_key_value_heads) * hd;
+    const struct { unsigned bit; int64_t in, out; } lin[] = {
+        {CT_LORA_WQKV, D, qkv}, {CT_LORA_WO, D, D}, {CT_LORA_W1, D, I},
+        {CT_LORA_W3, D, I},     {CT_LORA_W2, I, D}, {CT_LORA_OUTPUT, D, V}};
+    int64_t r_max = INT64_MAX;
+    unsigned narrow = 0;
+    for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
+        int64_t side = lin[i].in < lin[i].out ? lin[i].in : lin[i].out;
+        if ((c->lora.target_modules & lin[i].bit) && side < r_max) r_max = side, narrow = lin[i].bit;
+    }
+    if (narrow && c->lora.r > r_max)
+        return ct_errorf(CT_EINPUT, "lora.r %lld is larger than the targeted layers allow: %s is %lld wide on its "
+                         "smaller side, and a LoRA pair's rank cannot exceed min(in, out); use lora.r <= %lld",
+                         (long long)c->lora.r, ct_lora_target_name(narrow), (long long)r_max, (long long)r_max);
     return CT_OK;
 }
 
