@@ -241,6 +241,11 @@ static int load_hdf5(const char *path, const uint8_t key[32], int64_t max_length
                      char *why, size_t cap) {
     struct stat st;
     double fb = stat(path, &st) == 0 ? (double)st.st_size : 0;
+    int sb = ct_h5_superblock_version(path); /* -1: no signature; H5Fopen says so below */
+    if (sb >= 0 && sb < 2) { /* unchecked metadata: HDF5 would believe any size in it */
+        snprintf(why, cap, "not in the checksummed HDF5 1.8+ format (damaged, or from an older ctuner)");
+        return -1;
+    }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
         snprintf(why, cap, "not a readable HDF5 file (truncated or damaged)");

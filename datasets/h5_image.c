@@ -68,6 +68,16 @@ static void fix_superblock(uint8_t *img, size_t n) {
     for (int i = 0; i < 4; i++) img[len + (size_t)i] = (uint8_t)(c >> (8 * i));
 }
 
+int ct_h5_superblock_version(const char *path) {
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    unsigned char b[9];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, b, sizeof b);
+    close(fd);
+    return n == (ssize_t)sizeof b && memcmp(b, sig, sizeof sig) == 0 ? b[8] : -1;
+}
+
 hid_t ct_h5_mem_create(const char *label, hid_t fapl_in) {
     hid_t fapl = fapl_in == H5P_DEFAULT ? H5Pcreate(H5P_FILE_ACCESS) : H5Pcopy(fapl_in);
     if (fapl < 0) return -1;

@@ -24,4 +24,11 @@ hid_t ct_h5_mem_create(const char *label, hid_t fapl);
  * (ENOSPC: "No space left on device"); on error tmp_path is removed. */
 int ct_h5_mem_write(hid_t file, const char *tmp_path);
 
+/* The superblock version of the HDF5 file at `path` (its signature at byte
+ * 0, as ours are written), or -1 when it is not one. Versions 2 and 3 (the
+ * 1.8+ format both writers use) checksum the superblock and the object
+ * headers; readers refuse older ones before HDF5 believes their unchecked
+ * sizes. */
+int ct_h5_superblock_version(const char *path);
+
 #endif

@@ -384,6 +384,7 @@ void ct_ckpt_writer_abort(ct_ckpt_writer *w) {
 struct ct_ckpt_reader {
     hid_t file;
     int format;
+    double file_bytes; /* the file's size: every chunk of ours lies inside it */
     char path[CT_PATH_MAX];
 };
 
@@ -407,9 +408,14 @@ int ct_ckpt_open(const char *path, ct_ckpt_reader **out) {
         return ct_errorf(CT_EINPUT, "%s: not a ctuner checkpoint (not an HDF5 file, or truncated "
                          "to %lld bytes)", path, (long long)st.st_size);
     }
+    int sb = ct_h5_superblock_version(path);
+    if (sb >= 0 && sb < 2) /* ours are 1.8+ files; older superblocks leave HDF5's metadata unchecked */
+        return ct_errorf(CT_EINPUT, "%s: not a ctuner checkpoint (HDF5 superblock version %d, ctuner writes 2 or "
+                         "later)", path, sb);
     ct_ckpt_reader *r = calloc(1, sizeof *r);
     if (!r) return ct_errorf(CT_ERUNTIME, "%s: out of memory", path);
     snprintf(r->path, sizeof r->path, "%s", path);
+    r->file_bytes = (double)st.st_size;
     hid_t fapl = make_fapl();
     r->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (r->file < 0) h5_detail(d);
@@ -471,11 +477,14 @@ static int kind_of_type(hid_t t) {
 
 /* Opens dataset `name` and reports its kind and shape. On success the caller
  * closes *ds. Strings report ndim 0 (their dataspace must hold one element). */
-/* HDF5 allocates a whole chunk to read one, with the chunk's dims taken from
- * the file: a damaged layout message can ask for gigabytes (fuzz_checkpoint
- * found a 3.2 GB malloc). Our chunks never exceed the dataset's dims
- * (chunk_dims), so anything larger is damage. nd/dims: the dataspace's. */
-static bool chunks_sane(hid_t dset, int nd, const hsize_t *dims) {
+/* HDF5 allocates a whole chunk to read one, with the chunk's dims and its
+ * stored size taken from the file; the chunk index (a v1 B-tree in the 1.8
+ * format) has no checksum, so a damaged one can ask for gigabytes
+ * (fuzz_checkpoint found 3.2 GB mallocs). Ours never exceed the dataset's
+ * dims (chunk_dims), each stored chunk is its raw bytes plus the Fletcher32
+ * sum, and it lies inside the file: anything else is damage. nd/dims: the
+ * dataspace's; elem: the type's size. */
+static bool chunks_sane(hid_t dset, int nd, const hsize_t *dims, size_t elem, double file_bytes) {
     hid_t pl = H5Dget_create_plist(dset);
     if (pl < 0) return false;
     bool ok = true;
@@ -483,7 +492,28 @@ static bool chunks_sane(hid_t dset, int nd, const hsize_t *dims) {
         hsize_t c[32];
         int cn = H5Pget_chunk(pl, 32, c);
         ok = cn == nd && nd >= 1 && nd <= CT_CKPT_MAX_DIMS;
-        for (int i = 0; ok && i < nd; i++) ok = c[i] >= 1 && c[i] <= (dims[i] > 1 ? dims[i] : 1);
+        double chunk_bytes = (double)elem;
+        for (int i = 0; ok && i < nd; i++) {
+            ok = c[i] >= 1 && c[i] <= (dims[i] > 1 ? dims[i] : 1);
+            chunk_bytes *= (double)c[i];
+        }
+#if H5_VERSION_GE(1, 10, 5)
+        hid_t sp = ok ? H5Dget_space(dset) : -1;
+        hsize_t n = 0;
+        if (sp < 0 || H5Dget_num_chunks(dset, sp, &n) < 0) ok = false;
+        for (hsize_t i = 0; ok && i < n; i++) {
+            hsize_t off[32];
+            unsigned mask = 0;
+            haddr_t addr = 0;
+            hsize_t size = 0;
+            ok = H5Dget_chunk_info(dset, sp, i, off, &mask, &addr, &size) >= 0 && addr != HADDR_UNDEF &&
+                 (double)size <= chunk_bytes + 64 && (double)addr + (double)size <= file_bytes;
+        }
+        if (sp >= 0) H5Sclose(sp);
+#else
+        (void)chunk_bytes;
+        (void)file_bytes;
+#endif
     }
     H5Pclose(pl);
     return ok;
@@ -515,7 +545,13 @@ static int open_dataset(ct_ckpt_reader *r, const char *name, hid_t *ds, ct_ckpt_
     /* Ours: arrays of 1..4 dims; strings with one element (scalar or [1]). */
     bool ours = k >= 0 && shape_ok &&
                 (k == CT_CKPT_STR ? nd == 0 || (nd == 1 && dims[0] == 1) : nd >= 1);
-    if (ours && !chunks_sane(dset, nd, dims)) {
+    size_t elem = 0;
+    if (ours) {
+        hid_t t2 = H5Dget_type(dset);
+        elem = t2 >= 0 ? H5Tget_size(t2) : 0;
+        if (t2 >= 0) H5Tclose(t2);
+    }
+    if (ours && nd >= 1 && !chunks_sane(dset, nd, dims, elem, r->file_bytes)) {
         H5Dclose(dset);
         H5Eclear2(H5E_DEFAULT);
         return ct_errorf(CT_EINPUT, "checkpoint %s: dataset '%s' is truncated or corrupt (its chunks are larger "
@@ -658,7 +694,7 @@ static herr_t verify_one(hid_t group, const char *name, const H5L_info_t *info, 
         int nd = ok ? -1 : H5Sget_simple_extent_ndims(sp);
         hsize_t dims[CT_CKPT_MAX_DIMS];
         if (!ok && (nd < 0 || nd > CT_CKPT_MAX_DIMS || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)) ok = -1;
-        if (!ok && nd >= 1 && !chunks_sane(obj, nd, dims)) ok = -1;
+        if (!ok && nd >= 1 && !chunks_sane(obj, nd, dims, sz, vs->file_bytes)) ok = -1;
         /* [np * sz] the dataset's raw values; sizes come from the file, so a
          * damaged header asking for more than 1 GiB counts as damage. */
         size_t bytes = ok < 0 ? 0 : (size_t)np * sz;
