@@ -81,6 +81,8 @@ typedef struct {
     void *dist_records;       /* (world) the per-iteration exchange */
     int stop_all;             /* the stop request agreed on by the ranks (signal, -1, 0: none) */
     int bad_rank;             /* the first rank whose loss was not finite (-1: none) */
+    int64_t log_cut;          /* > 0: metrics.jsonl is cut after this iteration, not t->iter (a checkpoint
+                                 of another world size counts its iterations in its own units) */
 } ct_trainer;
 
 /* ---- train_setup.c ---- */

@@ -101,7 +101,7 @@ int ct_train_log_open(ct_trainer *t) {
     if (t->rank != 0) return CT_OK; /* rank 0 writes the logs */
     char path[CT_PATH_MAX];
     CT_TRY(ct_path_join(path, sizeof path, t->work_dir, "metrics.jsonl"));
-    if (t->iter > 0) CT_TRY(cut_metrics(t, path, t->iter));
+    if (t->iter > 0) CT_TRY(cut_metrics(t, path, t->log_cut > 0 ? t->log_cut : t->iter));
     else { /* a fresh run starts a fresh evaluation log too */
         char ev[CT_PATH_MAX];
         CT_TRY(ct_path_join(ev, sizeof ev, t->work_dir, "eval_log.jsonl"));

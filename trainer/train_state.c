@@ -193,7 +193,10 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
     int64_t world = 1;
     if (ct_ckpt_has(r, "train/world")) CT_TRY(get_i64(r, "train/world", 1, &world));
     if (world < 1) return ct_errorf(CT_EINPUT, "%s: train/world %lld is not a world size", path, (long long)world);
-    if (world != t->world) CT_TRY(translate_world(t, path, shape, world, mid, &iter, &step));
+    if (world != t->world) {
+        t->log_cut = iter; /* metrics.jsonl counts the saving run's iterations */
+        CT_TRY(translate_world(t, path, shape, world, mid, &iter, &step));
+    }
     CT_TRY(ct_ckpt_get_u64(r, "train/seed", 1, &seed));
     uint64_t nll_bits;
     int64_t counts[2];
