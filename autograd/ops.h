@@ -15,6 +15,18 @@ extern "C" {
 /* [T, D] rows of table [V, D] (frozen or trainable) for ids (i32 [T]). */
 ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids);
 
+/* ct_embedding of a frozen table kept in host memory while the tape runs on
+ * another device (a model's embedding offload, trainer/model/model.h): table
+ * [V, D] f32/bf16/f16 on CT_CPU, ids [T] a host array. The T rows are
+ * gathered on the host, widened to f32 and stored in the tape backend's
+ * act_dtype as its embedding kernel stores them (f32 as is, bf16 rounded by
+ * ct_f32_to_bf16: the same bits as ct_embedding with the table on the device)
+ * into a staging buffer from the tape's meta arena, then uploaded in one
+ * transfer into a new [T, D] tensor. Nothing is recorded (no grad flows into
+ * a frozen table; a trainable one is refused). CT_EINPUT naming the position
+ * for an id outside [0, V). NULL with the message set. */
+ct_tensor *ct_embedding_host(ct_tape *t, const ct_tensor *table, const int32_t *ids, int64_t T);
+
 /* x [.., D] * rsqrt(mean(x²) + eps) * w [D]; statistics in fp32. */
 ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps);
 

@@ -82,6 +82,7 @@ static int run_iteration(ct_trainer *t, double *nll, int64_t *targets, int64_t *
         return ct_error_wrap(CT_ERUNTIME, "iteration %lld: the batch's inputs", (long long)t->iter + 1);
     ct_decoder_input in;
     CT_TRY(ct_decoder_input_make(&in, tp, b->pos, t->seg, n));
+    in.host_ids = b->ids; /* the embedding rows are gathered on the host when the table stays there */
     /* A window without any trained token (possible with pre-tokenized data)
      * contributes nothing: its loss is 0 whatever the divisor. */
     float norm = (float)(t->window_targets > 0 ? t->window_targets : 1);

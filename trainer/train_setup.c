@@ -13,12 +13,33 @@
 #include "trainer/model/adapter.h"
 #include "trainer/train_internal.h"
 
+/* Where the frozen weights went (device backends only: on the CPU
+ * everything is in host memory). */
+static void print_placement(const ct_trainer *t) {
+    const ct_backend *be = ct_model_backend(t->model);
+    if (be->device == CT_CPU) return;
+    ct_model_memory mem;
+    ct_model_get_memory(t->model, &mem);
+    const double mib = 1.0 / (1 << 20);
+    if (mem.embedding_on_host)
+        fprintf(t->out, "placement: %.1f MiB of frozen weights on %s; the embedding table (%.1f MiB) stays in host "
+                "memory, its rows gathered there each step (embedding_offload: cpu)\n", (double)mem.device_bytes * mib,
+                be->name, (double)mem.host_bytes * mib);
+    else if (t->cfg->embedding_offload == CT_OFFLOAD_CPU)
+        fprintf(t->out, "placement: %.1f MiB of frozen weights on %s, the embedding table included: it is tied to "
+                "the output head (tie_word_embeddings), which needs it there, so embedding_offload: cpu does not "
+                "apply\n", (double)mem.device_bytes * mib, be->name);
+    else
+        fprintf(t->out, "placement: %.1f MiB of frozen weights on %s, the embedding table included "
+                "(embedding_offload: none)\n", (double)mem.device_bytes * mib, be->name);
+}
+
 static int load_model(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
     /* The caller's backend (tests) wins over the config's device. */
     const ct_backend *be = t->opt->backend;
     if (!be) CT_TRY(ct_backend_by_name(ct_config_device_name(c->device), "device:", &be));
-    ct_model_options mo = {.backend = be};
+    ct_model_options mo = {.backend = be, .embedding_on_device = c->embedding_offload == CT_OFFLOAD_NONE};
     if (c->quantization.load_in_4bit) {
         mo.quant = c->quantization.quant_type == CT_QUANT_FP4 ? CT_MODEL_QUANT_FP4 : CT_MODEL_QUANT_NF4;
         mo.double_quant = c->quantization.double_quant;
@@ -28,6 +49,7 @@ static int load_model(ct_trainer *t) {
     CT_TRY(ct_model_load(c->pretrained_model_name_or_path, &mo, &t->model));
     CT_TRY(ct_model_set_compute(t->model, c->compute_dtype));
     be = ct_model_backend(t->model);
+    if (t->out) print_placement(t);
     const char *note = be->compute_note ? be->compute_note(c->compute_dtype) : NULL;
     if (t->out && c->compute_dtype == CT_BF16)
         fprintf(t->out, "compute: bf16 GEMMs with fp32 sums%s%s\n", note ? ", " : "", note ? note : "");
@@ -89,7 +111,9 @@ static int load_data(ct_trainer *t) {
  * of 16 MiB (tests hold the plan to the measured peak). */
 static int plan_arenas(ct_trainer *t) {
     const ct_backend *be = ct_model_backend(t->model);
-    ct_plan_input in = {.model = ct_model_config(t->model), .run = t->cfg, .gpu = be->device != CT_CPU};
+    ct_plan_input in = {.model = ct_model_config(t->model), .run = t->cfg, .gpu = be->device != CT_CPU,
+                        .optimizer_on_host = t->cfg->optimizer_offload == CT_OFFLOAD_CPU,
+                        .embedding_on_host = t->cfg->embedding_offload == CT_OFFLOAD_CPU};
     CT_TRY(ct_mem_plan_make(&in, t->ds.max_length, &t->plan));
     CT_TRY(ct_tape_init(&t->tape, be, (size_t)16 << 20));
     CT_TRY(ct_arena_reserve(&t->tape.main, t->plan.main_arena));
@@ -136,7 +160,7 @@ static int make_loop_state(ct_trainer *t) {
     if (!t->params) return ct_errorf(CT_ERUNTIME, "out of memory");
     for (size_t i = 0; i < t->n_params; i++) t->params[i] = ct_lora_at(t->lora, i)->t;
     ct_adamw_config ac = {.beta1 = c->betas[0], .beta2 = c->betas[1], .eps = c->eps,
-                          .weight_decay = c->weight_decay};
+                          .weight_decay = c->weight_decay, .offload = c->optimizer_offload == CT_OFFLOAD_CPU};
     CT_TRY(ct_adamw_config_check(&ac, "optimizer"));
     CT_TRY(ct_adamw_new(&ac, ct_model_backend(t->model), t->params, t->n_params, &t->adamw));
     return CT_OK;

@@ -1,6 +1,11 @@
 /* embedding: rows of a table. Backward scatters into the table's grad when the
- * table is trainable (QLoRA keeps it frozen, so usually nothing is recorded). */
+ * table is trainable (QLoRA keeps it frozen, so usually nothing is recorded).
+ * ct_embedding_host: the gather of a frozen table in host memory, done on the
+ * host and uploaded. */
+#include <string.h>
+
 #include "../ct_error.h"
+#include "../ct_inline.h"
 #include "../ops.h"
 
 static int embedding_backward(ct_tape *t, const ct_tape_entry *e) {
@@ -36,5 +41,61 @@ ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids) {
         return NULL;
     ct_tensor *in[2] = {table, ids};
     if (ct_tape_record(t, &k_embedding, y, in, 2, NULL)) return NULL;
+    return y;
+}
+
+/* Element j of a [V, D] f32/bf16/f16 table's row as f32 (the kernels' load_w). */
+static inline float table_f32(const void *row, ct_dtype dt, int64_t j) {
+    if (dt == CT_F32) return ((const float *)row)[j];
+    uint16_t h = ((const uint16_t *)row)[j];
+    return dt == CT_BF16 ? ct_bf16_to_f32(h) : ct_f16_to_f32(h);
+}
+
+ct_tensor *ct_embedding_host(ct_tape *t, const ct_tensor *table, const int32_t *ids, int64_t T) {
+    const ct_dtype act = t->be->act_dtype;
+    if (table->ndim != 2 || table->device != CT_CPU ||
+        !(table->dtype == CT_F32 || table->dtype == CT_BF16 || table->dtype == CT_F16)) {
+        ct_errorf(CT_EINPUT, "embedding (host gather): needs a [V, D] f32/bf16/f16 table in host memory (got %s, "
+                  "rank %d, on %s)", ct_dtype_name(table->dtype), table->ndim, ct_device_name(table->device));
+        return NULL;
+    }
+    if (table->requires_grad) {
+        ct_errorf(CT_EINPUT, "embedding (host gather): the table is trainable; a host table must be frozen (its grad "
+                  "would have to come back from the device)");
+        return NULL;
+    }
+    if (act != CT_F32 && act != CT_BF16) {
+        ct_errorf(CT_EINPUT, "embedding (host gather): backend '%s' has activations of dtype %s (f32 or bf16 "
+                  "expected)", t->be->name, ct_dtype_name(act));
+        return NULL;
+    }
+    const int64_t V = table->shape[0], D = table->shape[1];
+    for (int64_t i = 0; i < T; i++)
+        if (ids[i] < 0 || ids[i] >= V) {
+            ct_errorf(CT_EINPUT, "embedding: token id %d at position %lld outside vocab of %lld", ids[i],
+                      (long long)i, (long long)V);
+            return NULL;
+        }
+    int64_t shape[2] = {T, D};
+    ct_tensor *y = ct_tape_new(t, act, 2, shape);
+    void *stage = y ? ct_tape_meta(t, ct_nbytes(y)) : NULL; /* host [T, D] in act, until the next reset */
+    if (!stage) return NULL;
+    const size_t row_bytes = (size_t)ct_dtype_bytes(table->dtype, D);
+#pragma omp parallel for schedule(static) if (T * D > 65536)
+    for (int64_t i = 0; i < T; i++) {
+        const void *row = (const char *)table->data + (size_t)ids[i] * row_bytes;
+        if (act == CT_F32) {
+            float *dst = (float *)stage + (size_t)i * (size_t)D;
+            for (int64_t j = 0; j < D; j++) dst[j] = table_f32(row, table->dtype, j);
+        } else {
+            uint16_t *dst = (uint16_t *)stage + (size_t)i * (size_t)D;
+            for (int64_t j = 0; j < D; j++) dst[j] = ct_f32_to_bf16(table_f32(row, table->dtype, j));
+        }
+    }
+    int rc = t->be->upload(y->data, stage, ct_nbytes(y));
+    if (rc) {
+        ct_error_wrap(rc, "embedding (host gather): uploading %lld rows", (long long)T);
+        return NULL;
+    }
     return y;
 }

@@ -75,6 +75,12 @@ static void on_iter(void *ctx, int64_t iter, double loss) {
 int ct_stack_train(const char *model_dir, const char *data, const char *yaml, const char *work_dir,
                    const ct_backend *be, const char *resume, int64_t stop_after, ct_stack_losses *l,
                    ct_train_result *res) {
+    return ct_stack_train_log(model_dir, data, yaml, work_dir, be, resume, stop_after, l, res, NULL);
+}
+
+int ct_stack_train_log(const char *model_dir, const char *data, const char *yaml, const char *work_dir,
+                       const ct_backend *be, const char *resume, int64_t stop_after, ct_stack_losses *l,
+                       ct_train_result *res, FILE *out) {
     size_t cap = strlen(model_dir) + strlen(data) + strlen(work_dir) + strlen(yaml) + 128;
     char *text = ct_test_need(malloc(cap));
     snprintf(text, cap, "pretrained_model_name_or_path: '%s'\ndata_path: '%s'\nwork_dir: '%s'\n%s", model_dir,
@@ -84,7 +90,7 @@ int ct_stack_train(const char *model_dir, const char *data, const char *yaml, co
     free(text);
     CHECK(rc == CT_OK, "config: %s", ct_last_error());
     if (rc) return rc;
-    ct_train_options opt = {.cfg = &cfg, .resume = resume, .quiet = true, .stop_after = stop_after,
+    ct_train_options opt = {.cfg = &cfg, .resume = resume, .quiet = !out, .out = out, .stop_after = stop_after,
                             .on_iter = on_iter, .cb_ctx = l, .backend = be, .eval_data = data};
     rc = ct_train(&opt, res);
     ct_config_free(&cfg);

@@ -7,6 +7,7 @@
 #define CT_TEST_STACK_FIXTURE_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "autograd/backend.h"
 #include "trainer/model/model.h"
@@ -33,6 +34,10 @@ typedef struct {
 int ct_stack_train(const char *model_dir, const char *data, const char *yaml, const char *work_dir,
                    const ct_backend *be, const char *resume, int64_t stop_after, ct_stack_losses *l,
                    ct_train_result *res);
+/* The same with the training log written to `out` (NULL: quiet). */
+int ct_stack_train_log(const char *model_dir, const char *data, const char *yaml, const char *work_dir,
+                       const ct_backend *be, const char *resume, int64_t stop_after, ct_stack_losses *l,
+                       ct_train_result *res, FILE *out);
 
 /* The model at model_dir (nf4, double quant) placed on be, the PEFT adapter
  * in adapter_dir loaded into it: out [T, V] = logits of a fixed T-token

@@ -2,7 +2,8 @@
  * allocator measures: a few iterations on the CPU and on the emulated CUDA
  * backend (bf16 activations, the GPU's layout), for two shapes:
  *  - the real stories260k InternLM2, QLoRA (nf4 + double quant), gradient
- *    checkpointing, LoRA dropout, fp32 compute;
+ *    checkpointing, LoRA dropout, fp32 compute, the optimizer and the
+ *    embedding table in host memory (on cuda-emu; no-ops on the CPU);
  *  - a random wider model (hidden 128, FFN 352, 3 layers, GQA 4/2, bf16
  *    weights), plain LoRA on bf16 weights, no checkpointing, bf16 compute on
  *    cuda-emu (fp32 on the CPU, whose bf16 GEMM temporaries depend on the
@@ -41,6 +42,7 @@ static const char *k_qlora =
     "lora: {r: 8, lora_alpha: 16, lora_dropout: 0.1}\n"
     "compute_dtype: float32\n"
     "gradient_checkpointing: true\n"
+    "optimizer_offload: cpu\n"
     "save_steps: 0\n";
 
 static const char *k_lora_bf16 =

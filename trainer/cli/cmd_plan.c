@@ -55,7 +55,8 @@ static int run(const char *path, const char *budget_s, const char *device, const
     }
     if (!rc) {
         ct_plan_input in = {.model = &m, .run = &c, .gpu = strcmp(dev, "cpu") != 0,
-                            .optimizer_on_host = false, .embedding_on_host = false};
+                            .optimizer_on_host = c.optimizer_offload == CT_OFFLOAD_CPU,
+                            .embedding_on_host = c.embedding_offload == CT_OFFLOAD_CPU};
         ct_mem_plan p;
         rc = ct_mem_plan_make(&in, 0, &p);
         if (!rc) {

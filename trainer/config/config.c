@@ -47,6 +47,8 @@ void ct_config_init(ct_run_config *c) {
     c->compute_dtype = CT_F32;
     c->seed = 0;
     c->device = CT_DEVICE_AUTO;
+    c->optimizer_offload = CT_OFFLOAD_NONE;
+    c->embedding_offload = CT_OFFLOAD_CPU;
     c->logging_interval = 10;
 }
 
@@ -346,7 +348,8 @@ bool ct_config_equal(const ct_run_config *a, const ct_run_config *b) {
               str_eq(a->lora.init_from, b->lora.init_from) && a->gradient_checkpointing == b->gradient_checkpointing &&
               a->compute_dtype == b->compute_dtype &&
               a->seed == b->seed && a->deterministic == b->deterministic && str_eq(a->work_dir, b->work_dir) &&
-              a->device == b->device && a->logging_interval == b->logging_interval;
+              a->device == b->device && a->optimizer_offload == b->optimizer_offload &&
+              a->embedding_offload == b->embedding_offload && a->logging_interval == b->logging_interval;
     for (int i = 0; eq && i < a->n_phases; i++) eq = phase_eq(&a->phases[i], &b->phases[i]);
     for (size_t i = 0; eq && i < a->n_evaluation_inputs; i++)
         eq = str_eq(a->evaluation_inputs[i], b->evaluation_inputs[i]);

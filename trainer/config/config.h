@@ -34,6 +34,11 @@ typedef enum { CT_DEVICE_AUTO = 0, CT_DEVICE_CPU, CT_DEVICE_CUDA, CT_DEVICE_CUDA
 /* "auto", "cpu", "cuda", "cuda-emu": the config's spelling (ct_backend_by_name's). */
 const char *ct_config_device_name(ct_device_kind d);
 typedef enum { CT_OPTIM_ADAMW = 0 } ct_optim_type;
+/* Where a part of the training state lives when the model is on a device
+ * backend: in the device's memory (none) or in host memory (cpu).
+ * optimizer_offload: AdamW's moments (trainer/optim/adamw.h, "Offload");
+ * embedding_offload: the frozen embedding table (trainer/model/model.h). */
+typedef enum { CT_OFFLOAD_NONE = 0, CT_OFFLOAD_CPU } ct_offload_kind;
 /* The phase kinds are the scheduler's (trainer/optim/scheduler.h: LinearLR,
  * CosineAnnealingLR, ConstantLR), so the config and the one LR function agree. */
 typedef ct_sched_kind ct_sched_type;
@@ -114,6 +119,8 @@ typedef struct {
     bool deterministic;
     char *work_dir;                      /* default ./work_dirs/<config file name> */
     ct_device_kind device;
+    ct_offload_kind optimizer_offload;   /* default none */
+    ct_offload_kind embedding_offload;   /* default cpu (kept on the device anyway when tied to the head) */
     int64_t logging_interval;
 } ct_run_config;
 

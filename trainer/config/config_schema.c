@@ -24,6 +24,7 @@ static const char *const optim_names[] = {"AdamW", NULL};
 static const char *const device_names[] = {"auto", "cpu", "cuda", "cuda-emu", NULL};
 
 const char *ct_config_device_name(ct_device_kind d) { return device_names[d]; }
+static const char *const offload_names[] = {"none", "cpu", NULL}; /* ct_offload_kind */
 static const char *const quant_names[] = {"nf4", "fp4", NULL};
 static const char *const dtype_names[] = {"bfloat16", "float16", "float32", NULL};
 static const int dtype_values[] = {CT_BF16, CT_F16, CT_F32};
@@ -135,6 +136,10 @@ const ct_cfield ct_config_fields[] = {
     {.name = "randomness", .type = CF_RANDOMNESS, .flags = CF_HIDDEN, .sub = randomness_fields},
     {.name = "work_dir", .type = CF_STR, .off = OFF(work_dir)},
     {.name = "device", .type = CF_ENUM, .off = OFF(device), .names = device_names},
+    {.name = "optimizer_offload", .type = CF_ENUM, .off = OFF(optimizer_offload), .names = offload_names,
+     .what = "none (AdamW's moments in the device's memory) or cpu (in host memory, the update on the host)"},
+    {.name = "embedding_offload", .type = CF_ENUM, .off = OFF(embedding_offload), .names = offload_names,
+     .what = "cpu (the embedding table in host memory, rows gathered there) or none (on the device)"},
     {.name = "logging_interval", .type = CF_INT, .off = OFF(logging_interval), .lo = 1, .hi = 1e15},
     {0},
 };

@@ -165,6 +165,21 @@ int ct_decoder_layer_checkpointed(ct_tape *t, const ct_decoder_dims *d,
     return ct_checkpoint(t, layer_segment_fn, s, h, out);
 }
 
+ct_tensor *ct_decoder_embed(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids, const int32_t *host_ids) {
+    const ct_tensor *table = m->tok_embeddings;
+    if (!table) {
+        ct_errorf(CT_EINPUT, "decoder: tok_embeddings weight missing");
+        return NULL;
+    }
+    if (table->device == t->be->device) return ct_embedding(t, m->tok_embeddings, ids);
+    if (!host_ids) {
+        ct_errorf(CT_EINPUT, "decoder: the embedding table is in host memory (embedding offload): the token ids "
+                  "are needed on the host too (ct_decoder_input.host_ids)");
+        return NULL;
+    }
+    return ct_embedding_host(t, table, host_ids, ct_numel(ids));
+}
+
 int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,
                             const ct_decoder_input *in, bool checkpoint, ct_tensor **hidden) {
     if (!in->pos || ids->dtype != CT_I32 || ct_numel(ids) != ct_numel(in->pos))
@@ -176,7 +191,7 @@ int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *id
         return ct_errorf(CT_EINPUT, "decoder: tok_embeddings must be [vocab, %d]", m->dims.hidden);
 
     ct_tensor *h; /* [T, D] the residual stream */
-    CT_OP(h, ct_embedding(t, m->tok_embeddings, ids), "tok_embeddings");
+    CT_OP(h, ct_decoder_embed(t, m, ids, in->host_ids), "tok_embeddings");
     for (int l = 0; l < m->n_layers; l++) {
         ct_tensor *next = NULL;
         int rc = checkpoint ? ct_decoder_layer_checkpointed(t, &m->dims, &m->layers[l], in, h, &next)

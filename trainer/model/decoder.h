@@ -56,6 +56,10 @@ typedef struct {
     ct_tensor *pos;  /* i32 [T]: position of each token, restarting per packed sample */
     ct_tensor *runs; /* i32 [n_runs + 1]: packed samples' boundaries (ct_segment_runs), or NULL */
     int64_t seq_len; /* max(pos) + 1: the length the dynamic-NTK rope rule looks at */
+    /* The token ids [T] in host memory (set by the caller after
+     * ct_decoder_input_make; read during the forward only): needed when the
+     * embedding table stays in host memory (ct_decoder_embed), else NULL is fine. */
+    const int32_t *host_ids;
 } ct_decoder_input;
 
 /* Made on the host where the batch is made, once per step: validates the
@@ -88,14 +92,23 @@ int ct_decoder_layer_checkpointed(ct_tape *t, const ct_decoder_dims *d,
 typedef struct {
     ct_decoder_dims dims;
     int n_layers;
-    ct_tensor *tok_embeddings;         /* [V, D] */
+    ct_tensor *tok_embeddings;         /* [V, D]: on the tape's device, or in host memory (CT_CPU) */
     ct_decoder_layer_weights *layers;  /* [n_layers] */
     ct_tensor *norm;                   /* [D] final norm */
     ct_linear output;                  /* [V, D] head (not tied) */
 } ct_decoder_model;
 
-/* Embedding -> n_layers layers (each checkpointed when `checkpoint`) -> final
- * rmsnorm: *hidden [T, D], the input of the output head. */
+/* h [T, D] = tok_embeddings[ids] in the activation dtype. With the table in
+ * the tape backend's memory, the embedding op over ids (i32 [T] on the
+ * device); with the table in host memory while the tape runs on a device
+ * (the model's embedding offload), its rows for host_ids [T] gathered on the
+ * host and uploaded (ct_embedding_host: the same bits); host_ids NULL is then
+ * CT_EINPUT. NULL with the message set. */
+ct_tensor *ct_decoder_embed(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids, const int32_t *host_ids);
+
+/* Embedding (ct_decoder_embed, host ids from in->host_ids) -> n_layers layers
+ * (each checkpointed when `checkpoint`) -> final rmsnorm: *hidden [T, D], the
+ * input of the output head. */
 int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,
                             const ct_decoder_input *in, bool checkpoint, ct_tensor **hidden);
 

@@ -198,7 +198,7 @@ static int feed(ct_generator *g, const int32_t *ids, int64_t n) {
     for (int64_t i = 0; i < n; i++) g->pos[i] = (int32_t)(p0 + i);
     CT_TRY(g->be->upload(ids_t->data, ids, (size_t)n * sizeof *ids));
     CT_TRY(g->be->upload(pos_t->data, g->pos, (size_t)n * sizeof *g->pos));
-    GEN_OP(h, ct_embedding(t, g->m->tok_embeddings, ids_t), "tok_embeddings"); /* [n, D] */
+    GEN_OP(h, ct_decoder_embed(t, g->m, ids_t, ids), "tok_embeddings"); /* [n, D] */
 
     for (int l = 0; l < g->m->n_layers; l++) {
         /* everything the layer creates is released once its output is in h */

@@ -31,6 +31,10 @@ struct ct_model {
     unsigned char *copies;            /* one block: misaligned tensors and bnb arrays */
     void *device;                     /* after ct_model_place on a non-CPU backend: every frozen
                                          tensor and 4-bit array in one block of be's memory */
+    bool embed_on_device;             /* ct_model_options.embedding_on_device */
+    void *embed_copy;                 /* placed with the embedding table on the host, and the table
+                                         was a misaligned copy: [V, D] its own host copy (else the
+                                         table stays in the mapping, which is then kept open) */
     ct_model_memory mem;
     ct_lora *lora;
 };
@@ -329,6 +333,7 @@ int ct_model_load(const char *dir, const ct_model_options *opt, ct_model **out) 
     if (!m) return ct_errorf(CT_ERUNTIME, "out of memory");
     snprintf(m->path, sizeof m->path, "%s", dir);
     m->be = ct_cpu_backend();
+    m->embed_on_device = o.embedding_on_device;
     int rc = ct_path_is_dir(dir) ? ct_hf_config_load(dir, &m->cfg)
                                  : ct_errorf(CT_EINPUT, "%s: not a directory (give a Hugging Face model directory)", dir);
     if (rc == CT_OK && m->cfg.bias)
@@ -364,6 +369,7 @@ void ct_model_free(ct_model *m) {
     if (!m) return;
     ct_lora_free(m->lora);
     if (m->device) m->be->mem.free(m->device);
+    free(m->embed_copy);
     for (size_t i = 0; i < m->n_qs; i++) ct_quant_free(&m->qs[i]);
     free(m->qs);
     free(m->tensors);
@@ -412,11 +418,28 @@ int ct_model_place(ct_model *m, const ct_backend *be) {
     if (m->lora)
         return ct_errorf(CT_EINPUT, "%s: place the model before adding LoRA (the pairs are made on the "
                          "model's backend)", m->path);
+    /* The embedding table stays in host memory unless asked otherwise or tied
+     * to the head (a GEMM operand on the device). A misaligned table lives in
+     * the copies block, which goes: it gets a block of its own first, so a
+     * failure here leaves the model as it was. */
+    ct_tensor *emb = m->dm.tok_embeddings;
+    const bool emb_host = !m->embed_on_device && emb && m->dm.output.w != emb;
+    const ct_st_tensor *emb_src = emb_host ? ct_st_find(m->st, "model.tok_embeddings.weight") : NULL;
+    if (emb_host && (!emb_src || emb_src->data != emb->data)) {
+        m->embed_copy = ct_host_alloc(ct_nbytes(emb));
+        if (!m->embed_copy)
+            return ct_errorf(CT_ERUNTIME, "%s: out of memory for a %.1f MiB host copy of the embedding table",
+                             m->path, (double)ct_nbytes(emb) / (1 << 20));
+        memcpy(m->embed_copy, emb->data, ct_nbytes(emb));
+        emb->data = m->embed_copy;
+        emb_src = NULL;
+    }
     /* Sizes first: one allocation for everything. A tied head is the embedding
      * tensor itself, placed once. */
     size_t total = 0, sz[3];
     for (size_t i = 0; i < m->n_tensors; i++) {
         const ct_tensor *t = &m->tensors[i];
+        if (emb_host && t == emb) continue;
         total += t->quant ? quant_arrays(t->quant, sz) : place_size(ct_nbytes(t));
     }
     unsigned char *block = be->mem.alloc(total ? total : PLACE_ALIGN), *at = block;
@@ -426,6 +449,7 @@ int ct_model_place(ct_model *m, const ct_backend *be) {
     int rc = CT_OK;
     for (size_t i = 0; rc == CT_OK && i < m->n_tensors; i++) {
         ct_tensor *t = &m->tensors[i];
+        if (emb_host && t == emb) continue; /* stays a host tensor (device CT_CPU) */
         if (t->quant) {
             /* The state stays a host struct (its tables code[16] and map8[256]
              * travel with it); its arrays move to the device. */
@@ -459,9 +483,19 @@ int ct_model_place(ct_model *m, const ct_backend *be) {
     m->device = block;
     m->be = be;
     m->mem.device_bytes = total;
-    /* Nothing on the host refers to the file or the copies any more. */
-    ct_st_close(m->st);
-    m->st = NULL;
+    m->mem.host_bytes = emb_host ? ct_nbytes(emb) : 0;
+    m->mem.embedding_on_host = emb_host;
+    /* Nothing on the host refers to the copies any more, nor to the file but
+     * for an embedding table used from the mapping: the mapping then stays,
+     * with the pages of every other tensor released (the table's own pages
+     * come in as the gathers touch its rows). */
+    if (emb_src) {
+        for (size_t i = 0; i < ct_st_count(m->st); i++)
+            if (ct_st_at(m->st, i) != emb_src) ct_st_release(m->st, ct_st_at(m->st, i));
+    } else {
+        ct_st_close(m->st);
+        m->st = NULL;
+    }
     free(m->copies);
     m->copies = NULL;
     return CT_OK;

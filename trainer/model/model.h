@@ -18,12 +18,22 @@
  * re-quantizing, whatever opt->quant says.
  *
  * Placing (ct_model_place, or opt->backend): a model is loaded on the host,
- * then placed on its backend in one explicit step. Every frozen tensor (the
- * embedding table, norms, linears, head) and every 4-bit array (codes,
- * absmax, double-quant state) is uploaded into one block of the backend's
- * memory; the quant states stay host structs (their 16- and 256-entry tables
- * travel with them) pointing at device arrays; the mapping and the host
- * copies are released. LoRA pairs added afterwards are made on the backend.
+ * then placed on its backend in one explicit step. Every frozen tensor (norms,
+ * linears, head, and the embedding table unless it stays on the host, below)
+ * and every 4-bit array (codes, absmax, double-quant state) is uploaded into
+ * one block of the backend's memory; the quant states stay host structs
+ * (their 16- and 256-entry tables travel with them) pointing at device
+ * arrays; the mapping and the host copies are released. LoRA pairs added
+ * afterwards are made on the backend.
+ *
+ * Embedding offload (the default; opt->embedding_on_device turns it off):
+ * the embedding table is frozen and only T of its rows are read per step,
+ * so placing leaves it in host memory (used in place from the mapping, whose
+ * other tensors' pages are released; or a copy of its own when it was
+ * misaligned) and the decoder gathers the rows on the host and uploads them
+ * (ct_decoder_embed: the same bits as the on-device gather). A head tied to
+ * the embeddings (tie_word_embeddings) is a GEMM operand: the table is then
+ * placed on the device whatever the option says.
  * docs/DESIGN.md ("Placing a model") says what stays on the host and why.
  * config.json with "bias": true is refused (InternLM2 releases have none).
  *
@@ -53,6 +63,9 @@ typedef struct {
     int blocksize;             /* 0 = 64 */
     bool quant_output;         /* also quantize the output head */
     const ct_backend *backend; /* NULL = CPU; another: ct_model_place after loading */
+    bool embedding_on_device;  /* placing: upload the embedding table too (embedding_offload:
+                                * none); false, the default: it stays in host memory (see
+                                * "Embedding offload" above) */
 } ct_model_options;
 
 /* "none" / "nf4" / "fp4" into *q; CT_EINPUT naming the value otherwise. */
@@ -81,8 +94,8 @@ int ct_model_set_compute(ct_model *m, ct_dtype compute);
 /* Creates LoRA slots for cfg and attaches them (see lora.h); the model owns
  * them. CT_EINPUT when the model already has LoRA or cfg is bad. */
 int ct_model_add_lora(ct_model *m, const ct_lora_config *cfg, bool trainable, ct_lora **out);
-/* Moves the weights to backend be (see "Placing" above): a no-op for the
- * backend the model is on. CT_EINPUT when the model is already placed off the
+/* Moves the weights to backend be (see "Placing" above; the embedding table
+ * as the load options said): a no-op for the backend the model is on. CT_EINPUT when the model is already placed off the
  * CPU or has LoRA attached (place first, then add LoRA); CT_ERUNTIME when be
  * is out of memory (the model must then be freed). */
 int ct_model_place(ct_model *m, const ct_backend *be);
@@ -103,6 +116,9 @@ typedef struct {
     int64_t n_params;       /* base parameters (config) */
     uint64_t device_bytes;  /* after ct_model_place off the CPU: the device block (the
                                mapped/copied/quant figures describe the load) */
+    uint64_t host_bytes;    /* after ct_model_place off the CPU: frozen bytes that stayed in
+                               host memory (the embedding table when offloaded), else 0 */
+    bool embedding_on_host; /* after ct_model_place off the CPU: the embedding table is one of them */
 } ct_model_memory;
 void ct_model_get_memory(const ct_model *m, ct_model_memory *out);
 

@@ -38,7 +38,7 @@ static int hidden_no_grad(ct_tape *tape, const ct_decoder_model *dm, ct_tensor *
     if (!(buf[0] = ct_tape_new(tape, be->act_dtype, 2, shape)) ||
         !(buf[1] = ct_tape_new(tape, be->act_dtype, 2, shape)))
         return ct_error_wrap(CT_ERUNTIME, "eval forward: hidden state buffers");
-    ct_tensor *h = ct_embedding(tape, dm->tok_embeddings, ids);
+    ct_tensor *h = ct_decoder_embed(tape, dm, ids, in->host_ids);
     if (!h) return ct_error_wrap(ct_last_status(), "tok_embeddings");
     CT_TRY(be->copy(buf[0]->data, h->data, ct_nbytes(h)));
     int cur = 0;
@@ -97,6 +97,7 @@ static int nll_run(const ct_model *m, ct_tape *tape, const int32_t *ids, const i
         return ct_error_wrap(CT_ERUNTIME, "eval inputs");
     ct_decoder_input in;
     CT_TRY(ct_decoder_input_make(&in, tape, pos, seg, T));
+    in.host_ids = ids;
     CT_TRY(hidden_no_grad(tape, dm, ids_t, &in, &hidden));
     /* The head + loss per sample over its rows of hidden, so each sample's NLL
      * sum comes out in double (no dropout: recording is off). */
@@ -146,6 +147,7 @@ static int logits_run(const ct_model *m, ct_tape *tape, const int32_t *ids, int6
     if (!(ids_t = i32_upload(tape, ids, T))) return ct_error_wrap(CT_ERUNTIME, "logits inputs");
     ct_decoder_input in;
     CT_TRY(ct_decoder_input_make(&in, tape, pos, NULL, T));
+    in.host_ids = ids;
     CT_TRY(hidden_no_grad(tape, dm, ids_t, &in, &hidden));
     CT_TRY(row_view(hidden, rows_from, T, &x));
     ct_tensor *y = ct_lora_linear(tape, &x, &dm->output); /* [T - rows_from, V] */

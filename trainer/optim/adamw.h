@@ -22,12 +22,29 @@
  * the optimizer is created. The optimizer keeps pointers to the tensors and
  * the backend, which must outlive it.
  *
+ * Offload (ct_adamw_config.offload, the run config's optimizer_offload: cpu):
+ * the moments live in host memory instead, next to a host master copy of the
+ * parameters and a host buffer for their grads (f32 each, 16 bytes per
+ * parameter in all on the host, none on the device). A step downloads the
+ * grads (clipped on the device before, by the caller), runs the CPU
+ * backend's adamw_update over the host copies and uploads the parameters:
+ * one download and one upload per run of parameters that are adjacent in
+ * the backend's memory with adjacent grads (ct_lora's blocks: one run). The
+ * update is the same element-wise formula, so the parameters are those of
+ * the optimizer without offload whenever the device's adamw_update gives the
+ * CPU's bits (the CUDA kernel does: no FMA contraction). The host copy is
+ * read from the device on the first step, and again after ct_adamw_load or
+ * ct_adamw_params_changed: write the parameters through the backend only
+ * before one of those. On a backend whose memory is the host's (the CPU)
+ * offload changes nothing: the state is already in host memory.
+ *
  * Checkpoint names (ct_adamw_save/ct_adamw_load): "<prefix>/step" (i64[1]),
  * "<prefix>/exp_avg/<name>" and "<prefix>/exp_avg_sq/<name>" (f32, the
  * parameter's shape), <name> the tensor's name or its index when unnamed. */
 #ifndef CT_ADAMW_H
 #define CT_ADAMW_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,9 +56,11 @@ typedef struct {
     double beta1, beta2;  /* [0, 1) */
     double eps;           /* >= 0, added to sqrt(v̂) */
     double weight_decay;  /* >= 0, decoupled (p *= 1 - lr*wd) */
+    bool offload;         /* moments (and the update) in host memory; see "Offload" above */
 } ct_adamw_config;
 
-/* torch.optim.AdamW defaults: betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2. */
+/* torch.optim.AdamW defaults: betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2;
+ * no offload. */
 ct_adamw_config ct_adamw_defaults(void);
 /* CT_EINPUT ("<where>: ...", naming the field and its valid range) unless every
  * field is finite and in range (torch's checks). */
@@ -50,9 +69,10 @@ int ct_adamw_config_check(const ct_adamw_config *c, const char *where);
 typedef struct ct_adamw ct_adamw;
 
 /* An optimizer on backend be over params[0..n) (each f32 on be's device with
- * an f32 grad of the same shape); moments zeroed on be, step 0. CT_EINPUT
- * naming the tensor when one does not qualify; CT_ERUNTIME when out of memory
- * or be has no adamw_update. *out is owned by the caller. */
+ * an f32 grad of the same shape); moments zeroed (on be, or in host memory
+ * with cfg->offload), step 0. CT_EINPUT naming the tensor when one does not
+ * qualify; CT_ERUNTIME when out of memory or the backend that runs the update
+ * has no adamw_update. *out is owned by the caller. */
 int ct_adamw_new(const ct_adamw_config *cfg, const ct_backend *be, ct_tensor *const *params,
                  size_t n, ct_adamw **out);
 void ct_adamw_free(ct_adamw *o); /* NULL ok */
@@ -67,21 +87,34 @@ int ct_adamw_zero_grad(ct_adamw *o);
 int64_t ct_adamw_get_step(const ct_adamw *o);
 /* For resuming; with the moments restored this continues bit-identically. */
 void ct_adamw_set_step(ct_adamw *o, int64_t step);
+/* The parameters were written from outside the optimizer (through the
+ * backend): with offload the next step re-reads its host copy. No-op without. */
+void ct_adamw_params_changed(ct_adamw *o);
 
 size_t ct_adamw_count(const ct_adamw *o);
 ct_tensor *ct_adamw_param(const ct_adamw *o, size_t i);
 /* Moments of parameter i: numel floats each, inside the optimizer's block
- * (backend memory: read them through the backend's download). */
+ * (the memory of ct_adamw_state_backend: read them through its download). */
 float *ct_adamw_exp_avg(const ct_adamw *o, size_t i);
 float *ct_adamw_exp_avg_sq(const ct_adamw *o, size_t i);
+/* The backend whose memory holds the moments and that runs the update: the
+ * parameters' backend, or the CPU backend when offloaded. */
+const ct_backend *ct_adamw_state_backend(const ct_adamw *o);
 
-/* "AdamW moments: N floats x 2, X MiB" into buf; returns the block's bytes. */
+/* "AdamW moments: N floats x 2, X MiB on <backend>" (with offload: "... in
+ * host memory (optimizer_offload), + Y MiB host copy of the parameters and
+ * grads; the update runs on the host") into buf; returns the bytes of the
+ * moments block. */
 size_t ct_adamw_plan(const ct_adamw *o, char *buf, size_t cap);
 
 /* Writes step and moments under `prefix` (e.g. "optim"); see the names above. */
 int ct_adamw_save(const ct_adamw *o, ct_ckpt_writer *w, const char *prefix);
 /* Reads them back, validating names and shapes (CT_EINPUT naming the dataset
- * and file when missing or mismatched); on error the optimizer is unchanged. */
+ * and file when missing or mismatched); on error the optimizer is unchanged.
+ * The file does not say where the moments lived: a checkpoint of an offloaded
+ * optimizer loads into one without offload and the other way round. On
+ * success the parameters count as changed (ct_adamw_params_changed): load
+ * them before the next step, in either order. */
 int ct_adamw_load(ct_adamw *o, ct_ckpt_reader *r, const char *prefix);
 
 /* ---- gradient norm and clipping (grad_clip.c) ----

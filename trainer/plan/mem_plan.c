@@ -214,6 +214,7 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
     int64_t out[5], inn[5];
     block_linears(&d, bit, out, inn);
     bool embed_host = in->embedding_on_host && in->gpu && !d.tied;
+    bool optim_host = in->optimizer_on_host && in->gpu; /* on the CPU the backend's memory is the host's */
     acc it[CT_PLAN_N_ITEMS];
     memset(it, 0, sizeof it);
 
@@ -247,7 +248,9 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
     moments += moment_floats(&d, CT_LORA_OUTPUT, d.V, d.D);
     put(&it[CT_PLAN_LORA], (uint64_t)lora * 4);
     put(&it[CT_PLAN_GRADS], (uint64_t)lora * 4);
-    if (in->optimizer_on_host) p->host_bytes += 2 * moments * 4;
+    /* offloaded: m, v, a master copy of the values and a grad buffer, f32
+     * (trainer/optim/adamw.h, "Offload") */
+    if (optim_host) p->host_bytes += 2 * moments * 4 + 2 * (uint64_t)lora * 4;
     else put(&it[CT_PLAN_OPTIM], 2 * moments * 4);
 
     /* main arena: ids, labels, positions, segment runs; the embedding output
@@ -321,7 +324,7 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
     snprintf(p->detail[CT_PLAN_W16], 96, "%s%s%s", d.w16 == 2 ? "16-bit" : "fp32",
              embed_host ? ", embedding on the host" : "", d.quant && d.quant_head ? ", head 4-bit" : "");
     snprintf(p->detail[CT_PLAN_LORA], 96, "%lld params, r %lld, f32", (long long)lora, (long long)d.r);
-    snprintf(p->detail[CT_PLAN_OPTIM], 96, "AdamW m, v f32%s", in->optimizer_on_host ? ": on the host" : "");
+    snprintf(p->detail[CT_PLAN_OPTIM], 96, "AdamW m, v f32%s", optim_host ? ": on the host" : "");
     snprintf(p->detail[CT_PLAN_CKPT], 96, "%s, %lld x %lld x %s", ckpt ? "layer inputs" : "all activations",
              (long long)d.T, (long long)d.D, d.act == 2 ? "bf16" : "f32");
     snprintf(p->detail[CT_PLAN_RECOMPUTE], 96, "%s", ckpt ? "one layer's activations + grads" : "none (no checkpointing)");

@@ -44,8 +44,8 @@ typedef struct {
     const ct_hf_config *model; /* config.json of the base model */
     const ct_run_config *run;  /* the run (max_length, batch, LoRA, quantization, checkpointing) */
     bool gpu;                  /* the CUDA backends (bf16 activations) rather than the CPU (f32) */
-    bool optimizer_on_host;    /* optimizer_offload: cpu */
-    bool embedding_on_host;    /* embedding_offload: cpu (ignored when the head is tied to it) */
+    bool optimizer_on_host;    /* optimizer_offload: cpu (a no-op on the CPU backend) */
+    bool embedding_on_host;    /* embedding_offload: cpu (GPU only; ignored when the head is tied to it) */
     int cpu_threads;           /* the CPU kernels' per-thread buffers; 0 = this machine's OpenMP threads */
 } ct_plan_input;
 

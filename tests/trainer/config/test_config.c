@@ -153,6 +153,8 @@ static void test_defaults(void) {
           "no quantization section = no quantization; XTuner's numbers otherwise");
     CHECK(c.max_iters == 0 && c.save_total_limit == 2 && c.logging_interval == 10 && c.gradient_checkpointing,
           "runtime defaults");
+    CHECK(c.optimizer_offload == CT_OFFLOAD_NONE && c.embedding_offload == CT_OFFLOAD_CPU,
+          "offload defaults: optimizer %d, embedding %d", (int)c.optimizer_offload, (int)c.embedding_offload);
     ct_config_free(&c);
     /* a quantization section turns 4-bit on with QLoRA's defaults; null turns it off */
     char text[512];
@@ -326,7 +328,7 @@ static void test_round_trip(void) {
         "lora={r: 3, lora_alpha: 0.5, lora_dropout: 0.25, target_modules: [output, w3], use_rslora: true,"
         " init_from: 'some dir/adapter'}",
         "gradient_checkpointing=false", "seed=123456789", "deterministic=true", "work_dir=\"w: d\"", "device=cuda",
-        "logging_interval=3"};
+        "optimizer_offload=cpu", "embedding_offload=none", "logging_interval=3"};
     ct_run_config c;
     CHECK_OK(parse_text(k_base, sets, (int)(sizeof sets / sizeof sets[0]), &c));
     CHECK(strstr(c.system, "\"") && strstr(c.system, "\xe2\x80\xa8") && strstr(c.system, "\x07"), "escapes read");

@@ -8,6 +8,10 @@
  *      reference; packed vs one-by-one NLL sums; the model is not held twice
  *      (nothing copied, every byte used from the mapping);
  *  (b) a file whose tensors are misaligned in the mapping: copied, same logits;
+ *      placed on the guarded backend (both files) the embedding table stays in
+ *      host memory by default (from the mapping, or a copy of its own for the
+ *      misaligned file) with the CPU's logits, and the memory report says
+ *      so; with embedding_on_device it is placed with the rest;
  *  (c) the real stories260k-internlm2 fixture: loss and logits vs the reference;
  *  (d) NF4 quantize-on-load = the pre-dequantized weights stored f32 (logits),
  *      a bitsandbytes-format checkpoint written here loads without
@@ -346,6 +350,46 @@ static void write_misaligned(const char *dir, const tmodel *m) {
     free(hdr);
 }
 
+/* Embedding offload on the guarded backend (memory unreadable outside its
+ * calls: the host gather must read the table where it stayed). */
+static void place_embedding(const char *aligned, const char *misaligned, const ct_model *cpu, const tmodel *tm) {
+    const ct_backend *g = ct_guarded_backend();
+    int32_t ids[6] = {1, 5, 9, 40, 0, 17};
+    float *want = logits_of(cpu, ids, 6);
+    const uint64_t table = (uint64_t)tm->V * (uint64_t)tm->D * sizeof(float);
+    ct_tape tape;
+    CHECK_OK(ct_tape_init(&tape, g, (size_t)1 << 20));
+    uint64_t dev_bytes[2] = {0, 0};
+    for (int k = 0; k < 3; k++) { /* aligned, misaligned (offloaded), aligned on the device */
+        ct_model_options o = {.backend = g, .embedding_on_device = k == 2};
+        ct_model *m = NULL;
+        CHECK_OK(ct_model_load(k == 1 ? misaligned : aligned, &o, &m));
+        if (!m) continue;
+        ct_model_memory mem;
+        ct_model_get_memory(m, &mem);
+        const ct_tensor *e = ct_model_decoder(m)->tok_embeddings;
+        bool host = k < 2;
+        CHECK(mem.embedding_on_host == host && mem.host_bytes == (host ? table : 0) &&
+                  e->device == (host ? CT_CPU : g->device), "placing %d: embedding on host %d, %llu host bytes, "
+              "table on %s", k, mem.embedding_on_host, (unsigned long long)mem.host_bytes, ct_device_name(e->device));
+        if (k != 1) dev_bytes[k / 2] = mem.device_bytes;
+        float *lg = ct_test_need(malloc((size_t)6 * (size_t)tm->V * sizeof(float)));
+        CHECK_OK(ct_model_logits(m, &tape, ids, 6, 0, lg));
+        CHECK(memcmp(lg, want, (size_t)6 * (size_t)tm->V * sizeof(float)) == 0, "placing %d: logits differ from "
+              "the cpu's", k);
+        free(lg);
+        ct_model_free(m);
+    }
+    /* the device block holds everything but the table (each piece 256-aligned) */
+    CHECK(dev_bytes[1] - dev_bytes[0] == (table + 255) / 256 * 256, "device bytes %llu with the table, %llu without",
+          (unsigned long long)dev_bytes[1], (unsigned long long)dev_bytes[0]);
+    printf("  guarded: embedding table (%llu bytes) kept on the host from the mapping and from a copy, logits equal "
+           "to the cpu's; %llu device bytes instead of %llu\n", (unsigned long long)table,
+           (unsigned long long)dev_bytes[0], (unsigned long long)dev_bytes[1]);
+    ct_tape_free(&tape);
+    free(want);
+}
+
 static void test_misaligned(const char *work) {
     printf("(b) misaligned tensors are copied; rotary inv_freq is skipped\n");
     tmodel tm;
@@ -380,6 +424,7 @@ static void test_misaligned(const char *work) {
         }
         ct_model_free(qa), ct_model_free(qb);
     }
+    if (a && b && ct_guarded_backend()) place_embedding(d1, d2, a, &tm);
     ct_model_free(a), ct_model_free(b);
     free_model(&tm);
 }

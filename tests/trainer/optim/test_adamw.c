@@ -1,6 +1,9 @@
 /* AdamW vs the textbook update in double, gradient norm and clipping vs a
  * plain double loop, non-finite detection, determinism across thread counts,
- * and a save/load resume that continues bit-identically. */
+ * a save/load resume that continues bit-identically, and offload (the state
+ * in host memory, the parameters on a device backend: guarded and cuda-emu)
+ * against the optimizer without it, transfers counted, resumed across the
+ * option both ways. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -321,6 +324,214 @@ static void test_resume(void) {
     rmdir(dir);
 }
 
+/* ---- offload ---- */
+
+/* The parameters on a device backend as ct_lora lays them out: tensors 0 and
+ * 1 adjacent in one value block and one grad block (one run), tensor 2 in
+ * blocks of its own (a second run). */
+typedef struct {
+    const ct_backend *be;
+    float *v[2], *g[2]; /* blocks: [numel 0 + numel 1], [numel 2] */
+    ct_tensor hdr[NP], grad[NP];
+    ct_tensor *t[NP];
+} dev_params;
+
+static void dev_make(dev_params *D, const ct_backend *be, const params *P) {
+    memset(D, 0, sizeof *D);
+    D->be = be;
+    int64_t n0 = ct_numel(P->t[0]), n1 = ct_numel(P->t[1]), n2 = ct_numel(P->t[2]);
+    D->v[0] = be->mem.alloc((size_t)(n0 + n1) * 4), D->g[0] = be->mem.alloc((size_t)(n0 + n1) * 4);
+    D->v[1] = be->mem.alloc((size_t)n2 * 4), D->g[1] = be->mem.alloc((size_t)n2 * 4);
+    float *at[NP] = {D->v[0], D->v[0] + n0, D->v[1]}, *gat[NP] = {D->g[0], D->g[0] + n0, D->g[1]};
+    for (int i = 0; i < NP; i++) {
+        CHECK_OK(ct_tensor_init(&D->hdr[i], CT_F32, be->device, 2, SHAPES[i], at[i]));
+        CHECK_OK(ct_tensor_init(&D->grad[i], CT_F32, be->device, 2, SHAPES[i], gat[i]));
+        D->hdr[i].name = NAMES[i];
+        D->hdr[i].grad = &D->grad[i];
+        D->hdr[i].requires_grad = true;
+        D->t[i] = &D->hdr[i];
+        CHECK_OK(be->upload(at[i], P->t[i]->data, ct_nbytes(P->t[i])));
+    }
+}
+
+static void dev_free(dev_params *D) {
+    for (int k = 0; k < 2; k++) D->be->mem.free(D->v[k]), D->be->mem.free(D->g[k]);
+}
+
+/* The host grads of P (fill_grads) uploaded into D's grads. */
+static void dev_grads(dev_params *D, params *P, int s) {
+    fill_grads(P, s);
+    for (int i = 0; i < NP; i++) CHECK_OK(D->be->upload(D->grad[i].data, P->t[i]->grad->data, ct_nbytes(P->t[i])));
+}
+
+/* D's parameters downloaded, concatenated (malloc'ed). */
+static float *dev_values(const dev_params *D) {
+    int64_t total = 0;
+    for (int i = 0; i < NP; i++) total += ct_numel(D->t[i]);
+    float *out = ct_test_need(malloc((size_t)total * sizeof *out)), *at = out;
+    for (int i = 0; i < NP; i++) {
+        CHECK_OK(D->be->download(at, D->t[i]->data, ct_nbytes(D->t[i])));
+        at += ct_numel(D->t[i]);
+    }
+    return out;
+}
+
+/* Transfers through a counting copy of a backend. */
+static const ct_backend *g_counted;
+static int g_uploads, g_downloads;
+static int count_upload(void *dst, const void *src, size_t n) { return g_uploads++, g_counted->upload(dst, src, n); }
+static int count_download(void *dst, const void *src, size_t n) {
+    return g_downloads++, g_counted->download(dst, src, n);
+}
+
+static ct_adamw *new_opt(const ct_backend *be, dev_params *D, bool offload) {
+    ct_adamw_config c = ct_adamw_defaults();
+    c.weight_decay = 0.05;
+    c.offload = offload;
+    ct_adamw *o = NULL;
+    CHECK_OK(ct_adamw_new(&c, be, D->t, NP, &o));
+    return o;
+}
+
+/* Saves o's state and D's parameters to path. */
+static void save_state(const char *path, ct_adamw *o, const dev_params *D) {
+    ct_ckpt_writer *w = NULL;
+    CHECK_OK(ct_ckpt_writer_open(path, &w));
+    for (int i = 0; w && i < NP; i++) CHECK_OK(ct_ckpt_put_tensor(w, NAMES[i], D->be, D->t[i]));
+    if (w) CHECK_OK(ct_adamw_save(o, w, "optim"));
+    CHECK_OK(ct_ckpt_writer_commit(w));
+}
+
+/* Restores into o and D; params_first: the parameters before the moments. */
+static void load_state(const char *path, ct_adamw *o, dev_params *D, bool params_first) {
+    ct_ckpt_reader *r = NULL;
+    CHECK_OK(ct_ckpt_open(path, &r));
+    if (!r) return;
+    if (!params_first) CHECK_OK(ct_adamw_load(o, r, "optim"));
+    for (int i = 0; i < NP; i++) CHECK_OK(ct_ckpt_get_tensor(r, NAMES[i], D->be, D->t[i]));
+    if (params_first) CHECK_OK(ct_adamw_load(o, r, "optim"));
+    ct_ckpt_close(r);
+}
+
+/* On `real` (a device backend): five steps of an offloaded optimizer equal
+ * five steps of one without offload, bit for bit (the CPU's update and the
+ * device's give the same bits: the guarded backend runs the CPU kernels, the
+ * CUDA kernel rounds each operation as the CPU does); one download of the
+ * grads and one upload of the parameters per run (two runs) and step, plus a
+ * download of the parameters on the first step and after a load; a
+ * checkpoint of either resumes in the other (parameters loaded before or
+ * after the moments). */
+static void test_offload_on(const ct_backend *real) {
+    static ct_backend counted;
+    counted = *real;
+    counted.upload = count_upload;
+    counted.download = count_download;
+    g_counted = real;
+    const ct_backend *be = &counted;
+    char dir[] = "/tmp/ct_adamw_off_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    char pa[256], pb[256];
+    snprintf(pa, sizeof pa, "%s/plain.h5", dir);
+    snprintf(pb, sizeof pb, "%s/offload.h5", dir);
+    params P;
+    make_params(&P, 31);
+    dev_params A, B, C, E;
+    dev_make(&A, be, &P), dev_make(&B, be, &P);
+    ct_adamw *oa = new_opt(be, &A, false), *ob = new_opt(be, &B, true);
+    if (!oa || !ob) goto out;
+    CHECK(ct_adamw_state_backend(oa) == be && ct_adamw_state_backend(ob) == ct_cpu_backend(),
+          "%s: state backends %s and %s", real->name, ct_adamw_state_backend(oa)->name,
+          ct_adamw_state_backend(ob)->name);
+    char plan[256];
+    ct_adamw_plan(ob, plan, sizeof plan);
+    CHECK(strstr(plan, "in host memory (optimizer_offload)") != NULL, "offload plan: %s", plan);
+    ct_adamw_plan(oa, plan, sizeof plan);
+    CHECK(strstr(plan, real->name) != NULL, "plan without offload: %s", plan);
+    for (int s = 1; s <= 5; s++) {
+        dev_grads(&A, &P, s), dev_grads(&B, &P, s);
+        CHECK_OK(ct_adamw_step(oa, lr_of(s)));
+        g_uploads = g_downloads = 0;
+        CHECK_OK(ct_adamw_step(ob, lr_of(s)));
+        int want_down = s == 1 ? 4 : 2; /* grads of both runs (+ the parameters on the first step) */
+        CHECK(g_uploads == 2 && g_downloads == want_down, "%s step %d: %d uploads, %d downloads (want 2, %d)",
+              real->name, s, g_uploads, g_downloads, want_down);
+        if (s == 3) save_state(pa, oa, &A), save_state(pb, ob, &B);
+    }
+    float *va = dev_values(&A), *vb = dev_values(&B);
+    int64_t total = 15 + 7 + 60000;
+    double worst = 0;
+    for (int64_t j = 0; j < total; j++) worst = fmax(worst, fabs((double)va[j] - vb[j]));
+    CHECK(memcmp(va, vb, (size_t)total * 4) == 0, "%s: offloaded parameters differ by up to %.3g", real->name,
+          worst);
+    /* the moments: the offloaded ones are host memory */
+    float *m = ct_test_need(malloc(ct_nbytes(P.t[2])));
+    CHECK_OK(be->download(m, ct_adamw_exp_avg_sq(oa, 2), ct_nbytes(P.t[2])));
+    CHECK(memcmp(m, ct_adamw_exp_avg_sq(ob, 2), ct_nbytes(P.t[2])) == 0, "%s: exp_avg_sq differs", real->name);
+    free(m);
+    /* Resume across the option: C (no offload) from the offloaded run's
+     * checkpoint, E (offload) from the other; two more steps each. */
+    free_params(&P);
+    make_params(&P, 77); /* other starting values: everything must come from the files */
+    dev_make(&C, be, &P), dev_make(&E, be, &P);
+    ct_adamw *oc = new_opt(be, &C, false), *oe = new_opt(be, &E, true);
+    dev_grads(&E, &P, 1);
+    if (oe) CHECK_OK(ct_adamw_step(oe, lr_of(1))); /* a step before the load: its state must be replaced */
+    if (oc && oe) {
+        load_state(pb, oc, &C, true);
+        load_state(pa, oe, &E, false); /* moments first: the host copy is re-read at the next step */
+        for (int s = 4; s <= 5; s++) {
+            dev_grads(&C, &P, s), dev_grads(&E, &P, s);
+            CHECK_OK(ct_adamw_step(oc, lr_of(s)));
+            CHECK_OK(ct_adamw_step(oe, lr_of(s)));
+        }
+        float *vc = dev_values(&C), *ve = dev_values(&E);
+        CHECK(memcmp(vc, va, (size_t)total * 4) == 0, "%s: resumed without offload from an offloaded checkpoint: "
+              "parameters differ", real->name);
+        CHECK(memcmp(ve, va, (size_t)total * 4) == 0, "%s: resumed with offload from a checkpoint without: "
+              "parameters differ", real->name);
+        free(vc), free(ve);
+    }
+    printf("offload on %s: 5 steps equal bit for bit to the optimizer without offload (max diff %g), 2 uploads and "
+           "2 downloads a step, resumed across the option both ways\n", real->name, worst);
+    ct_adamw_free(oc), ct_adamw_free(oe);
+    dev_free(&C), dev_free(&E);
+    free(va), free(vb);
+out:
+    ct_adamw_free(oa), ct_adamw_free(ob);
+    dev_free(&A), dev_free(&B);
+    free_params(&P);
+    unlink(pa), unlink(pb);
+    rmdir(dir);
+}
+
+/* Offload on the CPU backend changes nothing: the state is host memory
+ * already, no copies are made, the plan says so. */
+static void test_offload_cpu(void) {
+    params P;
+    make_params(&P, 5);
+    ct_adamw_config c = ct_adamw_defaults();
+    c.offload = true;
+    ct_adamw *o = NULL;
+    CHECK_OK(ct_adamw_new(&c, ct_cpu_backend(), P.t, NP, &o));
+    if (o) {
+        char plan[256];
+        ct_adamw_plan(o, plan, sizeof plan);
+        CHECK(ct_adamw_state_backend(o) == ct_cpu_backend() && strstr(plan, "on the host") &&
+                  !strstr(plan, "optimizer_offload"), "cpu with offload: %s", plan);
+    }
+    ct_adamw_free(o);
+    free_params(&P);
+}
+
+static void test_offload(void) {
+    test_offload_cpu();
+    const ct_backend *bes[2] = {ct_guarded_backend(), ct_cuda_emu_backend()};
+    for (int k = 0; k < 2; k++) {
+        if (bes[k]) test_offload_on(bes[k]);
+        else printf("offload: backend %d skipped (%s)\n", k, ct_last_error());
+    }
+}
+
 int main(void) {
     test_vs_reference(0.0);
     test_vs_reference(0.1);
@@ -328,5 +539,6 @@ int main(void) {
     test_determinism();
     test_bad_input();
     test_resume();
+    test_offload();
     return ct_test_finish();
 }
