@@ -124,7 +124,7 @@ int ct_train_dist_iter(ct_trainer *t, double *nll, int64_t *targets, int64_t *to
 }
 
 int ct_train_dist_reduce_grads(ct_trainer *t) {
-    if (t->world == 1) return CT_OK;
+    if (t->world == 1 && !t->dist->nccl) return CT_OK; /* (nccl: the 1-rank NCCL check, dist.h) */
     return ct_dist_allreduce_backend_f32(t->dist, ct_model_backend(t->model), ct_lora_grads(t->lora),
                                          (size_t)ct_lora_numel(t->lora), t->dist_host, "the gradient all-reduce");
 }

@@ -67,11 +67,24 @@ int ct_dist_mpi_init(ct_dist *d) {
 }
 #endif
 #ifndef CT_HAVE_NCCL
-int ct_dist_nccl_init(ct_dist *d) {
+int ct_dist_nccl_init(ct_dist *d, bool *absent, char *note, size_t cap) {
     (void)d;
-    return ct_errorf(CT_EINPUT, "this ctuner was built without NCCL");
+    *absent = true;
+    snprintf(note, cap, "this ctuner was built without NCCL (nccl.h not found when it was configured)");
+    return CT_OK;
 }
 #endif
+
+/* $CTUNER_DIST_NCCL: 0, 1 or unset (auto: 2 with several ranks, else 0) */
+static int nccl_mode(int world, int *mode) {
+    const char *v = getenv("CTUNER_DIST_NCCL");
+    if (!v || !v[0]) *mode = world > 1 ? 2 : 0;
+    else if (strcmp(v, "0") == 0) *mode = 0;
+    else if (strcmp(v, "1") == 0) *mode = 1;
+    else return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=%s: expected 0 (never), 1 (required) or unset (when every "
+                          "rank has libnccl)", v);
+    return CT_OK;
+}
 
 /* ---- launcher detection ---- */
 
@@ -97,9 +110,9 @@ static bool launched(long *tasks) {
 int ct_dist_init(ct_dist **out) {
     *out = &g_single;
     long tasks = 1;
-    if (!launched(&tasks)) return CT_OK;
+    if (!launched(&tasks)) return nccl_mode(1, &g_single.nccl);
     if (!ct_dist_have_mpi()) {
-        if (tasks <= 1) return CT_OK; /* one process under a launcher: a plain run */
+        if (tasks <= 1) return nccl_mode(1, &g_single.nccl); /* one process under a launcher: a plain run */
         return ct_errorf(CT_EINPUT, "started as one of %ld processes (mpirun/srun), but this ctuner was built without "
                          "MPI: install OpenMPI (Debian: openmpi-bin libopenmpi-dev) and rebuild, or run "
                          "`ctuner train` without the launcher", tasks);
@@ -128,12 +141,19 @@ int ct_dist_init(ct_dist **out) {
         return ct_errorf(CT_EINPUT, "the launcher started %ld tasks but MPI sees a world of 1: each would train "
                          "alone into the same work_dir. Under Slurm use `srun --mpi=pmix` (or pmi2), or mpirun", tasks);
     }
+    rc = nccl_mode(d->world, &d->nccl);
+    if (rc) {
+        d->ops->finalize(d);
+        return rc;
+    }
     *out = d;
     return CT_OK;
 }
 
 void ct_dist_finalize(ct_dist *d) {
-    if (d && d != &g_single) d->ops->finalize(d); /* frees d */
+    if (!d) return;
+    if (d->dev_finalize) d->dev_finalize(d);
+    if (d != &g_single) d->ops->finalize(d); /* frees d */
 }
 
 /* ---- binding a rank to its device ---- */
@@ -217,8 +237,20 @@ int ct_dist_bind(ct_dist *d, bool gpu, char *note, size_t cap) {
 
 int ct_dist_allreduce_backend_f32(ct_dist *d, const ct_backend *be, float *buf, size_t n, float *host,
                                   const char *what) {
-    if (d->world == 1 || n == 0) return CT_OK;
+    if (n == 0) return CT_OK;
+    if (be->device == CT_CUDA && d->nccl && !d->nccl_tried) {
+        d->nccl_tried = true;
+        bool absent = false;
+        char note[600];
+        CT_TRY(ct_dist_nccl_init(d, &absent, note, sizeof note));
+        if (absent && d->nccl == 1)
+            return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=1 but NCCL cannot start: %s", note);
+        if (d->rank == 0)
+            fprintf(stderr, "ctuner train: gradient all-reduce %s%s%s\n",
+                    absent ? "staged through host memory (no NCCL: " : "on the GPUs with ", note, absent ? ")" : "");
+    }
     if (d->dev_allreduce_f32 && be->device == CT_CUDA) return d->dev_allreduce_f32(d, buf, n, what);
+    if (d->world == 1) return CT_OK;
     CT_TRY(be->download(host, buf, n * sizeof *host));
     CT_TRY(d->ops->allreduce(d, host, n, CT_DIST_F32, what));
     return be->upload(buf, host, n * sizeof *host);

@@ -55,9 +55,16 @@ struct ct_dist {
     double timeout_s;            /* the longest wait of a collective ($CTUNER_DIST_TIMEOUT, default 600) */
     char host[64];               /* this node's name (messages) */
     void *impl;                  /* the implementation's state */
+    /* NCCL for the cuda backend's buffers ($CTUNER_DIST_NCCL): 0 never (staged
+     * through the host), 1 required (an error when it cannot start; with one
+     * process, a communicator of one rank: the check of tests/gpu/run.sh),
+     * 2 when every rank can load libnccl (the default with several ranks). */
+    int nccl;
+    bool nccl_tried; /* started (or found missing) at the first device all-reduce */
     /* Device all-reduce (NCCL) of n floats of backend memory; NULL when this
      * build or run has none (device buffers are then staged through the host). */
     int (*dev_allreduce_f32)(ct_dist *d, float *dev, size_t n, const char *what);
+    void (*dev_finalize)(ct_dist *d);
     void *dev_impl;
 };
 
@@ -81,8 +88,10 @@ void ct_dist_finalize(ct_dist *d); /* NULL ok */
 int ct_dist_bind(ct_dist *d, bool gpu, char *note, size_t cap);
 
 /* Sum over the ranks of n floats of backend memory (the LoRA grads): NCCL
- * when the communicator has it and be is the cuda backend, else staged
- * through host (a caller-provided buffer of n floats) in buckets. */
+ * when be is the cuda backend and d->nccl allows it (started at the first
+ * call: a collective, every rank calls it), else staged through host (a
+ * caller-provided buffer of n floats; NULL only when NCCL is required) in
+ * buckets. */
 int ct_dist_allreduce_backend_f32(ct_dist *d, const ct_backend *be, float *buf, size_t n, float *host,
                                   const char *what);
 
@@ -92,9 +101,11 @@ bool ct_dist_have_nccl(void);
 
 /* ---- implementations (dist_mpi.c, dist_nccl.c) ---- */
 int ct_dist_mpi_init(ct_dist *d);
-/* After ct_dist_bind on a cuda rank: rank 0 makes the NCCL unique id, MPI
- * broadcasts it, every rank joins the communicator. CT_ERUNTIME naming the
- * NCCL error. */
-int ct_dist_nccl_init(ct_dist *d);
+/* After ct_dist_bind on a cuda rank, once the backend is up: every rank
+ * loads libnccl (*absent and a note saying why, CT_OK, when any rank cannot:
+ * all stay on the host path), rank 0 makes the NCCL unique id, the host
+ * communicator broadcasts it, every rank joins. CT_ERUNTIME naming the NCCL
+ * error; "NCCL x.y.z" in note on success. */
+int ct_dist_nccl_init(ct_dist *d, bool *absent, char *note, size_t cap);
 
 #endif
