@@ -12,6 +12,7 @@
 #  - a 2-rank checkpoint resumed by 1 process and a 1-process checkpoint
 #    resumed by 2 ranks continue with the other run's losses; a global batch
 #    that does not match is exit 2 saying which accumulative_counts to set;
+#  - a NaN loss ends the job (exit 1) naming the rank; a bad setting is exit 2;
 #  - a rank killed (SIGKILL) ends the job within 60 s, mpirun naming the rank
 #    and the signal, and the newest checkpoint resumes; a stuck rank (SIGSTOP)
 #    ends it after CTUNER_DIST_TIMEOUT with "no answer from the other ranks";
@@ -118,6 +119,14 @@ cp -r "$work/r1/iter_8.h5" "$work/r1/metrics.jsonl" "$work/r12/"
 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r12" --resume auto
 has "resumed from $work/r12/iter_8.h5: iteration 4 of 12, optimizer step 2"
 check "python3 '$work/compare.py' '$work/r12' '$work/r2' 2"
+
+# --- a failing rank ends the job naming itself, with the status it would have alone
+expect 1 mpi 2 "$bin" train "$cfg" --work-dir "$work/nan" --set lr=1e30 --set accumulative_counts=1
+has_err "rank 0 of 2 ("
+has_err "): error: iteration 2 (optimizer step 2): the loss is NaN on rank 0"
+check "[ ! -e '$work/nan/iter_1.h5' ]"
+CTUNER_DIST_DATA_TIMEOUT=soon expect 2 mpi 2 "$bin" train "$cfg" --work-dir "$work/bad"
+has_err "error: CTUNER_DIST_DATA_TIMEOUT=soon: expected a number of seconds > 0"
 
 # --- a rank killed, a rank stuck: the job ends, naming it; the last checkpoint resumes
 long=(--set max_iters=100000 --set save_steps=20 --set logging_interval=10)
