@@ -12,12 +12,14 @@
 # 77 skipped (the message says why: no libnccl, ctuner without NCCL).
 set -uo pipefail
 bin="$1"; fx="$2"; work="$3"
-"$bin" info | grep -q "NCCL yes" || { echo "nccl: skipped: this ctuner was built without NCCL (nccl.h)"; exit 77; }
+"$bin" info | grep "NCCL yes" >/dev/null || { echo "nccl: skipped: this ctuner was built without NCCL (nccl.h)"; exit 77; }
 
 # libnccl: the loader's, CUDA's, or a Python wheel's (PyTorch's nvidia-nccl)
-if ! ldconfig -p 2>/dev/null | grep -q "libnccl.so.2 "; then
-  lib=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib /usr/local/lib /opt \
-    -name libnccl.so.2 2>/dev/null | head -1)
+# (grep without -q: with pipefail, -q's early exit could fail ldconfig by
+# SIGPIPE; trailing slashes: find follows a start that is a symlink)
+if ! ldconfig -p 2>/dev/null | grep "libnccl.so.2 " >/dev/null; then
+  lib=$(find /usr/local/cuda/lib64/ /usr/local/cuda/targets/x86_64-linux/lib/ /usr/lib/ /usr/local/lib/ /opt/ \
+    -maxdepth 6 -name libnccl.so.2 2>/dev/null | head -1)
   [ -n "$lib" ] || lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
   [ -n "$lib" ] && [ -f "$lib" ] || { echo "nccl: skipped: no libnccl.so.2 on this machine"; exit 77; }
   export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -74,8 +74,9 @@ static int load(nccl_state *s, char *why, size_t cap) {
 }
 
 static int nccl_fail(ct_dist *d, nccl_state *s, ncclResult_t r, const char *call, const char *what) {
-    return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): %s failed in %s: %s (a peer was lost or failed)", d->rank,
-                     d->world, d->host, call, what, s->error_string(r));
+    bool peer = r == ncclRemoteError || r == ncclSystemError;
+    return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): %s failed in %s: %s%s", d->rank, d->world, d->host, call, what,
+                     s->error_string(r), peer ? " (a peer was lost or failed)" : "");
 }
 
 static int nccl_allreduce_f32(ct_dist *d, float *dev, size_t n, const char *what) {
