@@ -38,61 +38,47 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The loader numbers the samples of each row from 0 and marks padding -1; the
- * attention reads each run of equal ids as one sample, so across the rows of
- * a batch (flattened to one sequence) every run gets an id of its own, and a
- * new row always starts a new run. */
-static void unique_segments(const int32_t *seg, int64_t rows, int64_t T, int32_t *out) {
-    int32_t id = -1;
-    for (int64_t i = 0; i < rows * T; i++) {
-        if (i % T == 0 || seg[i] != seg[i - 1]) id++;
-        out[i] = id;
-    }
-}
-
-static ct_tensor *input_tensor(ct_tape *tp, const int32_t *host, int64_t n) {
-    ct_tensor *x = ct_tape_new(tp, CT_I32, 1, &n);
-    if (x && tp->be->upload(x->data, host, (size_t)n * sizeof *host)) return NULL;
-    return x;
-}
-
 /* Forward and backward of the next micro-batch; grads accumulate into the
  * LoRA grad block. *nll: the batch's NLL sum, *targets its trained tokens,
- * *tokens its real (non-padding) tokens. */
+ * *tokens its real (non-padding) tokens. The batch after it is read and
+ * uploaded while the device runs the backward (trainer/input_stage.h). */
 static int run_iteration(ct_trainer *t, double *nll, int64_t *targets, int64_t *tokens) {
-    ct_batch *b = &t->batch;
     int64_t v = t->iter; /* the micro-batch's place in the single-process order (train_dist.c) */
     if (t->world > 1) {
         v = t->iter * t->world + t->rank;
         *nll = 0;
         *targets = *tokens = 0;
         if (v >= t->vtotal) return CT_OK; /* past the run's end: this rank trains nothing */
+        /* (unless a batch was read ahead for v: the stage hands out that one) */
         CT_TRY(ct_loader_seek(&t->loader, ct_train_cursor_at(t, v)));
     }
-    CT_TRY(ct_loader_next(&t->loader, b));
-    t->epoch = b->cursor.epoch;
-    int64_t n = b->rows * b->T;
-    unique_segments(b->seg, b->rows, b->T, t->seg);
-
     ct_tape *tp = &t->tape;
     ct_tape_reset(tp);
+    ct_staged_batch sb;
+    CT_TRY(ct_input_stage_take(&t->stage, &t->loader, tp, &sb));
+    const ct_batch *b = sb.batch;
+    t->epoch = b->cursor.epoch;
     tp->step_seed = ct_mix64((uint64_t)t->cfg->seed ^ ct_mix64((uint64_t)v));
-    ct_tensor *ids = input_tensor(tp, b->ids, n), *labels = input_tensor(tp, b->labels, n);
-    if (!ids || !labels)
-        return ct_error_wrap(CT_ERUNTIME, "iteration %lld: the batch's inputs", (long long)t->iter + 1);
-    ct_decoder_input in;
-    CT_TRY(ct_decoder_input_make(&in, tp, b->pos, t->seg, n));
-    in.host_ids = b->ids; /* the embedding rows are gathered on the host when the table stays there */
+    ct_decoder_input in = {.pos = sb.pos, .runs = sb.runs, .seq_len = sb.seq_len, .host_ids = b->ids,
+                           .embedded = sb.rows};
     /* A window without any trained token (possible with pre-tokenized data)
      * contributes nothing: its loss is 0 whatever the divisor. */
     float norm = (float)(t->window_targets > 0 ? t->window_targets : 1);
     ct_tensor *loss;
     int64_t n_trained = 0;
-    CT_TRY(ct_decoder_model_loss(tp, ct_model_decoder(t->model), ids, &in, labels, t->cfg->gradient_checkpointing,
-                                 norm, &loss, &n_trained));
+    CT_TRY(ct_decoder_model_loss(tp, ct_model_decoder(t->model), sb.ids, &in, sb.labels,
+                                 t->cfg->gradient_checkpointing, norm, &loss, &n_trained));
     float lv;
     CT_TRY(tp->be->download(&lv, loss->data, sizeof lv));
     if (n_trained > 0 && isfinite(lv)) CT_TRY(ct_backward(tp, loss, 1.0f));
+    if (t->world > 1) { /* this rank's next micro-batch, v + world */
+        if (v + t->world < t->vtotal) {
+            CT_TRY(ct_loader_seek(&t->loader, ct_train_cursor_at(t, v + t->world)));
+            CT_TRY(ct_input_stage_prefetch(&t->stage, &t->loader));
+        }
+    } else if (t->iter + 1 < t->total_iters) {
+        CT_TRY(ct_input_stage_prefetch(&t->stage, &t->loader));
+    }
     *nll = (double)lv * (double)norm;
     *targets = n_trained;
     *tokens = b->n_tokens;
@@ -168,7 +154,7 @@ static int loop(ct_trainer *t) {
                 t->window_cursor = ct_train_cursor_at(t, ct_train_vpos(t, t->iter));
                 CT_TRY(ct_train_window_targets(t, t->iter, left < acc ? left : acc, &t->window_targets));
             } else {
-                t->window_cursor = ct_loader_cursor(&t->loader);
+                t->window_cursor = ct_input_stage_cursor(&t->stage, &t->loader);
                 CT_TRY(ct_trainer_count_window(t, t->window_cursor, left < acc ? left : acc, &t->window_targets));
             }
         }

@@ -18,6 +18,7 @@
 #include "trainer/optim/adamw.h"
 #include "trainer/config/config.h"
 #include "trainer/dist/dist.h"
+#include "trainer/input_stage.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/scheduler.h"
 #include "trainer/plan/mem_plan.h"
@@ -54,8 +55,8 @@ typedef struct {
     ct_dataset ds;
     ct_loader loader;         /* the batches trained on */
     ct_loader peek;           /* the same order, read ahead to count a window's tokens */
-    ct_batch batch, peek_batch;
-    int32_t *seg;             /* (batch_size * max_length) segment ids made unique across rows */
+    ct_batch peek_batch;
+    ct_input_stage stage;     /* the batches trained on, read and uploaded one iteration ahead */
     ct_tape tape;             /* its arenas reserved as the plan says */
     ct_mem_plan plan;         /* the memory plan of this run (what `ctuner plan` prints) */
     ct_adamw *adamw;

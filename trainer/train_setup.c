@@ -132,10 +132,10 @@ static int make_loop_state(ct_trainer *t) {
     /* XTuner's DefaultSampler: shuffled each epoch, the last batch kept. */
     CT_TRY(ct_loader_init(&t->loader, &t->ds, B, seed, true, false));
     CT_TRY(ct_loader_init(&t->peek, &t->ds, B, seed, true, false));
-    CT_TRY(ct_batch_alloc(&t->batch, B, T));
     CT_TRY(ct_batch_alloc(&t->peek_batch, B, T));
-    t->seg = malloc((size_t)B * (size_t)T * sizeof *t->seg);
-    if (!t->seg) return ct_errorf(CT_ERUNTIME, "out of memory for the segment ids");
+    const ct_backend *be = ct_model_backend(t->model);
+    const ct_tensor *table = ct_model_decoder(t->model)->tok_embeddings;
+    CT_TRY(ct_input_stage_init(&t->stage, be, B, T, table->device != be->device ? table : NULL));
     CT_TRY(plan_arenas(t));
 
     t->iters_per_epoch = ct_loader_batches_per_epoch(&t->loader);
@@ -206,8 +206,7 @@ void ct_trainer_close(ct_trainer *t) {
     ct_adamw_free(t->adamw);
     free(t->params);
     ct_tape_free(&t->tape);
-    free(t->seg);
-    ct_batch_free(&t->batch);
+    ct_input_stage_free(&t->stage);
     ct_batch_free(&t->peek_batch);
     ct_loader_free(&t->loader);
     ct_loader_free(&t->peek);

@@ -62,8 +62,9 @@ static int put_state(ct_trainer *t, ct_ckpt_writer *w, bool mid_window) {
     ct_ckpt_put_i64(w, "train/iter", 1, &t->iter);
     ct_ckpt_put_i64(w, "train/step", 1, &t->step);
     ct_ckpt_put_i64(w, "train/total_iters", 1, &t->total_iters);
+    /* the next micro-batch not yet trained: with several ranks, of the single-process order */
     put_cursor(w, "train/cursor", t->world > 1 ? ct_train_cursor_at(t, ct_train_vpos(t, t->iter))
-                                                : ct_loader_cursor(&t->loader));
+                                                : ct_input_stage_cursor(&t->stage, &t->loader));
     put_cursor(w, "train/window_cursor", t->window_cursor);
     ct_ckpt_put_i32(w, "train/mid_window", 1, &mid);
     ct_ckpt_put_i64(w, "train/shape", 2, shape);
