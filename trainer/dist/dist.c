@@ -245,9 +245,8 @@ int ct_dist_allreduce_backend_f32(ct_dist *d, const ct_backend *be, float *buf, 
         CT_TRY(ct_dist_nccl_init(d, &absent, note, sizeof note));
         if (absent && d->nccl == 1)
             return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=1 but NCCL cannot start: %s", note);
-        if (d->rank == 0)
-            fprintf(stderr, "ctuner train: gradient all-reduce %s%s%s\n",
-                    absent ? "staged through host memory (no NCCL: " : "on the GPUs with ", note, absent ? ")" : "");
+        snprintf(d->dev_note, sizeof d->dev_note, "%s%s%s", absent ? "staged through host memory (no NCCL: "
+                 : "on the GPUs with ", note, absent ? ")" : "");
     }
     if (d->dev_allreduce_f32 && be->device == CT_CUDA) return d->dev_allreduce_f32(d, buf, n, what);
     if (d->world == 1) return CT_OK;

@@ -61,6 +61,7 @@ struct ct_dist {
      * 2 when every rank can load libnccl (the default with several ranks). */
     int nccl;
     bool nccl_tried; /* started (or found missing) at the first device all-reduce */
+    char dev_note[640]; /* then: how device buffers are summed ("on the GPUs with NCCL 2.28.9", ...) */
     /* Device all-reduce (NCCL) of n floats of backend memory; NULL when this
      * build or run has none (device buffers are then staged through the host). */
     int (*dev_allreduce_f32)(ct_dist *d, float *dev, size_t n, const char *what);
