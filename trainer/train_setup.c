@@ -171,13 +171,21 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
     t->opt = opt;
     t->cfg = opt->cfg;
     t->res = res;
-    t->out = opt->quiet ? NULL : opt->out ? opt->out : stdout;
+    t->dist = opt->dist ? opt->dist : ct_dist_single();
+    t->rank = t->dist->rank;
+    t->world = t->dist->world;
+    t->bad_rank = -1;
+    t->out = opt->quiet || t->rank != 0 ? NULL : opt->out ? opt->out : stdout; /* rank 0 reports */
     t->last_saved_iter = -1;
     snprintf(t->work_dir, sizeof t->work_dir, "%s", t->cfg->work_dir);
     CT_TRY(ct_mkdirs(t->work_dir));
     CT_TRY(load_model(t));
-    CT_TRY(load_data(t));
+    /* rank 0 prepares the dataset cache, the other ranks then read it */
+    if (t->rank == 0) CT_TRY(load_data(t));
+    CT_TRY(ct_train_dist_data_wait(t));
+    if (t->rank != 0) CT_TRY(load_data(t));
     CT_TRY(make_loop_state(t));
+    CT_TRY(ct_train_dist_open(t));
     if (t->out) {
         char plan[512];
         ct_lora_plan(t->lora, plan, sizeof plan);
@@ -185,7 +193,7 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
         ct_adamw_plan(t->adamw, plan, sizeof plan);
         fprintf(t->out, "%s", plan);
         fprintf(t->out, "run: %lld iterations (%lld per epoch) of %lld x %lld tokens, %lld optimizer steps of %lld "
-                "iterations\n", (long long)t->total_iters, (long long)t->iters_per_epoch,
+                "iterations\n", (long long)t->total_iters, (long long)((t->iters_per_epoch + t->world - 1) / t->world),
                 (long long)t->cfg->batch_size, (long long)t->ds.max_length, (long long)t->total_steps,
                 (long long)t->cfg->accumulative_counts);
     }
@@ -194,6 +202,7 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
 
 void ct_trainer_close(ct_trainer *t) {
     ct_train_log_close(t);
+    ct_train_dist_close(t);
     ct_adamw_free(t->adamw);
     free(t->params);
     ct_tape_free(&t->tape);
