@@ -175,6 +175,26 @@ typedef struct ct_backend {
      * device memory), for the trainer's check of the memory plan before it
      * allocates. Optional: NULL, or an error, means unknown (no check). */
     int (*mem_available)(uint64_t *bytes);
+    /* Staged uploads: the next batch copied in while the device computes.
+     * Optional (all four or none; NULL: callers upload synchronously).
+     * Two slots (0, 1), each a page-locked host buffer the backend owns:
+     * - stage_host(slot, bytes): waits until the slot's last upload has been
+     *   copied, then returns its buffer (at least bytes; grown when smaller,
+     *   so only the first calls allocate); NULL with the message set;
+     * - stage_upload(slot, dst, bytes): copies the buffer's first bytes to
+     *   device memory dst on a copy stream, after the device work queued
+     *   before the slot's last stage_fence; returns at once;
+     * - stage_wait(slot): device work queued after this call waits for the
+     *   slot's upload;
+     * - stage_fence(slot): the device work queued so far is the last to read
+     *   the slot's device buffer (the next upload into it must not overwrite
+     *   what that work still reads).
+     * stage_release frees the buffers (after the uploads complete). */
+    void *(*stage_host)(int slot, size_t bytes);
+    int (*stage_upload)(int slot, void *dst, size_t bytes);
+    int (*stage_wait)(int slot);
+    int (*stage_fence)(int slot);
+    void (*stage_release)(void);
 
     /* --- ops --- */
     /* y[T,D] = table[ids[t], :]; table [V,D] any float dtype. */

@@ -26,6 +26,9 @@ ct_tensor *ct_embedding(ct_tape *t, ct_tensor *table, ct_tensor *ids);
  * a frozen table; a trainable one is refused). CT_EINPUT naming the position
  * for an id outside [0, V). NULL with the message set. */
 ct_tensor *ct_embedding_host(ct_tape *t, const ct_tensor *table, const int32_t *ids, int64_t T);
+/* The gather alone: dst [T, D] (host memory, the caller's) = the rows of
+ * ids in act (CT_F32 or CT_BF16), with ct_embedding_host's checks. */
+int ct_embedding_gather_host(const ct_tensor *table, const int32_t *ids, int64_t T, ct_dtype act, void *dst);
 
 /* x [.., D] * rsqrt(mean(x²) + eps) * w [D]; statistics in fp32. */
 ct_tensor *ct_rmsnorm(ct_tape *t, ct_tensor *x, ct_tensor *w, float eps);
@@ -46,6 +49,8 @@ ct_tensor *ct_attention(ct_tape *t, ct_tensor *qkv, ct_tensor *runs, const ct_at
  * CT_EINPUT naming the tokens when an id comes back after another one (the
  * samples would not be contiguous runs). */
 int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs);
+/* The same with the caller's temporary tmp [T] (no allocation). */
+int ct_segment_runs_tmp(const int32_t *seg, int64_t T, int32_t *runs, int32_t *tmp, int64_t *n_runs);
 /* ct_segment_runs uploaded into a tape tensor i32 [n_runs + 1]; NULL with the
  * message set. */
 ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T);

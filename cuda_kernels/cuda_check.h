@@ -45,8 +45,9 @@
     T *name = reinterpret_cast<T *>(ct_dyn_smem_)
 #endif
 
-/* The stream every kernel and copy of the backend runs on (the legacy default
- * stream until the trainer gets a copy stream, issue 15). */
+/* The stream every kernel and copy of the backend runs on: the legacy
+ * default stream. Only the staged batch uploads run beside it, on a copy
+ * stream of their own (input_stage.cu). */
 static inline cudaStream_t ct_cuda_stream(void) { return 0; }
 
 #endif

@@ -13,6 +13,13 @@
 void *ct_cuda_mem_alloc(size_t bytes);
 void ct_cuda_mem_free(void *p);
 
+/* Staged uploads (input_stage.cu; contracts: autograd/backend.h). */
+void *ct_cuda_stage_host(int slot, size_t bytes);
+int ct_cuda_stage_upload(int slot, void *dst, size_t bytes);
+int ct_cuda_stage_wait(int slot);
+int ct_cuda_stage_fence(int slot);
+void ct_cuda_stage_release(void);
+
 int ct_cuda_axpy(float alpha, const ct_tensor *x, ct_tensor *y);
 int ct_cuda_swiglu_fwd(const ct_tensor *gate, const ct_tensor *up, ct_tensor *y);
 int ct_cuda_swiglu_bwd(const ct_tensor *gate, const ct_tensor *up, const ct_tensor *dy,

@@ -84,31 +84,62 @@ struct lt_problem {
     float alpha, beta;
 };
 
-static int run_matmul(lt_descs *d, const lt_problem *pr) {
+/* What decides a matmul's descriptors and algorithm: the shapes, strides,
+ * types and the operands' alignments (alpha, beta and the pointers
+ * themselves do not). */
+struct lt_key {
+    bool tp, tq;
+    uint64_t m, n, k;
+    int64_t ldp, ldq, ldc;
+    cudaDataType_t ab_type, c_type;
+    uint32_t al_p, al_q, al_c;
+};
+
+static bool same_key(const lt_key &x, const lt_key &y) {
+    return x.tp == y.tp && x.tq == y.tq && x.m == y.m && x.n == y.n && x.k == y.k && x.ldp == y.ldp &&
+           x.ldq == y.ldq && x.ldc == y.ldc && x.ab_type == y.ab_type && x.c_type == y.c_type &&
+           x.al_p == y.al_p && x.al_q == y.al_q && x.al_c == y.al_c;
+}
+
+/* Descriptors and the heuristic's algorithm of the shapes seen so far: a
+ * training step repeats the same few dozen GEMMs, and the heuristic query is
+ * the costly part of a call on the host. Kept for the process (never freed,
+ * like the handle); when full, further shapes run uncached. */
+struct lt_plan {
+    lt_key key;
+    lt_descs d;
+    cublasLtMatmulAlgo_t algo;
+};
+static const int kMaxPlans = 256;
+static lt_plan g_plans[kMaxPlans];
+static int g_n_plans = 0;
+
+/* Makes d's descriptors (not the preference: the caller's) for key and
+ * queries the algorithm into *algo. */
+static int make_plan(lt_descs *d, const lt_key &key, cublasLtMatmulAlgo_t *algo) {
     CT_CUBLAS_TRY(cublasLtMatmulDescCreate, &d->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    int32_t opp = pr->tp ? CUBLAS_OP_T : CUBLAS_OP_N, opq = pr->tq ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int32_t opp = key.tp ? CUBLAS_OP_T : CUBLAS_OP_N, opq = key.tq ? CUBLAS_OP_T : CUBLAS_OP_N;
     CT_CUBLAS_TRY(cublasLtMatmulDescSetAttribute, d->op, CUBLASLT_MATMUL_DESC_TRANSA, &opp, sizeof opp);
     CT_CUBLAS_TRY(cublasLtMatmulDescSetAttribute, d->op, CUBLASLT_MATMUL_DESC_TRANSB, &opq, sizeof opq);
     /* stored shapes (rows x cols, column-major): P is [m, k] or, transposed, [k, m] */
-    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->a, pr->ab_type, pr->tp ? pr->k : pr->m,
-                  pr->tp ? pr->m : pr->k, pr->ldp);
-    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->b, pr->ab_type, pr->tq ? pr->n : pr->k,
-                  pr->tq ? pr->k : pr->n, pr->ldq);
-    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->c, pr->c_type, pr->m, pr->n, pr->ldc);
+    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->a, key.ab_type, key.tp ? key.k : key.m, key.tp ? key.m : key.k,
+                  key.ldp);
+    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->b, key.ab_type, key.tq ? key.n : key.k, key.tq ? key.k : key.n,
+                  key.ldq);
+    CT_CUBLAS_TRY(cublasLtMatrixLayoutCreate, &d->c, key.c_type, key.m, key.n, key.ldc);
 
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceCreate, &d->pref);
     uint64_t ws = kWorkspaceBytes;
-    uint32_t al_a = ptr_alignment(pr->p), al_b = ptr_alignment(pr->q), al_c = ptr_alignment(pr->c);
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute, d->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                   &ws, sizeof ws);
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute, d->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                  &al_a, sizeof al_a);
+                  &key.al_p, sizeof key.al_p);
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute, d->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                  &al_b, sizeof al_b);
+                  &key.al_q, sizeof key.al_q);
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute, d->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                  &al_c, sizeof al_c);
+                  &key.al_c, sizeof key.al_c);
     CT_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute, d->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                  &al_c, sizeof al_c);
+                  &key.al_c, sizeof key.al_c);
 
     cublasLtMatmulHeuristicResult_t heur;
     memset(&heur, 0, sizeof heur);
@@ -119,11 +150,35 @@ static int run_matmul(lt_descs *d, const lt_problem *pr) {
         return ct_errorf(CT_ERUNTIME,
                          "cublasLtMatmulAlgoGetHeuristic: no algorithm for m=%llu n=%llu k=%llu "
                          "(column-major, op %c%c, types %d/%d)",
-                         (unsigned long long)pr->m, (unsigned long long)pr->n,
-                         (unsigned long long)pr->k, pr->tp ? 'T' : 'N', pr->tq ? 'T' : 'N',
-                         (int)pr->ab_type, (int)pr->c_type);
-    CT_CUBLAS_TRY(cublasLtMatmul, g_lt, d->op, &pr->alpha, pr->p, d->a, pr->q, d->b, &pr->beta, pr->c,
-                  d->c, pr->c, d->c, &heur.algo, g_workspace, kWorkspaceBytes, ct_cuda_stream());
+                         (unsigned long long)key.m, (unsigned long long)key.n, (unsigned long long)key.k,
+                         key.tp ? 'T' : 'N', key.tq ? 'T' : 'N', (int)key.ab_type, (int)key.c_type);
+    *algo = heur.algo;
+    return CT_OK;
+}
+
+/* One matmul: the cached plan of its key, or a new one (kept when there is
+ * room; otherwise its descriptors are left in *d for the caller to free). */
+static int run_matmul(lt_descs *d, const lt_problem *pr) {
+    lt_key key = {pr->tp, pr->tq, pr->m, pr->n, pr->k, pr->ldp, pr->ldq, pr->ldc, pr->ab_type, pr->c_type,
+                  ptr_alignment(pr->p), ptr_alignment(pr->q), ptr_alignment(pr->c)};
+    const lt_descs *use = nullptr;
+    const cublasLtMatmulAlgo_t *algo = nullptr;
+    for (int i = 0; i < g_n_plans && !use; i++)
+        if (same_key(g_plans[i].key, key)) use = &g_plans[i].d, algo = &g_plans[i].algo;
+    cublasLtMatmulAlgo_t fresh;
+    if (!use) {
+        CT_TRY(make_plan(d, key, &fresh));
+        use = d, algo = &fresh;
+        if (g_n_plans < kMaxPlans) { /* the plan moves into the cache; the preference is not needed again */
+            lt_plan *p = &g_plans[g_n_plans++];
+            p->key = key, p->d = *d, p->algo = fresh;
+            p->d.pref = nullptr;
+            use = &p->d, algo = &p->algo;
+            d->op = nullptr, d->a = d->b = d->c = nullptr; /* d keeps only the preference */
+        }
+    }
+    CT_CUBLAS_TRY(cublasLtMatmul, g_lt, use->op, &pr->alpha, pr->p, use->a, pr->q, use->b, &pr->beta, pr->c,
+                  use->c, pr->c, use->c, algo, g_workspace, kWorkspaceBytes, ct_cuda_stream());
     return CT_OK;
 }
 

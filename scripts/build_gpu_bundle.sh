@@ -3,8 +3,11 @@
 # (an H100/H200 with CUDA 13 and its libraries, but none of our Debian ones:
 # libyaml, jansson, HDF5, OpenBLAS):
 # 1. configures build-gpu/ (or $1) for sm_90 only, portable CPU code
-#    (-march=x86-64-v3 instead of -march=native), no emulated backend, and
-#    --as-needed (the test programs then need no HDF5/yaml/jansson at all);
+#    (-march=x86-64-v3 instead of -march=native), no emulated backend, no MPI
+#    (one GPU, no mpirun there: tests/gpu/nccl_check.sh runs NCCL with one
+#    rank, which needs none; libnccl itself is opened at run time, never
+#    bundled) and --as-needed (the test programs then need no HDF5/yaml/jansson
+#    at all);
 # 2. builds test_parity, bench_ops and ctuner;
 # 3. copies the shared libraries they load (ldd) into build-gpu/lib/, named
 #    by their sonames so that LD_LIBRARY_PATH=build-gpu/lib finds them, except
@@ -36,7 +39,7 @@ limit_mib=60
 
 cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCT_WERROR=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DCT_NATIVE=OFF -DCMAKE_C_FLAGS="-march=x86-64-v3" \
-  -DCT_CUDA_EMU=OFF -DCMAKE_EXE_LINKER_FLAGS="-Wl,--as-needed" >/dev/null
+  -DCT_CUDA_EMU=OFF -DCT_MPI=OFF -DCMAKE_EXE_LINKER_FLAGS="-Wl,--as-needed" >/dev/null
 cmake --build "$dir" --target test_parity bench_ops ctuner -j"$(nproc)"
 
 bins=(tests/test_parity bench/bench_ops ctuner)

@@ -89,6 +89,13 @@ bool ct_check_close_f(const char *what, const float *got, const float *want, int
     return close_report(what, got, want, true, n, atol, rtol);
 }
 
+bool ct_test_emu_model_runs(const char *test) {
+    const char *v = getenv("CT_TEST_EMU_MODEL");
+    if (!v || strcmp(v, "0") != 0) return true;
+    printf("%s: the cuda-emu whole-model runs are skipped (CT_TEST_EMU_MODEL=0: the sanitizer pass)\n", test);
+    return false;
+}
+
 const char *ct_fixture(const char *rel, char *buf, size_t cap) {
     snprintf(buf, cap, "%s/%s", CT_FIXTURES, rel);
     if (access(buf, R_OK) != 0) {

@@ -80,4 +80,10 @@ bool ct_test_no_temp_left(const char *dir);
  * NULL (with a message) when ../shared/fixtures is absent: the test then skips. */
 const char *ct_fixture(const char *rel, char *buf, size_t cap);
 
+/* Whether whole-model runs on cuda-emu are wanted: false when
+ * CT_TEST_EMU_MODEL=0 (tests/run.sh's sanitizer pass, where they take ~10
+ * minutes each; the kernels themselves are all in parity_cuda-emu there, and
+ * the normal passes run the whole-model tests). Says so on stdout. */
+bool ct_test_emu_model_runs(const char *test);
+
 #endif

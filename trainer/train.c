@@ -38,53 +38,47 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The loader numbers the samples of each row from 0 and marks padding -1; the
- * attention reads each run of equal ids as one sample, so across the rows of
- * a batch (flattened to one sequence) every run gets an id of its own, and a
- * new row always starts a new run. */
-static void unique_segments(const int32_t *seg, int64_t rows, int64_t T, int32_t *out) {
-    int32_t id = -1;
-    for (int64_t i = 0; i < rows * T; i++) {
-        if (i % T == 0 || seg[i] != seg[i - 1]) id++;
-        out[i] = id;
-    }
-}
-
-static ct_tensor *input_tensor(ct_tape *tp, const int32_t *host, int64_t n) {
-    ct_tensor *x = ct_tape_new(tp, CT_I32, 1, &n);
-    if (x && tp->be->upload(x->data, host, (size_t)n * sizeof *host)) return NULL;
-    return x;
-}
-
 /* Forward and backward of the next micro-batch; grads accumulate into the
  * LoRA grad block. *nll: the batch's NLL sum, *targets its trained tokens,
- * *tokens its real (non-padding) tokens. */
+ * *tokens its real (non-padding) tokens. The batch after it is read and
+ * uploaded while the device runs the backward (trainer/input_stage.h). */
 static int run_iteration(ct_trainer *t, double *nll, int64_t *targets, int64_t *tokens) {
-    ct_batch *b = &t->batch;
-    CT_TRY(ct_loader_next(&t->loader, b));
-    t->epoch = b->cursor.epoch;
-    int64_t n = b->rows * b->T;
-    unique_segments(b->seg, b->rows, b->T, t->seg);
-
+    int64_t v = t->iter; /* the micro-batch's place in the single-process order (train_dist.c) */
+    if (t->world > 1) {
+        v = t->iter * t->world + t->rank;
+        *nll = 0;
+        *targets = *tokens = 0;
+        if (v >= t->vtotal) return CT_OK; /* past the run's end: this rank trains nothing */
+        /* (unless a batch was read ahead for v: the stage hands out that one) */
+        CT_TRY(ct_loader_seek(&t->loader, ct_train_cursor_at(t, v)));
+    }
     ct_tape *tp = &t->tape;
     ct_tape_reset(tp);
-    tp->step_seed = ct_mix64((uint64_t)t->cfg->seed ^ ct_mix64((uint64_t)t->iter));
-    ct_tensor *ids = input_tensor(tp, b->ids, n), *labels = input_tensor(tp, b->labels, n);
-    if (!ids || !labels)
-        return ct_error_wrap(CT_ERUNTIME, "iteration %lld: the batch's inputs", (long long)t->iter + 1);
-    ct_decoder_input in;
-    CT_TRY(ct_decoder_input_make(&in, tp, b->pos, t->seg, n));
-    in.host_ids = b->ids; /* the embedding rows are gathered on the host when the table stays there */
+    ct_staged_batch sb;
+    CT_TRY(ct_input_stage_take(&t->stage, &t->loader, tp, &sb));
+    const ct_batch *b = sb.batch;
+    t->epoch = b->cursor.epoch;
+    tp->step_seed = ct_mix64((uint64_t)t->cfg->seed ^ ct_mix64((uint64_t)v));
+    ct_decoder_input in = {.pos = sb.pos, .runs = sb.runs, .seq_len = sb.seq_len, .host_ids = b->ids,
+                           .embedded = sb.rows};
     /* A window without any trained token (possible with pre-tokenized data)
      * contributes nothing: its loss is 0 whatever the divisor. */
     float norm = (float)(t->window_targets > 0 ? t->window_targets : 1);
     ct_tensor *loss;
     int64_t n_trained = 0;
-    CT_TRY(ct_decoder_model_loss(tp, ct_model_decoder(t->model), ids, &in, labels, t->cfg->gradient_checkpointing,
-                                 norm, &loss, &n_trained));
+    CT_TRY(ct_decoder_model_loss(tp, ct_model_decoder(t->model), sb.ids, &in, sb.labels,
+                                 t->cfg->gradient_checkpointing, norm, &loss, &n_trained));
     float lv;
     CT_TRY(tp->be->download(&lv, loss->data, sizeof lv));
     if (n_trained > 0 && isfinite(lv)) CT_TRY(ct_backward(tp, loss, 1.0f));
+    if (t->world > 1) { /* this rank's next micro-batch, v + world */
+        if (v + t->world < t->vtotal) {
+            CT_TRY(ct_loader_seek(&t->loader, ct_train_cursor_at(t, v + t->world)));
+            CT_TRY(ct_input_stage_prefetch(&t->stage, &t->loader));
+        }
+    } else if (t->iter + 1 < t->total_iters) {
+        CT_TRY(ct_input_stage_prefetch(&t->stage, &t->loader));
+    }
     *nll = (double)lv * (double)norm;
     *targets = n_trained;
     *tokens = b->n_tokens;
@@ -97,15 +91,18 @@ static int nonfinite(ct_trainer *t, const char *what) {
     char last[CT_PATH_MAX] = "";
     bool found = false;
     if (ct_ckpt_find_latest(t->work_dir, last, sizeof last, NULL, &found)) found = false;
-    return ct_errorf(CT_ERUNTIME, "iteration %lld (optimizer step %lld): %s; training stopped without saving. %s%s%s",
-                     (long long)t->iter, (long long)t->step + 1, what,
+    char who[32] = "";
+    if (t->world > 1 && t->bad_rank >= 0) snprintf(who, sizeof who, " on rank %d", t->bad_rank);
+    return ct_errorf(CT_ERUNTIME, "iteration %lld (optimizer step %lld): %s%s; training stopped without saving. %s%s%s",
+                     (long long)t->iter, (long long)t->step + 1, what, who,
                      found ? "The last good checkpoint is " : "No checkpoint was saved yet",
                      found ? last : "", found ? " (continue from it with --resume after lowering lr or max_norm, or "
                                                 "checking the data)" : " (lower lr or max_norm, or check the data)");
 }
 
 static int optimizer_step(ct_trainer *t) {
-    double lr = ct_sched_lr_at(&t->sched, t->iter - 1); /* the LR of the iteration closing the window */
+    /* the LR of the iteration closing the window (of the micro-batch closing it, world > 1) */
+    double lr = ct_sched_lr_at(&t->sched, ct_train_vpos(t, t->iter) - 1);
     double norm = 0;
     const ct_backend *be = ct_model_backend(t->model);
     int rc = t->cfg->max_norm > 0 ? ct_grad_clip_norm(be, t->params, t->n_params, t->cfg->max_norm, &norm)
@@ -133,14 +130,18 @@ static bool save_due(const ct_trainer *t) {
     return t->iter / s > w0 / s;
 }
 
+/* With several ranks, the request any rank got in this iteration (agreed on
+ * in the iteration's exchange): every rank stops after the same iteration. */
+static int stop_signal(const ct_trainer *t) { return t->world > 1 ? t->stop_all : g_stop_signal; }
+
 static bool stop_requested(const ct_trainer *t) {
-    return g_stop_signal != 0 || (t->opt->stop_after > 0 && t->iter >= t->opt->stop_after);
+    return stop_signal(t) != 0 || (t->opt->stop_after > 0 && t->iter >= t->opt->stop_after);
 }
 
 static int loop(ct_trainer *t) {
     const ct_run_config *c = t->cfg;
     int64_t acc = c->accumulative_counts;
-    if (g_stop_signal != 0 && t->iter < t->total_iters) { /* during setup: nothing new to save */
+    if (g_stop_signal != 0 && t->world == 1 && t->iter < t->total_iters) { /* during setup: nothing new to save */
         t->res->stopped = true;
         t->res->stop_signal = g_stop_signal > 0 ? g_stop_signal : 0;
         ct_train_log_note(t, "stopped before the first iteration; nothing new to save\n");
@@ -149,13 +150,19 @@ static int loop(ct_trainer *t) {
     while (t->iter < t->total_iters) {
         if (t->iter % acc == 0) { /* a window starts: count its trained tokens first */
             int64_t left = t->total_iters - t->iter;
-            t->window_cursor = ct_loader_cursor(&t->loader);
-            CT_TRY(ct_trainer_count_window(t, t->window_cursor, left < acc ? left : acc, &t->window_targets));
+            if (t->world > 1) { /* all ranks' micro-batches of the window */
+                t->window_cursor = ct_train_cursor_at(t, ct_train_vpos(t, t->iter));
+                CT_TRY(ct_train_window_targets(t, t->iter, left < acc ? left : acc, &t->window_targets));
+            } else {
+                t->window_cursor = ct_input_stage_cursor(&t->stage, &t->loader);
+                CT_TRY(ct_trainer_count_window(t, t->window_cursor, left < acc ? left : acc, &t->window_targets));
+            }
         }
         double t0 = now_s(), nll = 0;
         int64_t targets = 0, tokens = 0;
         CT_TRY(run_iteration(t, &nll, &targets, &tokens));
         t->iter++;
+        CT_TRY(ct_train_dist_iter(t, &nll, &targets, &tokens, g_stop_signal)); /* sums over the ranks */
         double loss = targets > 0 ? nll / (double)targets : 0.0;
         t->last_loss = loss;
         if (!isfinite(nll)) {
@@ -165,15 +172,26 @@ static int loop(ct_trainer *t) {
         }
         if (t->opt->on_iter) t->opt->on_iter(t->opt->cb_ctx, t->iter - 1, loss);
         bool closes = t->iter % acc == 0 || t->iter == t->total_iters;
-        if (closes) CT_TRY(optimizer_step(t));
+        if (closes) {
+            CT_TRY(ct_train_dist_reduce_grads(t));
+            CT_TRY(optimizer_step(t));
+        }
         CT_TRY(ct_train_log_iter(t, nll, targets, tokens, now_s() - t0));
+        if (t->world > 1 && (t->iter % c->logging_interval == 0 || t->iter == t->total_iters)) {
+            char when[64];
+            snprintf(when, sizeof when, "after iteration %lld", (long long)t->iter);
+            CT_TRY(ct_train_dist_check_weights(t, when));
+        }
         if (t->iter == t->total_iters) break; /* the end saves and evaluates */
         if (closes && save_due(t)) CT_TRY(ct_train_state_save(t, false));
-        if (c->evaluation_freq > 0 && t->iter % c->evaluation_freq == 0) CT_TRY(ct_eval_hook_chat(t, ""));
+        if (t->rank == 0 && c->evaluation_freq > 0 && t->iter % c->evaluation_freq == 0)
+            CT_TRY(ct_eval_hook_chat(t, ""));
         if (stop_requested(t)) {
+            /* inside a window, the saved partial gradient is the sum over the ranks */
+            if (!closes && t->last_saved_iter != t->iter) CT_TRY(ct_train_dist_reduce_grads(t));
             if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, !closes));
             t->res->stopped = true;
-            t->res->stop_signal = g_stop_signal > 0 ? g_stop_signal : 0;
+            t->res->stop_signal = stop_signal(t) > 0 ? stop_signal(t) : 0;
             ct_train_log_note(t, "stopped after iteration %lld of %lld; checkpoint %s (continue with --resume auto)\n",
                               (long long)t->iter, (long long)t->total_iters, t->res->checkpoint);
             return CT_OK;
@@ -185,6 +203,7 @@ static int loop(ct_trainer *t) {
 static int finish(ct_trainer *t) {
     if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, false));
     char dir[CT_PATH_MAX];
+    if (t->rank != 0) return CT_OK; /* rank 0 writes the adapter and evaluates */
     CT_TRY(ct_path_join(dir, sizeof dir, t->work_dir, "adapter"));
     CT_TRY(ct_adapter_save(dir, t->lora, ct_model_path(t->model)));
     ct_train_log_note(t, "final adapter: %s\n", dir);
@@ -220,7 +239,7 @@ static void note_damaged(void *ctx, const char *path, const char *why) {
 
 static int resume(ct_trainer *t) {
     const char *r = t->opt->resume;
-    char path[CT_PATH_MAX];
+    char path[CT_PATH_MAX] = "";
     bool found = true;
     /* Our temp files of an interrupted save (a kill -9, a full disk). */
     int reclaimed = 0;
@@ -231,17 +250,18 @@ static int resume(ct_trainer *t) {
     if (r && strcmp(r, "auto") == 0)
         CT_TRY(ct_ckpt_find_intact(t->work_dir, path, sizeof path, NULL, &found, note_damaged, t));
     else if (r) snprintf(path, sizeof path, "%s", r);
+    CT_TRY(ct_train_dist_share_path(t, path, sizeof path, &found)); /* rank 0's choice */
     if (!r || !found) {
         /* A fresh run must not mix its checkpoints with an older run's
          * (retention and --resume auto go by iteration number). */
         char old[CT_PATH_MAX];
         bool any = false;
         CT_TRY(ct_ckpt_find_latest(t->work_dir, old, sizeof old, NULL, &any));
-        if (any && t->skipped_damaged)
+        if (any && t->skipped_damaged && t->rank == 0)
             return ct_errorf(CT_EINPUT, "resume auto: no checkpoint in %s is intact (%d damaged, the newest %s): "
                              "resume from a copy with --resume PATH, or move them away to start over",
                              t->work_dir, t->skipped_damaged, old);
-        if (any)
+        if (any && t->rank == 0)
             return ct_errorf(CT_EINPUT, "work_dir %s already holds checkpoints of a run (%s): continue it with "
                              "--resume auto, or train into another --work-dir", t->work_dir, old);
         if (r) ct_train_log_note(t, "resume auto: no checkpoint in %s, starting from the beginning\n", t->work_dir);
@@ -265,10 +285,11 @@ int ct_train(const ct_train_options *opt, ct_train_result *res) {
     if (!rc) rc = config_text(&t);
     if (!rc) rc = resume(&t);
     if (!rc) rc = ct_train_log_open(&t);
-    if (!rc) rc = ct_eval_hook_chat(&t, "before");
+    if (!rc) rc = ct_train_dist_check_weights(&t, "before the first iteration"); /* one model on every rank */
+    if (!rc && t.rank == 0) rc = ct_eval_hook_chat(&t, "before");
     if (!rc) rc = loop(&t);
     if (!rc && !res->stopped) rc = finish(&t);
-    if (!rc && t.log.n_hist > 0) rc = ct_train_log_plot(&t);
+    if (!rc && t.rank == 0 && t.log.n_hist > 0) rc = ct_train_log_plot(&t);
     res->iters_done = t.iter;
     res->total_iters = t.total_iters;
     res->steps_done = t.step;

@@ -50,6 +50,9 @@ typedef struct {
     /* The backend to train on; NULL: the config's device (tests pass the
      * guarded backend here). */
     const ct_backend *backend;
+    /* The communicator of a data-parallel run (trainer/dist/dist.h; borrowed);
+     * NULL: one process. */
+    struct ct_dist *dist;
 } ct_train_options;
 
 typedef struct {

@@ -17,6 +17,8 @@
 #include "datasets/tokenizer.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/config/config.h"
+#include "trainer/dist/dist.h"
+#include "trainer/input_stage.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/scheduler.h"
 #include "trainer/plan/mem_plan.h"
@@ -54,8 +56,8 @@ typedef struct {
     ct_dataset ds;
     ct_loader loader;         /* the batches trained on */
     ct_loader peek;           /* the same order, read ahead to count a window's tokens */
-    ct_batch batch, peek_batch;
-    int32_t *seg;             /* (batch_size * max_length) segment ids made unique across rows */
+    ct_batch peek_batch;
+    ct_input_stage stage;     /* the batches trained on, read and uploaded one iteration ahead */
     ct_tape tape;             /* its arenas reserved as the plan says */
     ct_mem_plan plan;         /* the memory plan of this run (what `ctuner plan` prints) */
     ct_adamw *adamw;
@@ -74,6 +76,16 @@ typedef struct {
     int skipped_damaged;      /* damaged checkpoints --resume auto passed over */
     ct_train_log log;
     ct_train_result *res;
+    /* data-parallel (train_dist.c); world 1: the single-process communicator */
+    ct_dist *dist;            /* borrowed: opt->dist or ct_dist_single() */
+    int rank, world;
+    int64_t vtotal;           /* micro-batches of the whole run in the single-process order */
+    float *dist_host;         /* (ct_lora_numel) host staging for the collectives (world > 1) */
+    void *dist_records;       /* (world) the per-iteration exchange */
+    int stop_all;             /* the stop request agreed on by the ranks (signal, -1, 0: none) */
+    int bad_rank;             /* the first rank whose loss was not finite (-1: none) */
+    int64_t log_cut;          /* > 0: metrics.jsonl is cut after this iteration, not t->iter (a checkpoint
+                                 of another world size counts its iterations in its own units) */
 } ct_trainer;
 
 /* ---- train_limits.c: resource limits, checked before allocating ---- */
@@ -95,6 +107,29 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
 void ct_trainer_close(ct_trainer *t);
 /* Trained tokens of the window of `n` iterations starting at cursor c. */
 int ct_trainer_count_window(ct_trainer *t, ct_ds_cursor c, int64_t n, int64_t *targets);
+
+/* ---- train_dist.c (trainer/train_dist.c says how the ranks share the work) ---- */
+/* After make_loop_state: the virtual totals and schedule for world > 1. */
+int ct_train_dist_open(ct_trainer *t);
+/* Every rank waits (at most $CTUNER_DIST_DATA_TIMEOUT s, default 3600) for
+ * rank 0's dataset preparation. */
+int ct_train_dist_data_wait(ct_trainer *t);
+void ct_train_dist_close(ct_trainer *t);
+/* Micro-batches of the single-process order done after `iter` global iterations. */
+int64_t ct_train_vpos(const ct_trainer *t, int64_t iter);
+/* The loader cursor of micro-batch v of the single-process order. */
+ct_ds_cursor ct_train_cursor_at(const ct_trainer *t, int64_t v);
+/* Trained tokens of all ranks' micro-batches of the n global iterations from w0. */
+int ct_train_window_targets(ct_trainer *t, int64_t w0, int64_t n, int64_t *targets);
+/* Exchanges the iteration's NLL sum, trained and real tokens and stop request
+ * (this rank's in, the sums over the ranks out; t->stop_all, t->bad_rank set). */
+int ct_train_dist_iter(ct_trainer *t, double *nll, int64_t *targets, int64_t *tokens, int stop);
+/* Sums the LoRA grads over the ranks (in place, every rank gets the sum). */
+int ct_train_dist_reduce_grads(ct_trainer *t);
+/* CT_ERUNTIME naming the rank whose LoRA weights differ from rank 0's. */
+int ct_train_dist_check_weights(ct_trainer *t, const char *when);
+/* Rank 0's checkpoint path and found flag to every rank. */
+int ct_train_dist_share_path(ct_trainer *t, char *path, size_t cap, bool *found);
 
 /* ---- train_state.c ---- */
 /* Writes work_dir/iter_<iter>.h5 (+ iter_<iter>_adapter/) and applies

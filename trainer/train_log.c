@@ -96,9 +96,12 @@ int ct_train_log_open(ct_trainer *t) {
     L->hist_iter = malloc(L->cap_hist * sizeof *L->hist_iter);
     L->hist_loss = malloc(L->cap_hist * sizeof *L->hist_loss);
     if (!L->hist_iter || !L->hist_loss) return ct_errorf(CT_ERUNTIME, "out of memory for the loss history");
+    L->t0 = L->t_mark = now_s();
+    L->iter0 = t->iter;
+    if (t->rank != 0) return CT_OK; /* rank 0 writes the logs */
     char path[CT_PATH_MAX];
     CT_TRY(ct_path_join(path, sizeof path, t->work_dir, "metrics.jsonl"));
-    if (t->iter > 0) CT_TRY(cut_metrics(t, path, t->iter));
+    if (t->iter > 0) CT_TRY(cut_metrics(t, path, t->log_cut > 0 ? t->log_cut : t->iter));
     else { /* a fresh run starts a fresh evaluation log too */
         char ev[CT_PATH_MAX];
         CT_TRY(ct_path_join(ev, sizeof ev, t->work_dir, "eval_log.jsonl"));
@@ -106,8 +109,6 @@ int ct_train_log_open(ct_trainer *t) {
     }
     L->metrics = fopen(path, t->iter > 0 ? "a" : "w");
     if (!L->metrics) return ct_errorf(CT_ERUNTIME, "%s: cannot open for writing: %s", path, strerror(errno));
-    L->t0 = L->t_mark = now_s();
-    L->iter0 = t->iter;
     return CT_OK;
 }
 
@@ -141,11 +142,12 @@ static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_
 
 static int write_metrics(ct_trainer *t, double loss, double lr, double tok_s, double elapsed, double rss,
                          ct_mem_usage dev) {
+    if (!t->log.metrics) return CT_OK; /* not rank 0 */
     json_t *j = json_object();
     if (!j) return ct_errorf(CT_ERUNTIME, "out of memory");
     json_object_set_new(j, "iter", json_integer((json_int_t)t->iter));
     json_object_set_new(j, "step", json_integer((json_int_t)t->step));
-    json_object_set_new(j, "epoch", json_real((double)t->iter / (double)t->iters_per_epoch));
+    json_object_set_new(j, "epoch", json_real((double)ct_train_vpos(t, t->iter) / (double)t->iters_per_epoch));
     json_object_set_new(j, "loss", num_or_null(loss));
     json_object_set_new(j, "lr", num_or_null(lr));
     json_object_set_new(j, "grad_norm", num_or_null(t->step > 0 ? t->last_grad_norm : NAN));
@@ -176,7 +178,7 @@ int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens
 
     double now = now_s(), dt = now - L->t_mark, elapsed = now - L->t0;
     double loss = L->targets > 0 ? L->nll / (double)L->targets : NAN;
-    double lr = ct_sched_lr_at(&t->sched, t->iter - 1);
+    double lr = ct_sched_lr_at(&t->sched, ct_train_vpos(t, t->iter) - 1);
     double tok_s = dt > 0 ? (double)L->tokens / dt : 0.0, rss = ct_train_peak_rss_mb();
     int64_t done = t->iter - L->iter0;
     double eta = done > 0 ? elapsed / (double)done * (double)(t->total_iters - t->iter) : 0.0;
@@ -188,7 +190,7 @@ int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens
         else snprintf(grad, sizeof grad, "-");
         fprintf(t->out, "%siter %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | eta %s | "
                 "mem %.0f MiB peak RSS, %s %.0f MiB (peak %.0f MiB)%s", live ? "\r" : "", (long long)t->iter,
-                (long long)t->total_iters, (double)t->iter / (double)t->iters_per_epoch, loss, lr, grad, tok_s, eta_s,
+                (long long)t->total_iters, (double)ct_train_vpos(t, t->iter) / (double)t->iters_per_epoch, loss, lr, grad, tok_s, eta_s,
                 rss, ct_model_backend(t->model)->name, (double)dev.current / MIB, (double)dev.peak / MIB,
                 live ? "\x1b[K" : "");
         L->line_open = live && !due;
@@ -205,6 +207,7 @@ int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens
 }
 
 int ct_train_log_eval_loss(ct_trainer *t, double loss, int64_t tokens) {
+    if (!t->log.metrics) return CT_OK;
     json_t *j = json_object();
     if (!j) return ct_errorf(CT_ERUNTIME, "out of memory");
     json_object_set_new(j, "iter", json_integer((json_int_t)t->iter));

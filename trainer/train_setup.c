@@ -138,10 +138,10 @@ static int make_loop_state(ct_trainer *t) {
     /* XTuner's DefaultSampler: shuffled each epoch, the last batch kept. */
     CT_TRY(ct_loader_init(&t->loader, &t->ds, B, seed, true, false));
     CT_TRY(ct_loader_init(&t->peek, &t->ds, B, seed, true, false));
-    CT_TRY(ct_batch_alloc(&t->batch, B, T));
     CT_TRY(ct_batch_alloc(&t->peek_batch, B, T));
-    t->seg = malloc((size_t)B * (size_t)T * sizeof *t->seg);
-    if (!t->seg) return ct_errorf(CT_ERUNTIME, "out of memory for the segment ids");
+    const ct_backend *be = ct_model_backend(t->model);
+    const ct_tensor *table = ct_model_decoder(t->model)->tok_embeddings;
+    CT_TRY(ct_input_stage_init(&t->stage, be, B, T, table->device != be->device ? table : NULL));
     CT_TRY(plan_arenas(t));
 
     t->iters_per_epoch = ct_loader_batches_per_epoch(&t->loader);
@@ -177,20 +177,28 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
     t->opt = opt;
     t->cfg = opt->cfg;
     t->res = res;
-    t->out = opt->quiet ? NULL : opt->out ? opt->out : stdout;
+    t->dist = opt->dist ? opt->dist : ct_dist_single();
+    t->rank = t->dist->rank;
+    t->world = t->dist->world;
+    t->bad_rank = -1;
+    t->out = opt->quiet || t->rank != 0 ? NULL : opt->out ? opt->out : stdout; /* rank 0 reports */
     t->last_saved_iter = -1;
     snprintf(t->work_dir, sizeof t->work_dir, "%s", t->cfg->work_dir);
     CT_TRY(ct_mkdirs(t->work_dir));
     /* The limits first (trainer/train_limits.c): a run that cannot fit is
      * refused before the weights or the step's memory are allocated. */
     CT_TRY(ct_trainer_check_model_limits(t));
-    CT_TRY(load_data(t));
+    /* rank 0 prepares the dataset cache, the other ranks then read it */
+    if (t->rank == 0) CT_TRY(load_data(t));
+    CT_TRY(ct_train_dist_data_wait(t));
+    if (t->rank != 0) CT_TRY(load_data(t));
     CT_TRY(ct_trainer_check_batch(t));
     const ct_backend *be = t->opt->backend;
     if (!be) CT_TRY(ct_backend_by_name(ct_config_device_name(t->cfg->device), "device:", &be));
     CT_TRY(ct_trainer_check_memory(t, be));
     CT_TRY(load_model(t));
     CT_TRY(make_loop_state(t));
+    CT_TRY(ct_train_dist_open(t));
     if (t->out) {
         char plan[512];
         ct_lora_plan(t->lora, plan, sizeof plan);
@@ -198,7 +206,7 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
         ct_adamw_plan(t->adamw, plan, sizeof plan);
         fprintf(t->out, "%s", plan);
         fprintf(t->out, "run: %lld iterations (%lld per epoch) of %lld x %lld tokens, %lld optimizer steps of %lld "
-                "iterations\n", (long long)t->total_iters, (long long)t->iters_per_epoch,
+                "iterations\n", (long long)t->total_iters, (long long)((t->iters_per_epoch + t->world - 1) / t->world),
                 (long long)t->cfg->batch_size, (long long)t->ds.max_length, (long long)t->total_steps,
                 (long long)t->cfg->accumulative_counts);
     }
@@ -207,11 +215,11 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
 
 void ct_trainer_close(ct_trainer *t) {
     ct_train_log_close(t);
+    ct_train_dist_close(t);
     ct_adamw_free(t->adamw);
     free(t->params);
     ct_tape_free(&t->tape);
-    free(t->seg);
-    ct_batch_free(&t->batch);
+    ct_input_stage_free(&t->stage);
     ct_batch_free(&t->peek_batch);
     ct_loader_free(&t->loader);
     ct_loader_free(&t->peek);

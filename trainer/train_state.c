@@ -12,6 +12,12 @@
  *   train/mid_window     i32  1: saved inside a window (a stop request); the
  *                              partial gradient is in grad/<key>
  *   train/shape          i64[2] batch_size, accumulative_counts
+ *   train/world          i64  ranks of the run (absent: 1); iter, step and
+ *                              the cursors are in its units, the cursors those
+ *                              of the single-process order (train_dist.c);
+ *                              another world size resumes the same micro-batch
+ *                              order when batch_size x accumulative_counts x
+ *                              world is the same
  *   train/data           i64[3] samples, rows, trained tokens of the dataset
  *   train/tokens_seen    i64  real tokens trained on so far
  *   train/seed           u64  the seed of every RNG; all of them are counter
@@ -27,7 +33,10 @@
  *   optim/...            AdamW step and moments (trainer/optim/adamw.h)
  * The file is written first (atomically), then the adapter directory, then
  * save_total_limit is applied: a crash leaves at worst a checkpoint without
- * its adapter, never a half-written file. */
+ * its adapter, never a half-written file. With several ranks, rank 0 alone
+ * writes (every rank holds the same weights and optimizer state; a partial
+ * gradient has been summed over the ranks first) and on loading only rank 0
+ * takes grad/ (the others start the window's rest from zero). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,10 +63,14 @@ static int put_state(ct_trainer *t, ct_ckpt_writer *w, bool mid_window) {
     ct_ckpt_put_i64(w, "train/iter", 1, &t->iter);
     ct_ckpt_put_i64(w, "train/step", 1, &t->step);
     ct_ckpt_put_i64(w, "train/total_iters", 1, &t->total_iters);
-    put_cursor(w, "train/cursor", ct_loader_cursor(&t->loader));
+    /* the next micro-batch not yet trained: with several ranks, of the single-process order */
+    put_cursor(w, "train/cursor", t->world > 1 ? ct_train_cursor_at(t, ct_train_vpos(t, t->iter))
+                                                : ct_input_stage_cursor(&t->stage, &t->loader));
     put_cursor(w, "train/window_cursor", t->window_cursor);
     ct_ckpt_put_i32(w, "train/mid_window", 1, &mid);
     ct_ckpt_put_i64(w, "train/shape", 2, shape);
+    int64_t world = t->world;
+    ct_ckpt_put_i64(w, "train/world", 1, &world);
     ct_ckpt_put_i64(w, "train/data", 3, data);
     ct_ckpt_put_i64(w, "train/tokens_seen", 1, &t->log.tokens_seen);
     ct_ckpt_put_u64(w, "train/seed", 1, &seed);
@@ -83,6 +96,11 @@ static int put_state(ct_trainer *t, ct_ckpt_writer *w, bool mid_window) {
 int ct_train_state_save(ct_trainer *t, bool mid_window) {
     char path[CT_PATH_MAX], adir[CT_PATH_MAX];
     CT_TRY(ct_ckpt_iter_path(path, sizeof path, t->work_dir, t->iter));
+    if (t->rank != 0) { /* rank 0 writes it */
+        t->last_saved_iter = t->iter;
+        snprintf(t->res->checkpoint, sizeof t->res->checkpoint, "%s", path);
+        return CT_OK;
+    }
     int n = snprintf(adir, sizeof adir, "%s/iter_%lld_adapter", t->work_dir, (long long)t->iter);
     if (n < 0 || (size_t)n >= sizeof adir) return ct_errorf(CT_EINPUT, "%s: work_dir path too long", t->work_dir);
     ct_ckpt_writer *w = NULL;
@@ -159,6 +177,30 @@ static void compare_config(ct_trainer *t, const char *path, const char *text) {
     ct_config_free(&old);
 }
 
+/* A checkpoint of a run with another number of ranks: the same micro-batch
+ * order continues when the micro-batches per optimizer step are the same
+ * (batch_size x accumulative_counts x world) and the micro-batches done so
+ * far fill whole iterations of this world size. */
+static int translate_world(const ct_trainer *t, const char *path, const int64_t shape[2], int64_t world, int32_t mid,
+                           int64_t *iter, int64_t *step) {
+    const ct_run_config *c = t->cfg;
+    int64_t had = shape[0] * shape[1] * world, now = c->batch_size * c->accumulative_counts * t->world;
+    int64_t done = *iter * world;
+    if (shape[0] != c->batch_size || had != now)
+        return ct_errorf(CT_EINPUT, "%s: made by %lld ranks with batch_size %lld x accumulative_counts %lld (%lld rows "
+                         "per optimizer step); with %d ranks set batch_size %lld and accumulative_counts %lld%s", path,
+                         (long long)world, (long long)shape[0], (long long)shape[1], (long long)(shape[0] * shape[1] * world),
+                         t->world, (long long)shape[0], (long long)(shape[1] * world / t->world),
+                         shape[1] * world % t->world ? " (not a whole number: use another world size)" : "");
+    if (done % t->world != 0)
+        return ct_errorf(CT_EINPUT, "%s: saved after %lld micro-batches, which %d ranks cannot continue (not a "
+                         "multiple of %d)", path, (long long)done, t->world, t->world);
+    (void)mid;
+    *iter = done / t->world;
+    (void)step; /* optimizer steps are the same count whatever the world size */
+    return CT_OK;
+}
+
 static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
     const ct_backend *be = ct_model_backend(t->model);
     int32_t version = 0, mid = 0;
@@ -179,6 +221,13 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
     CT_TRY(get_i64(r, "train/shape", 2, shape));
     CT_TRY(get_i64(r, "train/data", 3, data));
     CT_TRY(get_i64(r, "train/tokens_seen", 1, &tokens_seen));
+    int64_t world = 1;
+    if (ct_ckpt_has(r, "train/world")) CT_TRY(get_i64(r, "train/world", 1, &world));
+    if (world < 1) return ct_errorf(CT_EINPUT, "%s: train/world %lld is not a world size", path, (long long)world);
+    if (world != t->world) {
+        t->log_cut = iter; /* metrics.jsonl counts the saving run's iterations */
+        CT_TRY(translate_world(t, path, shape, world, mid, &iter, &step));
+    }
     CT_TRY(ct_ckpt_get_u64(r, "train/seed", 1, &seed));
     uint64_t nll_bits;
     int64_t counts[2];
@@ -193,7 +242,7 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
         return ct_errorf(CT_EINPUT, "%s: saved after iteration %lld, but this run has %lld iterations", path,
                          (long long)iter, (long long)t->total_iters);
     int64_t acc = t->cfg->accumulative_counts;
-    if (mid && (shape[0] != t->cfg->batch_size || shape[1] != acc))
+    if (mid && world == t->world && (shape[0] != t->cfg->batch_size || shape[1] != acc))
         return ct_errorf(CT_EINPUT, "%s: saved inside an accumulation window of batch_size %lld x %lld; resume it "
                          "with the same batch_size and accumulative_counts", path, (long long)shape[0],
                          (long long)shape[1]);
@@ -209,13 +258,14 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
         CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t));
         CT_TRY(check_finite(path, name, be, p->t));
         snprintf(name, sizeof name, "grad/%s", p->name);
-        if (mid) CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t->grad));
+        if (mid && t->rank == 0) CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t->grad));
     }
-    if (!mid) CT_TRY(ct_adamw_zero_grad(t->adamw));
+    if (!mid || t->rank != 0) CT_TRY(ct_adamw_zero_grad(t->adamw));
     CT_TRY(ct_adamw_load(t->adamw, r, "optim"));
     if (ct_adamw_get_step(t->adamw) != step)
         return ct_errorf(CT_EINPUT, "%s: optimizer step %lld but train/step %lld: the file is inconsistent", path,
                          (long long)ct_adamw_get_step(t->adamw), (long long)step);
+    if (t->world > 1) cur = ct_train_cursor_at(t, ct_train_vpos(t, iter)); /* run_iteration seeks per micro-batch */
     CT_TRY(ct_loader_seek(&t->loader, cur));
     t->iter = iter;
     t->step = step;
@@ -228,7 +278,9 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
     snprintf(t->res->checkpoint, sizeof t->res->checkpoint, "%s", path);
     if (mid) { /* the rest of the window runs with the divisor it started with */
         int64_t w0 = iter / acc * acc, left = t->total_iters - w0;
-        CT_TRY(ct_trainer_count_window(t, win, left < acc ? left : acc, &t->window_targets));
+        if (t->world > 1) t->window_cursor = ct_train_cursor_at(t, ct_train_vpos(t, w0));
+        if (t->world > 1 || world > 1) CT_TRY(ct_train_window_targets(t, w0, left < acc ? left : acc, &t->window_targets));
+        else CT_TRY(ct_trainer_count_window(t, win, left < acc ? left : acc, &t->window_targets));
     }
     if (seed != (uint64_t)t->cfg->seed)
         ct_train_log_note(t, "note: %s was made with seed %llu, the config says %lld: data order and dropout change\n",

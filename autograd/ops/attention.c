@@ -79,6 +79,10 @@ static int segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int32_t *i
     return CT_OK;
 }
 
+int ct_segment_runs_tmp(const int32_t *seg, int64_t T, int32_t *runs, int32_t *tmp, int64_t *n_runs) {
+    return segment_runs(seg, T, runs, tmp, n_runs);
+}
+
 int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs) {
     int32_t *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof *ids); /* [T] */
     if (!ids) return ct_errorf(CT_ERUNTIME, "segment runs: out of memory for %lld ids", (long long)T);

@@ -51,50 +51,47 @@ static inline float table_f32(const void *row, ct_dtype dt, int64_t j) {
     return dt == CT_BF16 ? ct_bf16_to_f32(h) : ct_f16_to_f32(h);
 }
 
-ct_tensor *ct_embedding_host(ct_tape *t, const ct_tensor *table, const int32_t *ids, int64_t T) {
-    const ct_dtype act = t->be->act_dtype;
+int ct_embedding_gather_host(const ct_tensor *table, const int32_t *ids, int64_t T, ct_dtype act, void *dst) {
     if (table->ndim != 2 || table->device != CT_CPU ||
-        !(table->dtype == CT_F32 || table->dtype == CT_BF16 || table->dtype == CT_F16)) {
-        ct_errorf(CT_EINPUT, "embedding (host gather): needs a [V, D] f32/bf16/f16 table in host memory (got %s, "
-                  "rank %d, on %s)", ct_dtype_name(table->dtype), table->ndim, ct_device_name(table->device));
-        return NULL;
-    }
-    if (table->requires_grad) {
-        ct_errorf(CT_EINPUT, "embedding (host gather): the table is trainable; a host table must be frozen (its grad "
-                  "would have to come back from the device)");
-        return NULL;
-    }
-    if (act != CT_F32 && act != CT_BF16) {
-        ct_errorf(CT_EINPUT, "embedding (host gather): backend '%s' has activations of dtype %s (f32 or bf16 "
-                  "expected)", t->be->name, ct_dtype_name(act));
-        return NULL;
-    }
+        !(table->dtype == CT_F32 || table->dtype == CT_BF16 || table->dtype == CT_F16))
+        return ct_errorf(CT_EINPUT, "embedding (host gather): needs a [V, D] f32/bf16/f16 table in host memory (got "
+                         "%s, rank %d, on %s)", ct_dtype_name(table->dtype), table->ndim,
+                         ct_device_name(table->device));
+    if (table->requires_grad)
+        return ct_errorf(CT_EINPUT, "embedding (host gather): the table is trainable; a host table must be frozen "
+                         "(its grad would have to come back from the device)");
+    if (act != CT_F32 && act != CT_BF16)
+        return ct_errorf(CT_EINPUT, "embedding (host gather): rows of dtype %s asked (f32 or bf16 expected)",
+                         ct_dtype_name(act));
     const int64_t V = table->shape[0], D = table->shape[1];
     for (int64_t i = 0; i < T; i++)
-        if (ids[i] < 0 || ids[i] >= V) {
-            ct_errorf(CT_EINPUT, "embedding: token id %d at position %lld outside vocab of %lld", ids[i],
-                      (long long)i, (long long)V);
-            return NULL;
-        }
-    int64_t shape[2] = {T, D};
-    ct_tensor *y = ct_tape_new(t, act, 2, shape);
-    void *stage = y ? ct_tape_meta(t, ct_nbytes(y)) : NULL; /* host [T, D] in act, until the next reset */
-    if (!stage) return NULL;
+        if (ids[i] < 0 || ids[i] >= V)
+            return ct_errorf(CT_EINPUT, "embedding: token id %d at position %lld outside vocab of %lld", ids[i],
+                             (long long)i, (long long)V);
     const size_t row_bytes = (size_t)ct_dtype_bytes(table->dtype, D);
 #pragma omp parallel for schedule(static) if (T * D > 65536)
     for (int64_t i = 0; i < T; i++) {
         const void *row = (const char *)table->data + (size_t)ids[i] * row_bytes;
         if (act == CT_F32) {
-            float *dst = (float *)stage + (size_t)i * (size_t)D;
-            for (int64_t j = 0; j < D; j++) dst[j] = table_f32(row, table->dtype, j);
+            float *out = (float *)dst + (size_t)i * (size_t)D;
+            for (int64_t j = 0; j < D; j++) out[j] = table_f32(row, table->dtype, j);
         } else {
-            uint16_t *dst = (uint16_t *)stage + (size_t)i * (size_t)D;
-            for (int64_t j = 0; j < D; j++) dst[j] = ct_f32_to_bf16(table_f32(row, table->dtype, j));
+            uint16_t *out = (uint16_t *)dst + (size_t)i * (size_t)D;
+            for (int64_t j = 0; j < D; j++) out[j] = ct_f32_to_bf16(table_f32(row, table->dtype, j));
         }
     }
-    int rc = t->be->upload(y->data, stage, ct_nbytes(y));
+    return CT_OK;
+}
+
+ct_tensor *ct_embedding_host(ct_tape *t, const ct_tensor *table, const int32_t *ids, int64_t T) {
+    int64_t shape[2] = {T, table->ndim == 2 ? table->shape[1] : 0};
+    ct_tensor *y = ct_tape_new(t, t->be->act_dtype, 2, shape);
+    void *stage = y ? ct_tape_meta(t, ct_nbytes(y)) : NULL; /* host [T, D] in act, until the next reset */
+    if (!stage) return NULL;
+    int rc = ct_embedding_gather_host(table, ids, T, t->be->act_dtype, stage);
+    if (!rc) rc = t->be->upload(y->data, stage, ct_nbytes(y));
     if (rc) {
-        ct_error_wrap(rc, "embedding (host gather): uploading %lld rows", (long long)T);
+        ct_error_wrap(rc, "embedding (host gather): %lld rows", (long long)T);
         return NULL;
     }
     return y;

@@ -72,6 +72,15 @@
 #define cudaMemsetAsync ct_emu_cudaMemsetAsync
 #define cudaDeviceSynchronize ct_emu_cudaDeviceSynchronize
 #define cudaStreamSynchronize ct_emu_cudaStreamSynchronize
+#define cudaStreamCreateWithFlags ct_emu_cudaStreamCreateWithFlags
+#define cudaStreamDestroy ct_emu_cudaStreamDestroy
+#define cudaStreamWaitEvent ct_emu_cudaStreamWaitEvent
+#define cudaEventCreateWithFlags ct_emu_cudaEventCreateWithFlags
+#define cudaEventDestroy ct_emu_cudaEventDestroy
+#define cudaEventRecord ct_emu_cudaEventRecord
+#define cudaEventSynchronize ct_emu_cudaEventSynchronize
+#define cudaHostAlloc ct_emu_cudaHostAlloc
+#define cudaFreeHost ct_emu_cudaFreeHost
 #define cudaGetLastError ct_emu_cudaGetLastError
 #define cudaPeekAtLastError ct_emu_cudaPeekAtLastError
 #define cudaGetErrorString ct_emu_cudaGetErrorString
@@ -192,6 +201,23 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+/* Streams other than 0 (cudaStreamNonBlocking only: the legacy stream does
+ * not wait for them, nor they for it) hold their copies back until someone
+ * waits for them (cudaEventSynchronize, cudaStreamWaitEvent, a stream or
+ * device synchronize): code that reads a copy's destination, or rewrites
+ * its source, before waiting sees the wrong bytes, as it may on a GPU.
+ * Their async copies must come from cudaHostAlloc memory (pageable memory
+ * would make the copy synchronous on a GPU). Kernels and stream 0 run at
+ * once, so an event recorded on stream 0 is complete when recorded. */
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags);
+cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorString(cudaError_t err);

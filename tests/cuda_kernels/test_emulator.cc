@@ -13,7 +13,9 @@
  * - launch limits and host/device pointer mix-ups are refused;
  * - the warp mma's twin (cuda_kernels/mma.cuh, over warp_gather): fragments
  *   loaded by PTX's documented layouts give A·B + C exactly; a wrong layout
- *   (A loaded transposed) gives a wrong product; a partial warp fails. */
+ *   (A loaded transposed) gives a wrong product; a partial warp fails;
+ * - a copy queued on a stream is invisible until waited for, and its source
+ *   must be page-locked. */
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -362,9 +364,41 @@ static void test_memory_checks() {
     cudaFree(d);
 }
 
+/* A copy on a created stream is not there until waited for; its source must
+ * be page-locked; waiting through an event (host or stream) runs it. */
+static void test_streams() {
+    cudaStream_t st;
+    cudaEvent_t done;
+    CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) == cudaSuccess, "stream creation failed");
+    CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess, "event creation failed");
+    float *d = dev<float>(4), *pinned = nullptr, pageable[4] = {1, 2, 3, 4}, back[4];
+    CHECK(cudaHostAlloc((void **)&pinned, 4 * sizeof(float), cudaHostAllocDefault) == cudaSuccess, "cudaHostAlloc");
+    CHECK(cudaMemcpyAsync(d, pageable, sizeof pageable, cudaMemcpyHostToDevice, st) == cudaErrorInvalidValue,
+          "an async copy from pageable memory was allowed");
+    cudaGetLastError();
+    for (int i = 0; i < 4; i++) pinned[i] = (float)(i + 10);
+    CHECK(cudaMemcpyAsync(d, pinned, 4 * sizeof(float), cudaMemcpyHostToDevice, st) == cudaSuccess, "async copy");
+    CHECK(cudaEventRecord(done, st) == cudaSuccess, "event record");
+    cudaMemcpy(back, d, sizeof back, cudaMemcpyDeviceToHost);
+    CHECK(std::isnan(back[0]), "a queued copy was visible before anyone waited for it: %g", back[0]);
+    pinned[0] = 99.0f; /* rewriting the source before the wait: the copy takes the new value, as a GPU may */
+    CHECK(cudaStreamWaitEvent(0, done, 0) == cudaSuccess, "stream wait");
+    cudaMemcpy(back, d, sizeof back, cudaMemcpyDeviceToHost);
+    CHECK(back[0] == 99.0f && back[3] == 13.0f, "the copy after the wait: %g %g", back[0], back[3]);
+    CHECK(cudaStreamDestroy(st) == cudaSuccess, "stream destroy");
+    cudaStream_t blocking;
+    CHECK(cudaStreamCreateWithFlags(&blocking, cudaStreamDefault) == cudaErrorNotSupported,
+          "a blocking stream was created (the emulator models non-blocking ones only)");
+    cudaGetLastError();
+    cudaEventDestroy(done);
+    cudaFreeHost(pinned);
+    cudaFree(d);
+}
+
 } // namespace ct_emu
 
 int main() {
+    ct_emu::test_streams();
     ct_emu::test_block_sum();
     ct_emu::test_warp_sum();
     ct_emu::test_faults();

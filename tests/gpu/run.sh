@@ -23,10 +23,14 @@
 # `timeout`:
 #     build-gpu/tests/test_parity cuda                                (120 s)
 #     build-gpu/bench/bench_ops --backend cuda --shape 7b             (200 s)
+#     tests/gpu/nccl_check.sh: `ctuner train` with a NCCL communicator of
+#       one rank (CTUNER_DIST_NCCL=1) against the plain run, bit for bit;
+#       skipped, saying so, without libnccl.so.2 (a single GPU cannot show
+#       data-parallel scaling)                                       (120 s)
 #     bench/bench_gpu.sh: QLoRA training, ctuner against transformers +
 #       PEFT + bitsandbytes on the same model and data (InternLM2-1.8B, then
 #       7B, both NF4, seq 2048; the bundle's bitsandbytes on PYTHONPATH), in
-#       what is left of GPU_BUDGET_S (default 360 s) after the two above,
+#       what is left of GPU_BUDGET_S (default 360 s) after the three above,
 #       less 20 s for the summary; each of its runs has its own timeout,
 #       the 7B last, and a run that no longer fits is skipped; first the
 #       peer's conversion check (bench/check_peer_convert.sh: the Llama
@@ -132,6 +136,20 @@ run_env timeout 200 "${progs[1]}" --backend cuda --shape 7b --iters 10 --budget 
 brc=$?
 say "bench_ops: exit $brc after $(secs "$t") s (log: $logs/bench_ops.log)"
 [ $brc -eq 0 ] || status=1
+
+# data-parallel training's NCCL path on this one GPU: a communicator of one
+# rank against the plain run (equal bits; one GPU cannot show scaling)
+t=$(date +%s)
+nrc=0
+if [ $ctuner_ok -eq 0 ]; then
+  say "nccl: not run ($bdir/ctuner cannot load its libraries)"
+else
+  run_env timeout 120 bash tests/gpu/nccl_check.sh "$bdir/ctuner" "$bdir/fixtures" /tmp/ctuner-nccl >"$logs/nccl.log" 2>&1
+  nrc=$?
+  grep "^nccl: " "$logs/nccl.log" | tee -a "$logs/summary.txt"
+  say "nccl: exit $nrc after $(secs "$t") s (77: skipped; log: $logs/nccl.log)"
+  [ $nrc -eq 0 ] || [ $nrc -eq 77 ] || status=1
+fi
 
 # the training benchmark in what is left of the budget (20 s kept for the summary)
 left=$((budget - $(secs "$start") - 20))

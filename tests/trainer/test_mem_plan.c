@@ -129,10 +129,11 @@ int main(void) {
     ct_make_model_options mo = {.config = cfgp, .out = wide, .tokenizer = stories, .seed = 5};
     CHECK_OK(ct_make_model(&mo, NULL));
 
-    const ct_backend *bes[2] = {ct_cpu_backend(), ct_cuda_emu_backend()};
+    const bool emu_wanted = ct_test_emu_model_runs("test_mem_plan");
+    const ct_backend *bes[2] = {ct_cpu_backend(), emu_wanted ? ct_cuda_emu_backend() : NULL};
     for (int b = 0; b < 2; b++) {
         if (!bes[b]) {
-            printf("cuda-emu: not in this build (%s): CPU only\n", ct_last_error());
+            if (emu_wanted) printf("cuda-emu: not in this build (%s): CPU only\n", ct_last_error());
             continue;
         }
         run_case("qlora", stories, data, k_qlora, bes[b]);

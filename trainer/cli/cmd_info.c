@@ -7,6 +7,7 @@
 #include "autograd/ct_error.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
+#include "trainer/dist/dist.h"
 
 int ct_cmd_info(int argc, char **argv) {
     ct_args a = {.usage = "ctuner info",
@@ -14,6 +15,8 @@ int ct_cmd_info(int argc, char **argv) {
     CT_TRY(ct_args_parse(&a, argc, argv));
     printf("ctuner 0.1.0\n");
     printf("OpenMP threads: %d\n", omp_get_max_threads());
+    printf("data-parallel training (mpirun/srun ctuner train): MPI %s, NCCL %s\n",
+           ct_dist_have_mpi() ? "yes" : "no (built without MPI)", ct_dist_have_nccl() ? "yes" : "no");
     const char *names[8], *why[8];
     const ct_backend *bes[8];
     int n = ct_backend_list(names, bes, why, 8);

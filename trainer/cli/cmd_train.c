@@ -11,7 +11,12 @@
  * (SIGINT) or 143 (SIGTERM) and a script can tell an interrupted run from a
  * finished one (0) or a failed one (1, 2); `--resume auto` continues it. A
  * second signal kills the process at once; checkpoints are written atomically,
- * so that never damages the previous one. */
+ * so that never damages the previous one.
+ *
+ * Under mpirun or srun (trainer/dist/dist.h) every rank runs this: rank 0
+ * prints and writes config.yaml; a rank that fails prints its error naming
+ * itself and ends the whole job (MPI_Abort) with the exit status it would
+ * have had alone (1 or 2). */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -22,6 +27,7 @@
 #include "datasets/file_check.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
+#include "trainer/dist/dist.h"
 #include "trainer/io/fsutil.h"
 #include "trainer/train.h"
 
@@ -60,11 +66,18 @@ static int save_config(const ct_run_config *c, const char *text) {
     return ct_file_write_atomic(path, text, strlen(text));
 }
 
-static int run(const char *cfg_path, const char *work_dir, const char *resume, const char *eval_data,
+static int run(ct_dist *dist, const char *cfg_path, const char *work_dir, const char *resume, const char *eval_data,
                const char **sets, int n_sets) {
     if (resume && !resume[0]) return ct_errorf(CT_EINPUT, "--resume needs 'auto' or a checkpoint path");
     ct_run_config cfg;
     CT_TRY(ct_config_load(cfg_path, sets, n_sets, &cfg));
+    char bind[320];
+    ct_dist_bind(dist, cfg.device != CT_DEVICE_CPU, bind, sizeof bind); /* before any backend starts */
+    if (dist->world > 1) {
+        /* each rank says where it runs (stderr: rank 0's stdout stays the log) */
+        fprintf(stderr, "ctuner train: rank %d of %d on %s (local rank %d of %d): %s\n", dist->rank, dist->world,
+                dist->host, dist->local_rank, dist->local_world, bind);
+    }
     char *text = NULL;
     int rc = CT_OK;
     if (work_dir) {
@@ -73,8 +86,8 @@ static int run(const char *cfg_path, const char *work_dir, const char *resume, c
         else free(cfg.work_dir), cfg.work_dir = wd;
     }
     if (!rc) rc = config_yaml(&cfg, &text);
-    if (!rc) rc = save_config(&cfg, text);
-    if (!rc) {
+    if (!rc && dist->rank == 0) rc = save_config(&cfg, text);
+    if (!rc && dist->rank == 0) {
         printf("ctuner train %s: the resolved config (saved as %s/config.yaml):\n%s\n", cfg_path, cfg.work_dir, text);
         fflush(stdout);
     }
@@ -82,7 +95,8 @@ static int run(const char *cfg_path, const char *work_dir, const char *resume, c
     memset(&res, 0, sizeof res);
     if (!rc) {
         ct_train_options opt = {.cfg = &cfg, .config_text = text, .resume = resume, .eval_data = eval_data,
-                                .out = stdout, .live = isatty(STDOUT_FILENO) == 1};
+                                .out = stdout, .live = isatty(STDOUT_FILENO) == 1 && dist->world == 1,
+                                .dist = dist->world > 1 ? dist : NULL};
         install_handlers();
         rc = ct_train(&opt, &res);
         signal(SIGINT, SIG_DFL);
@@ -96,14 +110,18 @@ static int run(const char *cfg_path, const char *work_dir, const char *resume, c
         fprintf(stderr, "ctuner train: %s; nothing was trained or saved\n", ct_last_error());
         fflush(stdout);
         fflush(stderr);
+        ct_dist_finalize(dist);
         raise(ct_cancel_signal());
     }
-    if (rc == CT_OK && res.stopped && res.stop_signal > 0) {
+    if (rc == CT_OK && res.stopped && res.stop_signal > 0 && dist->rank == 0) {
         fprintf(stderr, "ctuner train: interrupted (%s); resume with: ctuner train %s%s%s --resume auto\n",
                 res.stop_signal == SIGINT ? "SIGINT" : res.stop_signal == SIGTERM ? "SIGTERM" : "signal", cfg_path,
                 work_dir ? " --work-dir " : "", work_dir ? work_dir : "");
+    }
+    if (rc == CT_OK && res.stopped && res.stop_signal > 0) {
         fflush(stdout);
         fflush(stderr);
+        ct_dist_finalize(dist);
         raise(res.stop_signal); /* ends the process with the signal's status (130, 143) */
     }
     return rc;
@@ -133,7 +151,15 @@ int ct_cmd_train(int argc, char **argv) {
     const char **sets = NULL;
     int n_sets = 0;
     CT_TRY(ct_args_collect(&a, argc, argv, "--set", &sets, &n_sets));
-    int rc = run(a.positional[0], work_dir, resume, eval_data, sets, n_sets);
+    ct_dist *dist = NULL;
+    int rc = ct_dist_init(&dist);
+    if (!rc) rc = run(dist, a.positional[0], work_dir, resume, eval_data, sets, n_sets);
     free(sets);
+    if (rc && dist && dist->world > 1) { /* one failing rank ends the job: never a hang */
+        fprintf(stderr, "ctuner train: rank %d of %d (%s): error: %s\n", dist->rank, dist->world, dist->host,
+                ct_last_error());
+        dist->ops->abort(dist, rc == CT_EINPUT ? 2 : 1);
+    }
+    ct_dist_finalize(dist);
     return rc;
 }

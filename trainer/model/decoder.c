@@ -15,9 +15,8 @@
         if (!((dst) = (expr))) return ct_error_wrap(ct_last_status(), "%s", (what)); \
     } while (0)
 
-int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, const int32_t *seg,
-                          int64_t T) {
-    memset(in, 0, sizeof *in);
+int ct_decoder_positions_check(const int32_t *pos, int64_t T, int64_t *seq_len) {
+    *seq_len = 0;
     if (T < 1 || T > INT32_MAX)
         return ct_errorf(CT_EINPUT, "decoder input: %lld tokens (need 1..%d)", (long long)T, INT32_MAX);
     int64_t max_pos = -1;
@@ -27,6 +26,15 @@ int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, 
                              (long long)i);
         if (pos[i] > max_pos) max_pos = pos[i];
     }
+    *seq_len = max_pos + 1;
+    return CT_OK;
+}
+
+int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, const int32_t *seg,
+                          int64_t T) {
+    memset(in, 0, sizeof *in);
+    int64_t seq_len;
+    CT_TRY(ct_decoder_positions_check(pos, T, &seq_len));
     ct_tensor *pt = ct_tape_new(t, CT_I32, 1, &T);
     if (!pt || t->be->upload(pt->data, pos, (size_t)T * sizeof *pos))
         return ct_error_wrap(CT_ERUNTIME, "decoder input: positions");
@@ -35,7 +43,7 @@ int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, 
         return ct_error_wrap(ct_last_status(), "decoder input");
     in->pos = pt;
     in->runs = runs;
-    in->seq_len = max_pos + 1;
+    in->seq_len = seq_len;
     return CT_OK;
 }
 
@@ -191,7 +199,15 @@ int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *id
         return ct_errorf(CT_EINPUT, "decoder: tok_embeddings must be [vocab, %d]", m->dims.hidden);
 
     ct_tensor *h; /* [T, D] the residual stream */
-    CT_OP(h, ct_decoder_embed(t, m, ids, in->host_ids), "tok_embeddings");
+    if (in->embedded) {
+        h = in->embedded;
+        if (h->dtype != t->be->act_dtype || h->ndim != 2 || h->shape[0] != ct_numel(ids) ||
+            h->shape[1] != m->dims.hidden)
+            return ct_errorf(CT_EINPUT, "decoder: the embedded rows must be %s [%lld, %d]",
+                             ct_dtype_name(t->be->act_dtype), (long long)ct_numel(ids), m->dims.hidden);
+    } else {
+        CT_OP(h, ct_decoder_embed(t, m, ids, in->host_ids), "tok_embeddings");
+    }
     for (int l = 0; l < m->n_layers; l++) {
         ct_tensor *next = NULL;
         int rc = checkpoint ? ct_decoder_layer_checkpointed(t, &m->dims, &m->layers[l], in, h, &next)

@@ -60,6 +60,11 @@ typedef struct {
      * ct_decoder_input_make; read during the forward only): needed when the
      * embedding table stays in host memory (ct_decoder_embed), else NULL is fine. */
     const int32_t *host_ids;
+    /* The embedding's output [T, D] in the activation dtype, already on the
+     * device (the trainer gathers the rows of a host table while the
+     * previous step computes and uploads them with the batch), or NULL:
+     * ct_decoder_model_hidden then embeds. */
+    ct_tensor *embedded;
 } ct_decoder_input;
 
 /* Made on the host where the batch is made, once per step: validates the
@@ -71,6 +76,8 @@ typedef struct {
  * comes back after another. */
 int ct_decoder_input_make(ct_decoder_input *in, ct_tape *t, const int32_t *pos, const int32_t *seg,
                           int64_t T);
+/* Its check of the positions alone: *seq_len = max(pos) + 1. */
+int ct_decoder_positions_check(const int32_t *pos, int64_t T, int64_t *seq_len);
 
 /* Checks the weights' shapes against dims (CT_EINPUT naming the tensor). The
  * layer functions call it; a model loader can call it once up front. */
@@ -106,7 +113,7 @@ typedef struct {
  * CT_EINPUT. NULL with the message set. */
 ct_tensor *ct_decoder_embed(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids, const int32_t *host_ids);
 
-/* Embedding (ct_decoder_embed, host ids from in->host_ids) -> n_layers layers
+/* Embedding (in->embedded, or ct_decoder_embed with host ids from in->host_ids) -> n_layers layers
  * (each checkpointed when `checkpoint`) -> final rmsnorm: *hidden [T, D], the
  * input of the output head. */
 int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,

@@ -154,7 +154,7 @@ static int layer_step(ct_generator *g, int l, ct_tensor *h, ct_tensor *pos, int6
     ct_attn_params ap = {.n_kv_heads = d->n_kv_heads, .group = G, .head_dim = d->head_dim,
                          .scale = (float)(1.0 / sqrt((double)d->head_dim))};
 
-    ct_tensor *x, *qkv, *qkv_r, *att, *o, *h1;
+    ct_tensor *x, *qkv, *qkv_r, *att, *o;
     GEN_OP(x, ct_rmsnorm(t, h, w->attention_norm, d->eps), "attention_norm"); /* [n, D] */
     GEN_OP(qkv, ct_lora_linear(t, x, &w->wqkv), "wqkv");                     /* [n, Hkv*(G+2)*hd] */
     GEN_OP(qkv_r, ct_rope(t, qkv, pos, &rp), "rope");                         /* same */
@@ -175,10 +175,9 @@ static int layer_step(ct_generator *g, int l, ct_tensor *h, ct_tensor *pos, int6
         CT_TRY(g->be->attention_decode(qkv_r, p0, &ap, &g->kc[l], &g->vc[l], att, &t->scratch));
     }
     GEN_OP(o, ct_lora_linear(t, att, &w->wo), "wo");                          /* [n, D] */
-    GEN_OP(h1, ct_add(t, h, o), "attention residual");
-
-    ct_tensor *x2, *gate, *up, *act, *down, *h2;
-    GEN_OP(x2, ct_rmsnorm(t, h1, w->ffn_norm, d->eps), "ffn_norm");          /* [n, D] */
+    ct_tensor *h1 = NULL, *x2, *gate, *up, *act, *down, *h2;
+    GEN_OP(x2, ct_add_rmsnorm(t, h, o, w->ffn_norm, d->eps, &h1),
+           "attention residual + ffn_norm");                                  /* [n, D] both */
     GEN_OP(gate, ct_lora_linear(t, x2, &w->w1), "w1");                        /* [n, F] */
     GEN_OP(up, ct_lora_linear(t, x2, &w->w3), "w3");                          /* [n, F] */
     GEN_OP(act, ct_swiglu(t, gate, up), "swiglu");                            /* [n, F] */

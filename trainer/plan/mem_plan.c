@@ -16,9 +16,9 @@
 #define MIB ((uint64_t)1 << 20)
 
 static const char *const k_names[CT_PLAN_N_ITEMS] = {
-    "quantized weights", "16-bit weights",           "LoRA weights",    "LoRA grads",
-    "optimizer state",   "layer-input checkpoints",  "step activations", "recompute working set",
-    "kernel workspace",  "loss chunk",               "allocator slack", "CUDA context",
+    "quantized weights", "16-bit weights", "LoRA weights",          "LoRA grads",       "optimizer state",
+    "batch inputs",      "layer-input checkpoints", "step activations", "recompute working set",
+    "kernel workspace",  "loss chunk",     "allocator slack",       "CUDA context",
 };
 
 const char *ct_plan_item_name(ct_plan_item i) { return i < CT_PLAN_N_ITEMS ? k_names[i] : "?"; }
@@ -253,13 +253,19 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
     if (optim_host) p->host_bytes += 2 * moments * 4 + 2 * (uint64_t)lora * 4;
     else put(&it[CT_PLAN_OPTIM], 2 * moments * 4);
 
-    /* main arena: ids, labels, positions, segment runs; the embedding output
-     * and the kept layer outputs (every activation without checkpointing);
-     * the final norm, the loss's d(nll)/dx, the loss grads and the residual
+    /* two staged slots of one block each (trainer/input_stage.c): ids,
+     * labels, positions, segment runs, each rounded to 256 bytes, then the
+     * embedding rows gathered on the host */
+    for (int i = 0; i < 2; i++) {
+        uint64_t ints = 3 * ((T * 4 + 255) / 256 * 256) + (T * 4 + 4 + 255) / 256 * 256;
+        put(&it[CT_PLAN_INPUTS], ints + (embed_host ? T * D * d.act : 0));
+    }
+    /* main arena: the embedding output (unless staged with the inputs) and
+     * the kept layer outputs (every activation without checkpointing); the
+     * final norm, the loss's d(nll)/dx, the loss grads and the residual
      * grads (with checkpointing two [T, D] buffers alternate, tape.c) */
     acc *ck = &it[CT_PLAN_CKPT], *st = &it[CT_PLAN_STEP];
-    for (int i = 0; i < 4; i++) put(st, T * 4 + (i == 3 ? 4 : 0));
-    put(ck, T * D * d.act); /* the embedding's output */
+    if (!embed_host) put(ck, T * D * d.act); /* the embedding's output */
     bool ckpt = in->run->gradient_checkpointing;
     for (int64_t l = 0; l < d.L; l++) {
         if (ckpt) {
@@ -325,6 +331,7 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
              embed_host ? ", embedding on the host" : "", d.quant && d.quant_head ? ", head 4-bit" : "");
     snprintf(p->detail[CT_PLAN_LORA], 96, "%lld params, r %lld, f32", (long long)lora, (long long)d.r);
     snprintf(p->detail[CT_PLAN_OPTIM], 96, "AdamW m, v f32%s", optim_host ? ": on the host" : "");
+    snprintf(p->detail[CT_PLAN_INPUTS], 96, "2 slots: ids, labels, positions, runs%s", embed_host ? ", embedding rows" : "");
     snprintf(p->detail[CT_PLAN_CKPT], 96, "%s, %lld x %lld x %s", ckpt ? "layer inputs" : "all activations",
              (long long)d.T, (long long)d.D, d.act == 2 ? "bf16" : "f32");
     snprintf(p->detail[CT_PLAN_RECOMPUTE], 96, "%s", ckpt ? "one layer's activations + grads" : "none (no checkpointing)");

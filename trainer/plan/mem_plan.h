@@ -27,8 +27,9 @@ typedef enum {
     CT_PLAN_LORA,       /* LoRA A/B, f32 */
     CT_PLAN_GRADS,      /* their grads, f32 */
     CT_PLAN_OPTIM,      /* AdamW moments, 2 x f32 (0 on the device with optimizer_offload: cpu) */
+    CT_PLAN_INPUTS,     /* the batch's inputs in two staged slots (trainer/input_stage.h), with the embedding rows when the table is on the host */
     CT_PLAN_CKPT,       /* layer inputs kept for the backward (or every activation without checkpointing) */
-    CT_PLAN_STEP,       /* the rest of the main arena: inputs, final norm, loss grads, the residual grads */
+    CT_PLAN_STEP,       /* the rest of the main arena: final norm, loss grads, the residual grads */
     CT_PLAN_RECOMPUTE,  /* one layer's recomputed activations and their grads (scratch) */
     CT_PLAN_WORKSPACE,  /* the largest kernel temporary of a layer's backward (scratch) */
     CT_PLAN_LOSS,       /* the chunked cross-entropy's temporaries (scratch) */

@@ -4,7 +4,7 @@
 # format, exit 0); a budget it does not fit exits 3 with ": does not fit"; the
 # items that have a closed form are checked against an independent computation
 # (python, from config.json: LoRA parameters, 4-bit bytes with double quant,
-# the layer-input checkpoints); a longer max_length costs more; refusals (bad
+# the layer-input checkpoints, the staged batch inputs); a longer max_length costs more; refusals (bad
 # budget, device, missing config or model directory, bad --set) exit 2.
 # $1 = ctuner binary, $2 = fixtures dir. Exits 77 without the 7B config.
 set -u
@@ -41,12 +41,14 @@ def nf4(n):  # codes, u8 absmax per 64, f32 per 256 absmax blocks (bitsandbytes'
     return [(n + 1) // 2, nb, -(-nb // 256) * 4]
 quant = sum(sum(nf4(o * i)) for o, i in lin) * L
 lora = sum(64 * (o + i) for o, i in lin) * L
-ckpt = (L + 1) * 2048 * D * 2
+T = 2048
+ckpt = L * T * D * 2  # the layer inputs; the embedding's rows are staged with the batch (table on the host)
+inputs = 2 * (3 * up(4 * T) + up(4 * T + 4) + T * D * 2)  # two slots: ids, labels, positions, runs, rows
 def item(name):
     m = re.search(r"^%s +([0-9.]+) " % re.escape(name), out, re.M)
     return float(m.group(1))
 for name, want in [("quantized weights", quant), ("LoRA weights", lora * 4), ("LoRA grads", lora * 4),
-                   ("layer-input checkpoints", ckpt)]:
+                   ("layer-input checkpoints", ckpt), ("batch inputs", inputs)]:
     got = item(name) * 2**20
     assert abs(got - want) <= 0.06 * 2**20, (name, got, want)
 print("closed-form items agree: quant %.1f MiB, LoRA %d params, checkpoints %.1f MiB" % (quant / 2**20, lora, ckpt / 2**20))
