@@ -171,6 +171,10 @@ typedef struct ct_backend {
      * (mem_track.h); with reset_peak the peak restarts from current. Optional:
      * NULL means the backend does not count. */
     ct_mem_usage (*mem_usage)(int reset_peak);
+    /* Bytes mem could still allocate (the CPU: host_mem.h; CUDA: the free
+     * device memory), for the trainer's check of the memory plan before it
+     * allocates. Optional: NULL, or an error, means unknown (no check). */
+    int (*mem_available)(uint64_t *bytes);
     /* Staged uploads: the next batch copied in while the device computes.
      * Optional (all four or none; NULL: callers upload synchronously).
      * Two slots (0, 1), each a page-locked host buffer the backend owns:

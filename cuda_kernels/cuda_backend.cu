@@ -36,6 +36,12 @@ static void cuda_free(void *p) { ct_mem_track_free(&g_device_mem, raw_free, p); 
 void *ct_cuda_mem_alloc(size_t bytes) { return cuda_alloc(bytes); }
 void ct_cuda_mem_free(void *p) { cuda_free(p); }
 static ct_mem_usage cuda_mem_usage(int reset_peak) { return ct_mem_track_usage(&g_device_mem, reset_peak); }
+static int cuda_mem_available(uint64_t *bytes) {
+    size_t free_b = 0, total_b = 0;
+    CT_CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+    *bytes = free_b;
+    return CT_OK;
+}
 
 static int cuda_zero(void *p, size_t n) {
     CT_CUDA_TRY(cudaMemsetAsync(p, 0, n, 0));
@@ -89,6 +95,7 @@ static const ct_backend k_cuda = {
     .download = cuda_download,
     .sync = cuda_sync,
     .mem_usage = cuda_mem_usage,
+    .mem_available = cuda_mem_available,
     .stage_host = ct_cuda_stage_host,
     .stage_upload = ct_cuda_stage_upload,
     .stage_wait = ct_cuda_stage_wait,

@@ -19,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <hdf5.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/h5_image.h"
 #include "datasets/sha256.h"
 
 enum { META_VERSION, META_MAX_LENGTH, META_PAD_ID, META_SAMPLES, META_ROWS, META_TOKENS, N_META };
@@ -70,8 +73,19 @@ static int write_1d(hid_t file, const char *name, hid_t filetype, hid_t memtype,
     return e < 0 ? -1 : 0;
 }
 
+/* Built in memory and written to `tmp` with write(2) (h5_image.h: a full
+ * disk never reaches HDF5's file handling); -1 with ct_last_error() set when
+ * the write failed, -1 with no error for an HDF5 failure. */
 static int save_hdf5(const char *tmp, const uint8_t key[32], const ct_dataset *ds) {
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    /* The 1.8+ object format, as checkpoints: its metadata is checksummed, so
+     * HDF5 refuses a damaged header before it believes the sizes in it (with
+     * the default format a flipped byte in a local heap made it allocate
+     * 4 GB: fuzz_ds_cache). */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0) return -1;
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    hid_t f = ct_h5_mem_create(tmp, fapl);
+    H5Pclose(fapl);
     if (f < 0) return -1;
     int64_t meta[N_META] = {CT_DS_CACHE_VERSION, ds->max_length, ds->pad_id, ds->n_samples, ds->rows.n_rows,
                             ds->sample_off[ds->n_samples]};
@@ -92,7 +106,8 @@ static int save_hdf5(const char *tmp, const uint8_t key[32], const ct_dataset *d
     bad |= write_1d(f, "row_off", H5T_STD_I64LE, H5T_NATIVE_INT64, ds->rows.row_off, nr + 1);
     bad |= write_1d(f, "row_samples", H5T_STD_I64LE, H5T_NATIVE_INT64, ds->rows.row_samples, ns);
     bad |= write_1d(f, "digest", H5T_STD_U8LE, H5T_NATIVE_UINT8, digest, 32);
-    if (H5Fclose(f) < 0) bad = -1;
+    if (!bad && ct_h5_mem_write(f, tmp) != CT_OK) bad = -2;
+    if (H5Fclose(f) < 0 && !bad) bad = -1;
     return bad;
 }
 
@@ -114,19 +129,26 @@ int ct_ds_cache_save(const char *path, const uint8_t key[32], const ct_dataset *
     int fd = mkstemp(tmp);
     if (fd < 0)
         return ct_errorf(CT_ERUNTIME, "%s: cannot create a temp file for the dataset cache: %s", dir, strerror(errno));
-    close(fd);
+    /* Held until the file is renamed or removed: the lock tells
+     * ct_ds_cache_reclaim in another process that this temp file is alive. */
+    (void)flock(fd, LOCK_EX);
     int bad;
     H5E_BEGIN_TRY { bad = save_hdf5(tmp, key, ds); }
     H5E_END_TRY;
-    if (bad || fsync_path(tmp, O_RDONLY) != 0) {
+    if (bad) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", bad == -2 ? ct_last_error() : "HDF5 could not build the file");
         unlink(tmp);
-        return ct_errorf(CT_ERUNTIME, "%s: cannot write the dataset cache (disk full or not writable?)", path);
+        close(fd);
+        return ct_errorf(CT_ERUNTIME, "%s: cannot write the dataset cache: %s", path, why);
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
+        close(fd);
         return ct_errorf(CT_ERUNTIME, "%s: cannot rename the dataset cache into place: %s", path, strerror(e));
     }
+    close(fd);
     fsync_path(dir, O_RDONLY | O_DIRECTORY); /* the rename itself; best effort */
     return CT_OK;
 }
@@ -135,7 +157,10 @@ int ct_ds_cache_save(const char *path, const uint8_t key[32], const ct_dataset *
 
 /* Reads a 1-D integer dataset of `elem`-byte values; want == 0 accepts any
  * size >= 0, else the size must be want - 1 (so that 0 can mean "any"). */
-static int read_1d(hid_t f, const char *name, hid_t memtype, size_t elem, hsize_t want, void **out, hsize_t *n,
+/* file_bytes: the cache file's size. ct_ds_cache_save writes every value
+ * (contiguous, uncompressed), so no dataset holds more bytes; a larger
+ * dataspace is a damaged or hostile file that would make us allocate it. */
+static int read_1d(hid_t f, double file_bytes, const char *name, hid_t memtype, size_t elem, hsize_t want, void **out, hsize_t *n,
                    char *why, size_t cap) {
     *out = NULL;
     if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
@@ -153,7 +178,11 @@ static int read_1d(hid_t f, const char *name, hid_t memtype, size_t elem, hsize_
              H5Sget_simple_extent_dims(space, dims, NULL) == 1 && H5Tget_class(type) == H5T_INTEGER &&
              H5Tget_size(type) == elem;
     if (!ok) snprintf(why, cap, "dataset '%s' has the wrong type or shape", name);
-    else if (want && dims[0] != want - 1) {
+    else if ((double)dims[0] * (double)elem > file_bytes) {
+        snprintf(why, cap, "dataset '%s' claims %llu entries, more than the file holds", name,
+                 (unsigned long long)dims[0]);
+        ok = 0;
+    } else if (want && dims[0] != want - 1) {
         snprintf(why, cap, "dataset '%s' has %llu entries, expected %llu", name, (unsigned long long)dims[0],
                  (unsigned long long)(want - 1));
         ok = 0;
@@ -210,6 +239,13 @@ static int check_layout(const ct_dataset *ds, int32_t vocab, char *why, size_t c
 
 static int load_hdf5(const char *path, const uint8_t key[32], int64_t max_length, int32_t vocab, ct_dataset *ds,
                      char *why, size_t cap) {
+    struct stat st;
+    double fb = stat(path, &st) == 0 ? (double)st.st_size : 0;
+    int sb = ct_h5_superblock_version(path); /* -1: no signature; H5Fopen says so below */
+    if (sb >= 0 && sb < 2) { /* unchecked metadata: HDF5 would believe any size in it */
+        snprintf(why, cap, "not in the checksummed HDF5 1.8+ format (damaged, or from an older ctuner)");
+        return -1;
+    }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
         snprintf(why, cap, "not a readable HDF5 file (truncated or damaged)");
@@ -217,9 +253,9 @@ static int load_hdf5(const char *path, const uint8_t key[32], int64_t max_length
     }
     void *p_key = NULL, *p_meta = NULL, *p_stats = NULL, *p_warn = NULL, *p_digest = NULL;
     hsize_t n, nw = 0;
-    int rc = read_1d(f, "key", H5T_NATIVE_UINT8, 1, 33, &p_key, &n, why, cap);
+    int rc = read_1d(f, fb, "key", H5T_NATIVE_UINT8, 1, 33, &p_key, &n, why, cap);
     if (!rc && memcmp(p_key, key, 32) != 0) rc = -1, snprintf(why, cap, "made for other inputs (key differs)");
-    if (!rc) rc = read_1d(f, "meta", H5T_NATIVE_INT64, 8, N_META + 1, &p_meta, &n, why, cap);
+    if (!rc) rc = read_1d(f, fb, "meta", H5T_NATIVE_INT64, 8, N_META + 1, &p_meta, &n, why, cap);
     const int64_t *meta = p_meta;
     if (!rc && (meta[META_VERSION] != CT_DS_CACHE_VERSION || meta[META_MAX_LENGTH] != max_length ||
                 meta[META_SAMPLES] < 1 || meta[META_ROWS] < 1 || meta[META_TOKENS] < 1))
@@ -232,15 +268,15 @@ static int load_hdf5(const char *path, const uint8_t key[32], int64_t max_length
         ds->rows.n_rows = meta[META_ROWS];
         hsize_t ns = (hsize_t)meta[META_SAMPLES], nt = (hsize_t)meta[META_TOKENS], nr = (hsize_t)meta[META_ROWS];
         void *p;
-        rc = read_1d(f, "stats", H5T_NATIVE_INT64, 8, N_STATS + 1, &p_stats, &n, why, cap);
-        if (!rc) rc = read_1d(f, "warning", H5T_NATIVE_UINT8, 1, 0, &p_warn, &nw, why, cap);
+        rc = read_1d(f, fb, "stats", H5T_NATIVE_INT64, 8, N_STATS + 1, &p_stats, &n, why, cap);
+        if (!rc) rc = read_1d(f, fb, "warning", H5T_NATIVE_UINT8, 1, 0, &p_warn, &nw, why, cap);
         if (!rc && nw >= sizeof ds->stats.first_warning) rc = -1, snprintf(why, cap, "warning text too long");
-        if (!rc) rc = read_1d(f, "sample_off", H5T_NATIVE_INT64, 8, ns + 2, &p, &n, why, cap), ds->sample_off = p;
-        if (!rc) rc = read_1d(f, "ids", H5T_NATIVE_INT32, 4, nt + 1, &p, &n, why, cap), ds->ids = p;
-        if (!rc) rc = read_1d(f, "labels", H5T_NATIVE_INT32, 4, nt + 1, &p, &n, why, cap), ds->labels = p;
-        if (!rc) rc = read_1d(f, "row_off", H5T_NATIVE_INT64, 8, nr + 2, &p, &n, why, cap), ds->rows.row_off = p;
-        if (!rc) rc = read_1d(f, "row_samples", H5T_NATIVE_INT64, 8, ns + 1, &p, &n, why, cap), ds->rows.row_samples = p;
-        if (!rc) rc = read_1d(f, "digest", H5T_NATIVE_UINT8, 1, 33, &p_digest, &n, why, cap);
+        if (!rc) rc = read_1d(f, fb, "sample_off", H5T_NATIVE_INT64, 8, ns + 2, &p, &n, why, cap), ds->sample_off = p;
+        if (!rc) rc = read_1d(f, fb, "ids", H5T_NATIVE_INT32, 4, nt + 1, &p, &n, why, cap), ds->ids = p;
+        if (!rc) rc = read_1d(f, fb, "labels", H5T_NATIVE_INT32, 4, nt + 1, &p, &n, why, cap), ds->labels = p;
+        if (!rc) rc = read_1d(f, fb, "row_off", H5T_NATIVE_INT64, 8, nr + 2, &p, &n, why, cap), ds->rows.row_off = p;
+        if (!rc) rc = read_1d(f, fb, "row_samples", H5T_NATIVE_INT64, 8, ns + 1, &p, &n, why, cap), ds->rows.row_samples = p;
+        if (!rc) rc = read_1d(f, fb, "digest", H5T_NATIVE_UINT8, 1, 33, &p_digest, &n, why, cap);
         if (!rc && ds->sample_off[ns] != (int64_t)nt) rc = -1, snprintf(why, cap, "sample offsets do not end at the token count");
     }
     if (!rc) {
@@ -271,6 +307,31 @@ int ct_ds_cache_load(const char *path, const uint8_t key[32], int64_t max_length
         ct_dataset_free(out);
         return ct_errorf(CT_EINPUT, "%s: dataset cache not usable: %s", path, why);
     }
+    return CT_OK;
+}
+
+int ct_ds_cache_reclaim(const char *dir, int *removed) {
+    if (removed) *removed = 0;
+    DIR *d = opendir(dir);
+    if (!d) return CT_OK; /* no cache dir yet */
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        /* ".ds-<hex>.h5.tmp-XXXXXX": only the names ct_ds_cache_save creates */
+        const char *n = e->d_name, *t = strstr(n, ".h5.tmp-");
+        if (strncmp(n, ".ds-", 4) != 0 || !t || strlen(t) != 8 + 6) continue;
+        char path[4096];
+        int pn = snprintf(path, sizeof path, "%s/%s", dir, n);
+        if (pn < 0 || (size_t)pn >= sizeof path) continue;
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) continue;
+        struct stat st;
+        /* A writer that is alive holds the lock; a killed one left it free. */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 && unlink(path) == 0 &&
+            removed)
+            (*removed)++;
+        close(fd);
+    }
+    closedir(d);
     return CT_OK;
 }
 
@@ -306,6 +367,7 @@ int ct_ds_open(const ct_ds_config *cfg, const ct_tokenizer *tok, ct_dataset *out
     ct_sha256_hex(info->key, hex);
     int n = snprintf(info->path, sizeof info->path, "%s/ds-%.32s.h5", cfg->cache_dir, hex);
     if (n < 0 || (size_t)n >= sizeof info->path) return ct_errorf(CT_EINPUT, "%s: cache dir path too long", cfg->cache_dir);
+    ct_ds_cache_reclaim(cfg->cache_dir, &info->reclaimed); /* interrupted builds' temp files */
     if (ct_ds_cache_load(info->path, info->key, cfg->max_length, ct_tok_vocab_size(tok), out) == CT_OK) {
         info->hit = true;
         return CT_OK;

@@ -27,6 +27,7 @@ typedef struct {
     char path[4096];        /* the cache file ("" without a cache dir) */
     char reason[512];       /* why it was built: "no cache file", "corrupt: ...", "no cache dir" */
     char write_error[512];  /* saving failed (the dataset is still returned; the run can go on) */
+    int reclaimed;          /* temp files of interrupted cache builds removed */
     uint8_t key[32];
 } ct_ds_cache_info;
 
@@ -35,6 +36,10 @@ int ct_ds_cache_key(const ct_ds_config *cfg, uint8_t key[32]);
 
 /* Saves ds under `path` atomically, stamped with `key`. */
 int ct_ds_cache_save(const char *path, const uint8_t key[32], const ct_dataset *ds);
+
+/* Removes the temp files ".ds-*.h5.tmp-XXXXXX" that interrupted saves left in
+ * `dir` (a live writer's file is locked and kept). *removed may be NULL. */
+int ct_ds_cache_reclaim(const char *dir, int *removed);
 
 /* Loads and verifies `path` against key, max_length and the vocabulary size.
  * CT_EINPUT with the reason in the message when the file is missing or does

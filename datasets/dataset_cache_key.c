@@ -11,6 +11,7 @@
 
 #include "autograd/ct_error.h"
 #include "datasets/dataset_cache.h"
+#include "datasets/file_check.h"
 #include "datasets/sha256.h"
 
 static void field(ct_sha256 *h, const char *name, const void *value, size_t n) {
@@ -27,19 +28,18 @@ static void field_int(ct_sha256 *h, const char *name, long long v) {
     field(h, name, s, (size_t)n);
 }
 
-/* Streams a file through SHA-256; *absent = true (and no error) when it does
- * not exist and `optional`. */
-static int hash_file(const char *path, bool optional, uint8_t digest[32], bool *absent) {
+/* Streams a regular file (`what` it is, for messages) through SHA-256;
+ * *absent = true (and no error) when it does not exist and `optional`. Polls
+ * the cancel flag (file_check.h) between chunks. */
+static int hash_file(const char *path, const char *what, bool optional, uint8_t digest[32], bool *absent) {
     *absent = false;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (optional && errno == ENOENT) {
-            *absent = true;
-            return CT_OK;
-        }
-        return ct_errorf(errno == ENOENT || errno == EACCES ? CT_EINPUT : CT_ERUNTIME, "%s: cannot read: %s", path,
-                         strerror(errno));
+    struct stat st;
+    if (optional && stat(path, &st) != 0 && errno == ENOENT) {
+        *absent = true;
+        return CT_OK;
     }
+    FILE *f;
+    CT_TRY(ct_fopen_regular(path, what, &f, NULL));
     ct_sha256 h;
     ct_sha256_init(&h);
     enum { CHUNK = 1 << 20 };
@@ -49,10 +49,15 @@ static int hash_file(const char *path, bool optional, uint8_t digest[32], bool *
         return ct_errorf(CT_ERUNTIME, "out of memory");
     }
     size_t got;
-    while ((got = fread(buf, 1, CHUNK, f)) > 0) ct_sha256_update(&h, buf, got);
+    int rc = CT_OK;
+    while (!rc && (got = fread(buf, 1, CHUNK, f)) > 0) {
+        ct_sha256_update(&h, buf, got);
+        rc = ct_cancel_check("hashing the inputs for the dataset cache");
+    }
     int err = ferror(f);
     fclose(f);
     free(buf);
+    if (rc) return rc;
     if (err) return ct_errorf(CT_ERUNTIME, "%s: read error while hashing", path);
     ct_sha256_final(&h, digest);
     return CT_OK;
@@ -85,9 +90,9 @@ int ct_ds_cache_key(const ct_ds_config *cfg, uint8_t key[32]) {
     CT_TRY(tokenizer_files(cfg->tokenizer_path, model, config, sizeof model));
     uint8_t d_data[32], d_model[32], d_config[32];
     bool absent;
-    CT_TRY(hash_file(cfg->data_path, false, d_data, &absent));
-    CT_TRY(hash_file(model, false, d_model, &absent));
-    CT_TRY(hash_file(config, true, d_config, &absent));
+    CT_TRY(hash_file(cfg->data_path, "the dataset file (data_path)", false, d_data, &absent));
+    CT_TRY(hash_file(model, "the tokenizer model", false, d_model, &absent));
+    CT_TRY(hash_file(config, "the tokenizer config", true, d_config, &absent));
 
     ct_sha256 h;
     ct_sha256_init(&h);

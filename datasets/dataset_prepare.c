@@ -17,6 +17,7 @@
 #include "autograd/ct_error.h"
 #include "datasets/dataset.h"
 #include "datasets/encode.h"
+#include "datasets/file_check.h"
 
 enum { R_UNSET, R_KEPT, R_DROPPED_EMPTY, R_DROPPED_UNTRAINED, R_BAD }; /* R_UNSET: not processed */
 
@@ -155,7 +156,7 @@ int ct_dataset_prepare(const ct_ds_config *cfg, const ct_tokenizer *tok, ct_data
         int64_t fb;
 #pragma omp atomic read
         fb = first_bad;
-        if (i > fb) continue;
+        if (i > fb || ct_cancel_signal()) continue; /* SIGINT/SIGTERM: stop tokenizing */
         process_record(&f, (size_t)i, fmt, &po, &eo, &res[i]);
         if (res[i].kind == R_BAD && (!cfg->skip_bad_records || res[i].status != CT_EINPUT)) {
 #pragma omp critical(ct_ds_first_bad)
@@ -165,7 +166,8 @@ int ct_dataset_prepare(const ct_ds_config *cfg, const ct_tokenizer *tok, ct_data
             }
         }
     }
-    rc = gather(cfg, &f, res, out);
+    rc = ct_cancel_check("tokenizing the data");
+    if (!rc) rc = gather(cfg, &f, res, out);
     for (size_t i = 0; i < f.n; i++) {
         ct_ids_free(&res[i].ids);
         ct_ids_free(&res[i].labels);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 
 static const char *const format_names[] = {"auto", "alpaca", "openai", "conversation", "pretokenized"};
 
@@ -138,21 +139,9 @@ int ct_ds_file_read(const char *path, ct_ds_file *f) {
     memset(f, 0, sizeof *f);
     f->path = strdup(path);
     if (!f->path) return ct_errorf(CT_ERUNTIME, "out of memory");
-    FILE *fp = fopen(path, "rb");
-    int rc = CT_OK;
-    if (!fp) {
-        int e = errno;
-        rc = ct_errorf(e == ENOENT || e == EACCES || e == EISDIR ? CT_EINPUT : CT_ERUNTIME,
-                       "%s: cannot open the dataset file: %s", path, strerror(e));
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(fp);
-        rc = ct_errorf(CT_EINPUT, "%s: not a regular file; give a .json or .jsonl dataset file", path);
-        goto fail;
-    }
-    f->size = (size_t)st.st_size;
+    FILE *fp = NULL;
+    int rc = ct_fopen_regular(path, "the dataset file (a .json or .jsonl file)", &fp, &f->size);
+    if (rc) goto fail;
     f->buf = malloc(f->size + 1); /* the file's bytes + NUL */
     if (!f->buf) {
         fclose(fp);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 
 #define SP_MAX_FILE ((size_t)1 << 30) /* piece offsets are uint32; real models are ~MBs */
 
@@ -351,8 +352,8 @@ fail:
 
 int ct_sp_model_load(const char *path, ct_sp_model *m) {
     memset(m, 0, sizeof *m);
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_errorf(CT_EINPUT, "%s: cannot open the SentencePiece model: %s", path, strerror(errno));
+    FILE *f;
+    CT_TRY(ct_fopen_regular(path, "the SentencePiece model (tokenizer.model)", &f, NULL));
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     for (;;) {

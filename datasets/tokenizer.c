@@ -165,7 +165,9 @@ int ct_tok_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, bool show
         const tok_special *sp = &t->specials[k];
         if (!rc && (show_special || !sp->special)) rc = tok_buf_append(&b, sp->content, sp->len);
     }
-    if (!rc) rc = tok_sp_decode(t, ids + run, n - run, &b);
+    /* The tail run (none when the ids end with a special, or there are no ids:
+     * ids may then be NULL, and NULL + 0 is undefined). */
+    if (!rc && run < n) rc = tok_sp_decode(t, ids + run, n - run, &b);
     if (rc) {
         free(b.s);
         return rc;

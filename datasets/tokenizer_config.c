@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 #include "datasets/tokenizer_internal.h"
 
 typedef struct {
@@ -129,7 +130,7 @@ static int model_default_id(const ct_tokenizer *t, int32_t id) {
 }
 
 static int finish(ct_tokenizer *t, special_list *l) {
-    qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_special);
+    if (l->n > 1) qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_special); /* l->v is NULL when empty */
     t->specials = l->v;
     t->n_specials = l->n;
     l->v = NULL;
@@ -169,7 +170,10 @@ int tok_config_load(ct_tokenizer *t, const char *path) {
         goto done;
     }
     json_error_t err;
-    root = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &err);
+    FILE *fp = NULL; /* a FIFO here used to block the load forever */
+    if ((rc = ct_fopen_regular(path, "tokenizer_config.json", &fp, NULL))) goto done;
+    root = json_loadf(fp, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &err);
+    fclose(fp);
     if (!root) {
         rc = ct_errorf(CT_EINPUT, "%s:%d:%d: %s (fix or remove the file)", path, err.line, err.column, err.text);
         goto done;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need (skips what is there).
 set -euo pipefail
-pkgs=(cmake make gcc g++ clang pkg-config libyaml-dev libhdf5-dev libopenblas-openmp-dev libjansson-dev
+pkgs=(cmake make gcc g++ clang libclang-rt-dev libomp-dev pkg-config libyaml-dev libhdf5-dev libopenblas-openmp-dev libjansson-dev
       sentencepiece python3 python3-sentencepiece openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${pkgs[@]}"; do

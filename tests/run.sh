@@ -2,7 +2,8 @@
 # The test command: installs dependencies, builds (warnings are errors), runs
 # every ctest test, the unit tests again on two other kinds of machine (another
 # OpenBLAS kernel; a CPU without AVX512-BF16), then the unit and parity tests
-# (the emulated CUDA kernels included) under ASan + UBSan.
+# (the emulated CUDA kernels included) under ASan + UBSan, then fuzzes every
+# parser for 10 s each (tests/fuzz/run.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,3 +31,9 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCT_SANITIZE=ON -DCT_WERROR=O
 cmake --build build-asan -j"$(nproc)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 CT_TEST_EMU_MODEL=0 \
   ctest --test-dir build-asan -L "unit|parity" -E "^test_cuda_emu$" --output-on-failure -j"$(nproc)"
+
+# Fuzzing: every parser (tests/fuzz/fuzz_*.c) for 10 s under libFuzzer +
+# ASan + UBSan, built with clang in build-fuzz/ (about 2 minutes of fuzzing).
+# The regression inputs of earlier findings already ran above as ctests.
+echo "== fuzzing, 10 s per target"
+bash tests/fuzz/run.sh 10

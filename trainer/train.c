@@ -231,11 +231,24 @@ static int config_text(ct_trainer *t) {
     return rc;
 }
 
+static void note_damaged(void *ctx, const char *path, const char *why) {
+    ct_trainer *t = ctx;
+    ct_train_log_note(t, "resume auto: skipping %s, it is damaged (%s)\n", path, why);
+    t->skipped_damaged++;
+}
+
 static int resume(ct_trainer *t) {
     const char *r = t->opt->resume;
     char path[CT_PATH_MAX] = "";
     bool found = true;
-    if (r && strcmp(r, "auto") == 0) CT_TRY(ct_ckpt_find_latest(t->work_dir, path, sizeof path, NULL, &found));
+    /* Our temp files of an interrupted save (a kill -9, a full disk). */
+    int reclaimed = 0;
+    CT_TRY(ct_ckpt_reclaim(t->work_dir, &reclaimed));
+    if (reclaimed)
+        ct_train_log_note(t, "removed %d temporary file(s) left in %s by an interrupted save\n", reclaimed,
+                          t->work_dir);
+    if (r && strcmp(r, "auto") == 0)
+        CT_TRY(ct_ckpt_find_intact(t->work_dir, path, sizeof path, NULL, &found, note_damaged, t));
     else if (r) snprintf(path, sizeof path, "%s", r);
     CT_TRY(ct_train_dist_share_path(t, path, sizeof path, &found)); /* rank 0's choice */
     if (!r || !found) {
@@ -244,6 +257,10 @@ static int resume(ct_trainer *t) {
         char old[CT_PATH_MAX];
         bool any = false;
         CT_TRY(ct_ckpt_find_latest(t->work_dir, old, sizeof old, NULL, &any));
+        if (any && t->skipped_damaged && t->rank == 0)
+            return ct_errorf(CT_EINPUT, "resume auto: no checkpoint in %s is intact (%d damaged, the newest %s): "
+                             "resume from a copy with --resume PATH, or move them away to start over",
+                             t->work_dir, t->skipped_damaged, old);
         if (any && t->rank == 0)
             return ct_errorf(CT_EINPUT, "work_dir %s already holds checkpoints of a run (%s): continue it with "
                              "--resume auto, or train into another --work-dir", t->work_dir, old);
@@ -253,6 +270,10 @@ static int resume(ct_trainer *t) {
     CT_TRY(ct_train_state_load(t, path));
     ct_train_log_note(t, "resumed from %s: iteration %lld of %lld, optimizer step %lld\n", path, (long long)t->iter,
                       (long long)t->total_iters, (long long)t->step);
+    /* A run killed between a save and its retention step left one checkpoint
+     * too many: apply save_total_limit now (not when a damaged newer one was
+     * skipped: the one resumed from must stay). */
+    if (r && strcmp(r, "auto") == 0 && !t->skipped_damaged) CT_TRY(ct_ckpt_retain(t->work_dir, (int)t->cfg->save_total_limit, NULL));
     return CT_OK;
 }
 

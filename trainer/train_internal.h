@@ -48,6 +48,7 @@ typedef struct {
     char *config_text;        /* resolved YAML (owned) */
     char work_dir[CT_PATH_MAX];
 
+    ct_hf_config hf;          /* the model's config.json, read before anything is allocated */
     ct_model *model;
     ct_lora *lora;            /* owned by the model */
     ct_tokenizer *tok;
@@ -72,6 +73,7 @@ typedef struct {
     int64_t epoch;            /* epoch of the last batch */
     double last_loss, last_lr, last_grad_norm;
     int64_t last_saved_iter;  /* -1: none yet by this process */
+    int skipped_damaged;      /* damaged checkpoints --resume auto passed over */
     ct_train_log log;
     ct_train_result *res;
     /* data-parallel (train_dist.c); world 1: the single-process communicator */
@@ -85,6 +87,17 @@ typedef struct {
     int64_t log_cut;          /* > 0: metrics.jsonl is cut after this iteration, not t->iter (a checkpoint
                                  of another world size counts its iterations in its own units) */
 } ct_trainer;
+
+/* ---- train_limits.c: resource limits, checked before allocating ---- */
+/* Reads t->hf; max_length against max_position_embeddings (CT_EINPUT). */
+int ct_trainer_check_model_limits(ct_trainer *t);
+/* After the data: rows cut to the longest row's length when below max_length. */
+void ct_trainer_trim_rows(ct_trainer *t);
+/* batch_size larger than the data's rows is CT_EINPUT. */
+int ct_trainer_check_batch(const ct_trainer *t);
+/* The memory plan against be->mem_available (CT_EINPUT saying how much the
+ * run needs and how much there is; no check when unknown). */
+int ct_trainer_check_memory(ct_trainer *t, const ct_backend *be);
 
 /* ---- train_setup.c ---- */
 /* Model (quantized per the config), LoRA (fresh from seed, or lora.init_from),

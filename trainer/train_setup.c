@@ -82,12 +82,18 @@ static int load_data(ct_trainer *t) {
     dc.cache_dir = cache;
     ct_ds_cache_info info;
     CT_TRY(ct_ds_open(&dc, t->tok, &t->ds, &info));
+    int64_t asked = t->ds.max_length;
+    ct_trainer_trim_rows(t);
     if (t->out) {
         const ct_ds_stats *s = &t->ds.stats;
-        fprintf(t->out, "data: %s: %lld records -> %lld samples (%lld tokens, %lld trained) in %lld rows of %lld; "
+        char cut[96] = "";
+        if (t->ds.max_length < asked)
+            snprintf(cut, sizeof cut, " (the longest %s; max_length %lld)",
+                     c->pack_to_max_length ? "packed row" : "sample", (long long)asked);
+        fprintf(t->out, "data: %s: %lld records -> %lld samples (%lld tokens, %lld trained) in %lld rows of %lld%s; "
                 "token efficiency %.1f%%; %s\n", c->data_path, (long long)s->n_records, (long long)s->n_samples,
                 (long long)s->n_tokens, (long long)s->n_targets, (long long)t->ds.rows.n_rows,
-                (long long)t->ds.max_length, 100.0 * ct_dataset_token_efficiency(&t->ds),
+                (long long)t->ds.max_length, cut, 100.0 * ct_dataset_token_efficiency(&t->ds),
                 info.hit ? "from the cache" : "tokenized");
         if (s->n_skipped) fprintf(t->out, "data: %lld bad records skipped; first: %s\n", (long long)s->n_skipped,
                                   s->first_warning);
@@ -97,7 +103,7 @@ static int load_data(ct_trainer *t) {
         return ct_errorf(CT_EINPUT, "%s: no sample with a trained token (after templating and the max_length cut)",
                          c->data_path);
     /* Ids beyond the model's vocabulary would fail deep inside an op. */
-    int64_t V = ct_model_config(t->model)->vocab_size, n = t->ds.sample_off[t->ds.n_samples];
+    int64_t V = t->hf.vocab_size, n = t->ds.sample_off[t->ds.n_samples];
     for (int64_t i = 0; i < n; i++)
         if (t->ds.ids[i] < 0 || t->ds.ids[i] >= V)
             return ct_errorf(CT_EINPUT, "%s: token id %d is outside the model's vocabulary of %lld: the tokenizer "
@@ -179,11 +185,18 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
     t->last_saved_iter = -1;
     snprintf(t->work_dir, sizeof t->work_dir, "%s", t->cfg->work_dir);
     CT_TRY(ct_mkdirs(t->work_dir));
-    CT_TRY(load_model(t));
+    /* The limits first (trainer/train_limits.c): a run that cannot fit is
+     * refused before the weights or the step's memory are allocated. */
+    CT_TRY(ct_trainer_check_model_limits(t));
     /* rank 0 prepares the dataset cache, the other ranks then read it */
     if (t->rank == 0) CT_TRY(load_data(t));
     CT_TRY(ct_train_dist_data_wait(t));
     if (t->rank != 0) CT_TRY(load_data(t));
+    CT_TRY(ct_trainer_check_batch(t));
+    const ct_backend *be = t->opt->backend;
+    if (!be) CT_TRY(ct_backend_by_name(ct_config_device_name(t->cfg->device), "device:", &be));
+    CT_TRY(ct_trainer_check_memory(t, be));
+    CT_TRY(load_model(t));
     CT_TRY(make_loop_state(t));
     CT_TRY(ct_train_dist_open(t));
     if (t->out) {
@@ -213,6 +226,7 @@ void ct_trainer_close(ct_trainer *t) {
     ct_dataset_free(&t->ds);
     ct_tok_free(t->tok);
     ct_model_free(t->model); /* frees the LoRA too */
+    ct_hf_config_free(&t->hf);
     free(t->config_text);
     memset(t, 0, sizeof *t);
 }

@@ -37,6 +37,7 @@
  * writes (every rank holds the same weights and optimizer state; a partial
  * gradient has been summed over the ranks first) and on loading only rank 0
  * takes grad/ (the others start the window's rest from zero). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,35 @@ int ct_train_state_save(ct_trainer *t, bool mid_window) {
 }
 
 /* ---- loading ---- */
+
+/* A checkpoint's LoRA value that is NaN/Inf (a run that diverged before the
+ * save, a damaged file) is refused at load, naming the checkpoint: resuming
+ * would only train on NaN. t is in be's memory. */
+static int check_finite(const char *path, const char *name, const ct_backend *be, const ct_tensor *t) {
+    int64_t n = ct_numel(t);
+    const float *v = t->data;
+    float *host = NULL; /* [n] host copy off the CPU */
+    if (be->device != CT_CPU) {
+        host = malloc((size_t)n * sizeof *host);
+        if (!host) return ct_errorf(CT_ERUNTIME, "out of memory checking %s", name);
+        int rc = be->download(host, t->data, (size_t)n * sizeof *host);
+        if (rc) {
+            free(host);
+            return rc;
+        }
+        v = host;
+    }
+    int rc = CT_OK;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) {
+            rc = ct_errorf(CT_EINPUT, "%s: dataset '%s' holds a non-finite value (%g at element %lld): the checkpoint "
+                           "is damaged or the run had diverged before it was saved; resume from an older checkpoint",
+                           path, name, (double)v[i], (long long)i);
+            break;
+        }
+    free(host);
+    return rc;
+}
 
 static int get_i64(ct_ckpt_reader *r, const char *name, int64_t n, int64_t *v) { return ct_ckpt_get_i64(r, name, n, v); }
 
@@ -226,6 +256,7 @@ static int load_state(ct_trainer *t, ct_ckpt_reader *r, const char *path) {
         const ct_lora_param *p = ct_lora_at(t->lora, i);
         snprintf(name, sizeof name, "lora/%s", p->name);
         CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t));
+        CT_TRY(check_finite(path, name, be, p->t));
         snprintf(name, sizeof name, "grad/%s", p->name);
         if (mid && t->rank == 0) CT_TRY(ct_ckpt_get_tensor(r, name, be, p->t->grad));
     }

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "../ct_error.h"
+#include "../host_mem.h"
 #include "cpu_kernels.h"
 #include "gemm_bf16.h" /* ct_cpu_bf16_dot_supported */
 
@@ -45,6 +46,7 @@ static const ct_backend k_cpu = {
     .download = cpu_copy,
     .sync = cpu_sync,
     .mem_usage = cpu_mem_usage,
+    .mem_available = ct_host_mem_available,
     .embedding_fwd = ct_cpu_embedding_fwd,
     .embedding_bwd = ct_cpu_embedding_bwd,
     .rmsnorm_fwd = ct_cpu_rmsnorm_fwd,

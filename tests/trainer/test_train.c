@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <hdf5.h>
 #include <jansson.h>
 
 #include "testutil.h"
@@ -257,6 +258,38 @@ static void test_nonfinite(void) {
     CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "iteration 2"), "resumed: %s", ct_last_error());
 }
 
+/* A checkpoint whose LoRA values are NaN but whose checksums are valid (as a
+ * run that diverged inside its save interval could leave; written here through
+ * HDF5, which recomputes the Fletcher32 sums) is refused at load, naming it. */
+static void test_nan_checkpoint(void) {
+    const char *s[] = {"accumulative_counts=1", "save_steps=1", "evaluation_inputs=[]"};
+    ct_train_result res;
+    CHECK_OK(train("nanck", s, 3, NULL, 2, NULL, &res));
+    char p[CT_PATH_MAX];
+    work_path(p, "nanck/iter_2.h5");
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = f >= 0 ? H5Dopen2(f, "lora/base_model.model.model.layers.0.attention.wqkv.lora_A.weight", H5P_DEFAULT)
+                     : -1;
+    hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+    hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : 0;
+    CHECK(n > 0, "the checkpoint holds layer 0's wqkv lora_A");
+    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    if (n > 0 && v) {
+        CHECK(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0, "read it");
+        v[n / 2] = NAN;
+        CHECK(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0, "write a NaN into it");
+    }
+    free(v);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    if (f >= 0) H5Fclose(f);
+    CHECK_OK(ct_ckpt_verify(p)); /* the checksums hold: only the values are bad */
+    int rc = train("nanck", s, 3, p, 0, NULL, &res);
+    const char *msg = ct_last_error();
+    CHECK(rc == CT_EINPUT && strstr(msg, p) && strstr(msg, "non-finite") && strstr(msg, "wqkv.lora_A"),
+          "rc %d: %s", rc, msg);
+}
+
 static void write_data(void) {
     const char *inputs[] = {"Tell me a story.", "What did Lily do?", "Who is Tom?", "Where is the cat?",
                             "What is the sun like?", "Say something nice.", "What did the dog find?",
@@ -285,6 +318,7 @@ int main(void) {
     test_resume();
     test_retention();
     test_nonfinite();
+    test_nan_checkpoint();
     if (ct_test_failures == 0) ct_remove_tree(g_dir);
     else fprintf(stderr, "work files kept in %s\n", g_dir);
     return ct_test_finish();

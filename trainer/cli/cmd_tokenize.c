@@ -10,13 +10,14 @@
 #include <string.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 #include "datasets/tokenizer.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
 
 static int read_all(const char *path, char **data, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_errorf(CT_EINPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f;
+    CT_TRY(ct_fopen_regular(path, "the input file", &f, NULL));
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {

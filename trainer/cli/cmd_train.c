@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
 #include "trainer/dist/dist.h"
@@ -32,6 +33,7 @@
 
 static void on_signal(int signo) {
     ct_train_request_stop(signo);
+    ct_cancel_request(signo); /* data preparation stops at once: nothing to save yet */
     static const char msg[] = "\nctuner train: stopping after this iteration to save a checkpoint "
                               "(press Ctrl-C again to abort at once)\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
@@ -102,6 +104,15 @@ static int run(ct_dist *dist, const char *cfg_path, const char *work_dir, const 
     }
     ct_config_free(&cfg);
     free(text);
+    if (rc != CT_OK && ct_cancel_signal() > 0) {
+        /* Interrupted before training began (data preparation): no checkpoint to
+         * save; end with the signal's status like an interrupted run. */
+        fprintf(stderr, "ctuner train: %s; nothing was trained or saved\n", ct_last_error());
+        fflush(stdout);
+        fflush(stderr);
+        ct_dist_finalize(dist);
+        raise(ct_cancel_signal());
+    }
     if (rc == CT_OK && res.stopped && res.stop_signal > 0 && dist->rank == 0) {
         fprintf(stderr, "ctuner train: interrupted (%s); resume with: ctuner train %s%s%s --resume auto\n",
                 res.stop_signal == SIGINT ? "SIGINT" : res.stop_signal == SIGTERM ? "SIGTERM" : "signal", cfg_path,

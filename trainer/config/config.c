@@ -326,7 +326,8 @@ bool ct_config_equal(const ct_run_config *a, const ct_run_config *b) {
     bool eq = str_eq(a->pretrained_model_name_or_path, b->pretrained_model_name_or_path) &&
               a->use_varlen_attn == b->use_varlen_attn && str_eq(a->data_path, b->data_path) &&
               a->data_format == b->data_format && str_eq(a->prompt_template, b->prompt_template) &&
-              a->max_length == b->max_length && a->pack_to_max_length == b->pack_to_max_length &&
+              a->max_length == b->max_length && a->max_length_beyond_model == b->max_length_beyond_model &&
+              a->pack_to_max_length == b->pack_to_max_length &&
               a->shuffle_before_pack == b->shuffle_before_pack && a->skip_bad_records == b->skip_bad_records &&
               a->batch_size == b->batch_size && a->accumulative_counts == b->accumulative_counts &&
               a->dataloader_num_workers == b->dataloader_num_workers && a->max_epochs == b->max_epochs &&

@@ -84,6 +84,7 @@ typedef struct {
     ct_ds_format data_format;            /* CT_DS_AUTO: from the first record */
     char *prompt_template;               /* a name of datasets/template.h */
     int64_t max_length;
+    bool max_length_beyond_model;        /* allow max_length > the model's max_position_embeddings */
     bool pack_to_max_length;
     bool shuffle_before_pack;
     bool skip_bad_records;

@@ -98,6 +98,7 @@ const ct_cfield ct_config_fields[] = {
     {.name = "data_format", .type = CF_ENUM, .off = OFF(data_format), .names = format_names},
     {.name = "prompt_template", .type = CF_STR, .off = OFF(prompt_template), .flags = CF_TEMPLATE},
     {.name = "max_length", .type = CF_INT, .off = OFF(max_length), .lo = 2, .hi = 1048576},
+    {.name = "max_length_beyond_model", .type = CF_BOOL, .off = OFF(max_length_beyond_model)},
     {.name = "pack_to_max_length", .type = CF_BOOL, .off = OFF(pack_to_max_length)},
     {.name = "shuffle_before_pack", .type = CF_BOOL, .off = OFF(shuffle_before_pack)},
     {.name = "skip_bad_records", .type = CF_BOOL, .off = OFF(skip_bad_records)},

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/h5_image.h"
 #include "trainer/io/fsutil.h"
 
 #define VERSION_ATTR "ctuner_checkpoint"
@@ -179,7 +180,9 @@ int ct_ckpt_writer_open(const char *path, ct_ckpt_writer **out) {
 
     char d[256] = "";
     hid_t fapl = make_fapl();
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    /* Built in memory, written out at commit (h5_image.h: a full disk must
+     * never reach HDF5's own file handling). */
+    w->file = fapl < 0 ? -1 : ct_h5_mem_create(w->tmp, fapl);
     if (w->file < 0) h5_detail(d);
     if (fapl >= 0) H5Pclose(fapl);
     w->lcpl = w->file < 0 ? -1 : H5Pcreate(H5P_LINK_CREATE);
@@ -347,26 +350,16 @@ int ct_ckpt_writer_commit(ct_ckpt_writer *w) {
     if (!w) return ct_errorf(CT_ERUNTIME, "checkpoint commit without a writer");
     int rc = CT_OK;
     if (w->err) rc = writer_sticky(w);
-    char d[256] = "";
+    /* The image goes to the temp file with write(2) + fsync, so the data is
+     * on disk before the rename makes it the checkpoint. */
+    if (!rc) rc = ct_h5_mem_write(w->file, w->tmp);
     if (!rc) {
-        herr_t ok = H5Fflush(w->file, H5F_SCOPE_GLOBAL);
-        if (ok < 0) h5_detail(d);
-        if (H5Pclose(w->lcpl) < 0 && !d[0]) h5_detail(d);
+        char d[256] = "";
+        if (H5Pclose(w->lcpl) < 0) h5_detail(d);
         w->lcpl = -1;
         if (H5Fclose(w->file) < 0 && !d[0]) h5_detail(d);
         w->file = -1;
-        if (d[0])
-            rc = ct_errorf(CT_ERUNTIME, "checkpoint %s: cannot finish the file: %s (disk full?)",
-                           w->tmp, d);
-    }
-    if (!rc) {
-        /* HDF5's sec2 driver does not fsync: do it on the closed file so the
-         * data is on disk before the rename makes it the checkpoint. */
-        int fd = open(w->tmp, O_RDONLY);
-        if (fd < 0 || fsync(fd) != 0)
-            rc = ct_errorf(CT_ERUNTIME, "checkpoint %s: cannot flush to disk: %s", w->tmp,
-                           strerror(errno));
-        if (fd >= 0) close(fd);
+        if (d[0]) rc = ct_errorf(CT_ERUNTIME, "checkpoint %s: cannot finish the file: %s", w->tmp, d);
     }
     if (!rc && rename(w->tmp, w->path) != 0)
         rc = ct_errorf(CT_ERUNTIME, "checkpoint %s: cannot rename %s into place: %s", w->path,
@@ -391,6 +384,7 @@ void ct_ckpt_writer_abort(ct_ckpt_writer *w) {
 struct ct_ckpt_reader {
     hid_t file;
     int format;
+    double file_bytes; /* the file's size: every chunk of ours lies inside it */
     char path[CT_PATH_MAX];
 };
 
@@ -414,9 +408,14 @@ int ct_ckpt_open(const char *path, ct_ckpt_reader **out) {
         return ct_errorf(CT_EINPUT, "%s: not a ctuner checkpoint (not an HDF5 file, or truncated "
                          "to %lld bytes)", path, (long long)st.st_size);
     }
+    int sb = ct_h5_superblock_version(path);
+    if (sb >= 0 && sb < 2) /* ours are 1.8+ files; older superblocks leave HDF5's metadata unchecked */
+        return ct_errorf(CT_EINPUT, "%s: not a ctuner checkpoint (HDF5 superblock version %d, ctuner writes 2 or "
+                         "later)", path, sb);
     ct_ckpt_reader *r = calloc(1, sizeof *r);
     if (!r) return ct_errorf(CT_ERUNTIME, "%s: out of memory", path);
     snprintf(r->path, sizeof r->path, "%s", path);
+    r->file_bytes = (double)st.st_size;
     hid_t fapl = make_fapl();
     r->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (r->file < 0) h5_detail(d);
@@ -478,6 +477,51 @@ static int kind_of_type(hid_t t) {
 
 /* Opens dataset `name` and reports its kind and shape. On success the caller
  * closes *ds. Strings report ndim 0 (their dataspace must hold one element). */
+/* HDF5 allocates a whole chunk to read one, with the chunk's dims and its
+ * stored size taken from the file; the chunk index (a v1 B-tree in the 1.8
+ * format) has no checksum, so a damaged one can ask for gigabytes
+ * (fuzz_checkpoint found 3.2 GB mallocs). Ours never exceed the dataset's
+ * dims (chunk_dims), each stored chunk is its raw bytes plus the Fletcher32
+ * sum, and it lies inside the file: anything else is damage. nd/dims: the
+ * dataspace's; elem: the type's size. */
+static bool chunks_sane(hid_t dset, int nd, const hsize_t *dims, size_t elem, double file_bytes) {
+    hid_t pl = H5Dget_create_plist(dset);
+    if (pl < 0) return false;
+    bool ok = true;
+    if (H5Pget_layout(pl) == H5D_CHUNKED) {
+        hsize_t c[32];
+        int cn = H5Pget_chunk(pl, 32, c);
+        ok = cn == nd && nd >= 1 && nd <= CT_CKPT_MAX_DIMS;
+        double chunk_bytes = (double)elem;
+        for (int i = 0; ok && i < nd; i++) {
+            ok = c[i] >= 1 && c[i] <= (dims[i] > 1 ? dims[i] : 1);
+            chunk_bytes *= (double)c[i];
+        }
+#if H5_VERSION_GE(1, 10, 5)
+        hid_t sp = ok ? H5Dget_space(dset) : -1;
+        hsize_t n = 0;
+        if (sp < 0 || H5Dget_num_chunks(dset, sp, &n) < 0) ok = false;
+        for (hsize_t i = 0; ok && i < n; i++) {
+            hsize_t off[32];
+            unsigned mask = 0;
+            haddr_t addr = 0;
+            hsize_t size = 0;
+            ok = H5Dget_chunk_info(dset, sp, i, off, &mask, &addr, &size) >= 0 && addr != HADDR_UNDEF &&
+                 (double)size <= chunk_bytes + 64 && (double)addr + (double)size <= file_bytes;
+        }
+        if (sp >= 0) H5Sclose(sp);
+#else
+        (void)chunk_bytes;
+        (void)file_bytes;
+#endif
+    }
+    H5Pclose(pl);
+    return ok;
+}
+
+/* The longest string dataset read back (the config text is a few KiB). */
+#define MAX_STR_BYTES ((size_t)64 << 20)
+
 static int open_dataset(ct_ckpt_reader *r, const char *name, hid_t *ds, ct_ckpt_kind *kind,
                         int *ndim, hsize_t dims[CT_CKPT_MAX_DIMS]) {
     *ds = -1;
@@ -501,6 +545,18 @@ static int open_dataset(ct_ckpt_reader *r, const char *name, hid_t *ds, ct_ckpt_
     /* Ours: arrays of 1..4 dims; strings with one element (scalar or [1]). */
     bool ours = k >= 0 && shape_ok &&
                 (k == CT_CKPT_STR ? nd == 0 || (nd == 1 && dims[0] == 1) : nd >= 1);
+    size_t elem = 0;
+    if (ours) {
+        hid_t t2 = H5Dget_type(dset);
+        elem = t2 >= 0 ? H5Tget_size(t2) : 0;
+        if (t2 >= 0) H5Tclose(t2);
+    }
+    if (ours && nd >= 1 && !chunks_sane(dset, nd, dims, elem, r->file_bytes)) {
+        H5Dclose(dset);
+        H5Eclear2(H5E_DEFAULT);
+        return ct_errorf(CT_EINPUT, "checkpoint %s: dataset '%s' is truncated or corrupt (its chunks are larger "
+                         "than the dataset)", r->path, name);
+    }
     if (!ours) {
         H5Dclose(dset);
         return ct_errorf(CT_EINPUT, "checkpoint %s: dataset '%s' has a type or shape ctuner does "
@@ -592,6 +648,7 @@ int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out) {
     char d[256];
     hid_t t = H5Dget_type(ds); /* read with the file's own (fixed-size) string type */
     size_t size = t >= 0 ? H5Tget_size(t) : 0;
+    if (size > MAX_STR_BYTES) size = 0; /* damage: a string type of gigabytes */
     char *buf = size ? malloc(size + 1) : NULL;
     herr_t ok = buf ? H5Dread(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
     if (ok < 0) h5_detail(d);
@@ -605,6 +662,76 @@ int ct_ckpt_get_str(ct_ckpt_reader *r, const char *name, char **out) {
     }
     buf[size] = '\0';
     *out = buf;
+    return CT_OK;
+}
+
+/* ---- verification ---- */
+
+typedef struct {
+    int bad;
+    double file_bytes; /* the file's size: no dataset of ours holds more (no compression) */
+    char name[256], detail[256];
+} verify_state;
+
+/* H5Lvisit callback: reads every dataset whole (the Fletcher32 checksums
+ * are checked on read). Stops at the first failure. */
+static herr_t verify_one(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+    (void)info;
+    verify_state *vs = data;
+    hid_t obj = H5Oopen(group, name, H5P_DEFAULT);
+    if (obj < 0) {
+        vs->bad = 1;
+        snprintf(vs->name, sizeof vs->name, "%s", name);
+        h5_detail(vs->detail);
+        return 1;
+    }
+    herr_t ok = 0;
+    if (H5Iget_type(obj) == H5I_DATASET) {
+        hid_t t = H5Dget_type(obj), sp = H5Dget_space(obj);
+        hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+        size_t sz = t >= 0 ? H5Tget_size(t) : 0;
+        ok = t < 0 || sp < 0 || np < 0 || sz == 0 ? -1 : 0;
+        int nd = ok ? -1 : H5Sget_simple_extent_ndims(sp);
+        hsize_t dims[CT_CKPT_MAX_DIMS];
+        if (!ok && (nd < 0 || nd > CT_CKPT_MAX_DIMS || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)) ok = -1;
+        if (!ok && nd >= 1 && !chunks_sane(obj, nd, dims, sz, vs->file_bytes)) ok = -1;
+        /* [np * sz] the dataset's raw values; sizes come from the file, so a
+         * damaged header asking for more than 1 GiB counts as damage. */
+        size_t bytes = ok < 0 ? 0 : (size_t)np * sz;
+        if (!ok && (double)np * (double)sz > (double)((size_t)1 << 30)) ok = -1;
+        if (!ok && vs->file_bytes > 0 && (double)np * (double)sz > vs->file_bytes) ok = -1; /* sparse: damage */
+        void *buf = !ok && bytes ? malloc(bytes) : NULL;
+        if (!ok && bytes && !buf) ok = -1;
+        if (!ok && bytes) ok = H5Dread(obj, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+        free(buf);
+        if (t >= 0) H5Tclose(t);
+        if (sp >= 0) H5Sclose(sp);
+    }
+    if (ok < 0) {
+        vs->bad = 1;
+        snprintf(vs->name, sizeof vs->name, "%s", name);
+        h5_detail(vs->detail);
+    }
+    H5Oclose(obj);
+    return ok < 0 ? 1 : 0;
+}
+
+int ct_ckpt_verify(const char *path) {
+    ct_ckpt_reader *r = NULL;
+    CT_TRY(ct_ckpt_open(path, &r));
+    verify_state vs = {0};
+    struct stat st;
+    if (stat(path, &st) == 0) vs.file_bytes = (double)st.st_size;
+    herr_t e = H5Lvisit(r->file, H5_INDEX_NAME, H5_ITER_INC, verify_one, &vs);
+    if (e < 0 && !vs.bad) {
+        vs.bad = 1;
+        snprintf(vs.name, sizeof vs.name, "(the group structure)");
+        h5_detail(vs.detail);
+    }
+    ct_ckpt_close(r);
+    if (vs.bad)
+        return ct_errorf(CT_EINPUT, "%s: checkpoint is damaged: '%s' cannot be read (HDF5: %s)", path, vs.name,
+                         vs.detail);
     return CT_OK;
 }
 

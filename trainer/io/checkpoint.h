@@ -77,6 +77,11 @@ typedef struct ct_ckpt_reader ct_ckpt_reader;
  * corrupt" when HDF5 cannot open it, "... newer format" for a version above
  * CT_CKPT_FORMAT, and the OS error when missing/unreadable. */
 int ct_ckpt_open(const char *path, ct_ckpt_reader **out);
+
+/* Opens `path` and reads every dataset in it whole (checksums included):
+ * CT_OK when all of it reads back, else CT_EINPUT naming the file and the
+ * first unreadable dataset (a truncated or bit-flipped save). */
+int ct_ckpt_verify(const char *path);
 void ct_ckpt_close(ct_ckpt_reader *r); /* NULL ok */
 const char *ct_ckpt_path(const ct_ckpt_reader *r);
 int ct_ckpt_format(const ct_ckpt_reader *r);
@@ -123,10 +128,23 @@ int ct_ckpt_list(const char *work_dir, int64_t **iters, size_t *n);
  * its name rather than silently resuming from an older one. */
 int ct_ckpt_find_latest(const char *work_dir, char *buf, size_t cap, int64_t *iter, bool *found);
 
+/* `--resume auto` with damage skipped: the newest checkpoint that passes
+ * ct_ckpt_verify, newest first. Each damaged one passed over is reported
+ * through note(ctx, path, why) (may be NULL). *found false when there is no
+ * intact one (the damaged ones are still reported). */
+int ct_ckpt_find_intact(const char *work_dir, char *buf, size_t cap, int64_t *iter, bool *found,
+                        void (*note)(void *ctx, const char *path, const char *why), void *ctx);
+
 /* save_total_limit: keeps the newest `limit` checkpoints and deletes older
  * iter_N.h5 files with their iter_N_adapter/ directories. limit <= 0 keeps all
  * (XTuner's -1 "unlimited"; mmengine's max_keep_ckpts <= 0). *removed (may be
  * NULL) gets the number of checkpoints deleted. */
 int ct_ckpt_retain(const char *work_dir, int limit, int *removed);
+
+/* Reclaims the temp files of interrupted saves in work_dir: iter_<N>.h5.tmp
+ * (the checkpoint writer's) and the ".<name>.tmp-XXXXXX" files and
+ * directories of ct_afile/ct_tmpdir_beside (adapters, config.yaml). Only
+ * names ctuner creates. *removed (may be NULL) counts them. */
+int ct_ckpt_reclaim(const char *work_dir, int *removed);
 
 #endif

@@ -104,6 +104,59 @@ int ct_ckpt_find_latest(const char *work_dir, char *buf, size_t cap, int64_t *it
     return rc;
 }
 
+int ct_ckpt_reclaim(const char *work_dir, int *removed) {
+    int n = 0;
+    CT_TRY(ct_reclaim_temps(work_dir, NULL, &n));
+    DIR *d = opendir(work_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            char name[256];
+            if (len < 5 || len >= sizeof name || strcmp(e->d_name + len - 4, ".tmp") != 0) continue;
+            memcpy(name, e->d_name, len - 4);
+            name[len - 4] = '\0';
+            char path[CT_PATH_MAX];
+            if (parse_iter_name(name) < 0 || ct_path_join(path, sizeof path, work_dir, e->d_name) != CT_OK ||
+                ct_path_is_dir(path))
+                continue;
+            if (unlink(path) == 0) n++;
+        }
+        closedir(d);
+    }
+    if (removed) *removed = n;
+    return CT_OK;
+}
+
+int ct_ckpt_find_intact(const char *work_dir, char *buf, size_t cap, int64_t *iter, bool *found,
+                        void (*note)(void *ctx, const char *path, const char *why), void *ctx) {
+    *found = false;
+    if (cap) buf[0] = '\0';
+    int64_t *v;
+    size_t n;
+    CT_TRY(ct_ckpt_list(work_dir, &v, &n));
+    int rc = CT_OK;
+    for (size_t i = n; i-- > 0 && !rc && !*found;) {
+        char path[CT_PATH_MAX];
+        rc = ct_ckpt_iter_path(path, sizeof path, work_dir, v[i]);
+        if (rc) break;
+        if (ct_ckpt_verify(path) != CT_OK) {
+            if (note) note(ctx, path, ct_last_error());
+            ct_error_clear();
+            continue;
+        }
+        if (strlen(path) >= cap) {
+            rc = ct_errorf(CT_EINPUT, "%s: path too long", path);
+            break;
+        }
+        snprintf(buf, cap, "%s", path);
+        if (iter) *iter = v[i];
+        *found = true;
+    }
+    free(v);
+    return rc;
+}
+
 int ct_ckpt_retain(const char *work_dir, int limit, int *removed) {
     if (removed) *removed = 0;
     if (limit <= 0) return CT_OK; /* keep all */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 
 /* Missing or unreadable inputs are the user's to fix; anything else is an I/O failure. */
 static int os_error_code(int e) {
@@ -204,14 +205,9 @@ int ct_file_write_atomic(const char *path, const void *data, size_t n) {
 int ct_file_read_all(const char *path, char **data, size_t *n) {
     *data = NULL;
     *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_errorf(os_error_code(errno), "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return ct_errorf(CT_EINPUT, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)st.st_size;
+    FILE *f;
+    size_t size;
+    CT_TRY(ct_fopen_regular(path, "the file", &f, &size));
     char *buf = malloc(size + 1);
     if (!buf) {
         fclose(f);
@@ -231,8 +227,8 @@ int ct_file_read_all(const char *path, char **data, size_t *n) {
 }
 
 int ct_file_copy(const char *src, const char *dst) {
-    FILE *in = fopen(src, "rb");
-    if (!in) return ct_errorf(os_error_code(errno), "%s: cannot open: %s", src, strerror(errno));
+    FILE *in;
+    CT_TRY(ct_fopen_regular(src, "the file to copy", &in, NULL));
     ct_atomic_file af;
     int rc = ct_afile_open(&af, dst);
     if (rc) {
@@ -284,6 +280,46 @@ int ct_dir_commit(const char *tmp_dir, const char *final_dir) {
     char parent[CT_PATH_MAX], base[256];
     if (split_path(final_dir, parent, sizeof parent, base, sizeof base) == CT_OK) fsync_dir(parent);
     return CT_OK;
+}
+
+/* ".<name>.tmp-" + 6 mkstemp characters, <name> non-empty (and == base when given). */
+static bool is_our_temp(const char *name, const char *base) {
+    size_t n = strlen(name);
+    if (n < 1 + 1 + 5 + 6 || name[0] != '.') return false;
+    const char *tail = name + n - 6;
+    for (int i = 0; i < 6; i++) {
+        char c = tail[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) return false;
+    }
+    if (memcmp(tail - 5, ".tmp-", 5) != 0) return false;
+    size_t blen = (size_t)(tail - 5 - (name + 1));
+    if (blen == 0) return false;
+    return !base || (strlen(base) == blen && memcmp(name + 1, base, blen) == 0);
+}
+
+int ct_reclaim_temps(const char *dir, const char *base, int *removed) {
+    if (removed) *removed = 0;
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT || errno == ENOTDIR ? CT_OK
+                                                       : ct_errorf(os_error_code(errno), "%s: cannot list: %s", dir,
+                                                                   strerror(errno));
+    int rc = CT_OK;
+    struct dirent *e;
+    while (rc == CT_OK && (e = readdir(d))) {
+        if (!is_our_temp(e->d_name, base)) continue;
+        char path[CT_PATH_MAX];
+        if (ct_path_join(path, sizeof path, dir, e->d_name) != CT_OK) continue;
+        rc = ct_remove_tree(path);
+        if (rc == CT_OK && removed) (*removed)++;
+    }
+    closedir(d);
+    return rc;
+}
+
+int ct_reclaim_temps_of(const char *final_path, int *removed) {
+    char dir[CT_PATH_MAX], base[256];
+    CT_TRY(split_path(final_path, dir, sizeof dir, base, sizeof base));
+    return ct_reclaim_temps(dir, base, removed);
 }
 
 json_t *ct_json_load(const char *path, size_t flags) {

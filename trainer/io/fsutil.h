@@ -59,6 +59,16 @@ int ct_tmpdir_beside(const char *final_dir, char *buf, size_t cap);
  * anything else is CT_EINPUT and tmp_dir is left for the caller to remove. */
 int ct_dir_commit(const char *tmp_dir, const char *final_dir);
 
+/* Reclaims our own leftovers of interrupted writes in `dir`: the entries
+ * named ".<name>.tmp-XXXXXX" that ct_afile_open and ct_tmpdir_beside create
+ * (files or whole directories). With `base` non-NULL only ".<base>.tmp-XXXXXX"
+ * (the temp names of one output, e.g. a merge's --out). Nothing else is
+ * touched. A missing dir has none. *removed (may be NULL) counts them. */
+int ct_reclaim_temps(const char *dir, const char *base, int *removed);
+/* ct_reclaim_temps for the temp names of `final_path` (a file or a
+ * directory) in its parent directory. */
+int ct_reclaim_temps_of(const char *final_path, int *removed);
+
 /* Parses a JSON file (flags as for json_load_file, e.g. JSON_REJECT_DUPLICATES).
  * NULL with CT_EINPUT "path:line:column: text" on bad JSON, or with the OS
  * error when the file cannot be read. */

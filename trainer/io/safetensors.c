@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "autograd/ct_error.h"
+#include "datasets/file_check.h"
 #include "autograd/ct_inline.h"
 #include "trainer/io/fsutil.h"
 
@@ -306,16 +307,8 @@ static int map_shard(ct_st_file *f, const char *path) {
     s->path = strdup(path);
     if (!s->path) return ct_errorf(CT_ERUNTIME, "out of memory");
     f->n_shards++;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ct_errorf(errno == ENOENT || errno == EACCES ? CT_EINPUT : CT_ERUNTIME, "%s: cannot open: %s", path,
-                         strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ct_errorf(CT_EINPUT, "%s: not a regular file", path);
-    }
-    s->map_len = (size_t)st.st_size;
+    int fd;
+    CT_TRY(ct_open_regular(path, "the safetensors file", &fd, &s->map_len));
     if (s->map_len >= 8) {
         s->map = mmap(NULL, s->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
         if (s->map == MAP_FAILED) {

@@ -59,12 +59,58 @@ static int targets_from_list(const json_t *list, const char *path, unsigned *bit
     return CT_OK;
 }
 
+/* Bounds on a target_modules regex from a stranger's adapter_config.json:
+ * glibc's regcomp expands every counted repetition {m,n} into copies, so
+ * nested counts ("(a{0,255}){0,255}") take minutes and gigabytes, and
+ * backreferences make matching exponential. PEFT's regexes name a few module
+ * alternatives; these limits leave every such pattern alone. */
+#define RX_MAX_LEN 256
+#define RX_MAX_REPEAT 256 /* product of all {m,n} upper bounds */
+
+static int check_regex_bounds(const char *re, const char *path) {
+    size_t len = strlen(re);
+    if (len > RX_MAX_LEN)
+        return ct_errorf(CT_EINPUT, "%s: target_modules regex is %zu characters long; ctuner accepts up to %d (list "
+                         "the module names instead)", path, len, RX_MAX_LEN);
+    double product = 1;
+    for (size_t i = 0; i < len; i++) {
+        if (re[i] == '\\') {
+            if (re[i + 1] >= '1' && re[i + 1] <= '9')
+                return ct_errorf(CT_EINPUT, "%s: target_modules regex uses a backreference (\\%c); not supported",
+                                 path, re[i + 1]);
+            if (re[i + 1]) i++;
+            continue;
+        }
+        if (re[i] == '[') { /* a bracket expression: its '{' are literal */
+            size_t j = i + 1;
+            if (re[j] == '^') j++;
+            if (re[j] == ']') j++;
+            while (j < len && re[j] != ']') j++;
+            i = j;
+            continue;
+        }
+        if (re[i] != '{') continue;
+        long lo = 0, hi = -1;
+        char *end;
+        lo = strtol(re + i + 1, &end, 10);
+        if (*end == ',') hi = end[1] == '}' ? lo + 1 : strtol(end + 1, &end, 10);
+        else hi = lo;
+        if (lo < 0 || hi < 0) hi = RX_MAX_REPEAT + 1;
+        product *= (double)(hi > 0 ? hi : 1);
+        if (product > RX_MAX_REPEAT)
+            return ct_errorf(CT_EINPUT, "%s: target_modules regex '%s' repeats too much (counted repetitions multiply "
+                             "past %d); list the module names instead", path, re, RX_MAX_REPEAT);
+    }
+    return CT_OK;
+}
+
 /* A string: "all-linear", else a regex fully matched against module names. */
 static int targets_from_regex(const char *re, int n_layers, const char *path, unsigned *bits) {
     if (!strcmp(re, "all-linear")) { /* PEFT: every linear but the output layer */
         *bits = CT_LORA_ALL_BLOCK;
         return CT_OK;
     }
+    CT_TRY(check_regex_bounds(re, path));
     size_t len = strlen(re);
     char *anchored = malloc(len + 5);
     if (!anchored) return ct_errorf(CT_ERUNTIME, "out of memory");
@@ -206,12 +252,18 @@ static int read_param(const char *file, const ct_st_tensor *t, const ct_lora_par
                          "belongs to another model", file, t->name, got, (long long)want[0], (long long)want[1],
                          p->is_b ? "out, r" : "r, in");
     }
-    if (be->device == CT_CPU) return ct_st_read_f32(t, p->t->data);
-    float *tmp = malloc((size_t)t->numel * sizeof(float)); /* [numel] host staging */
-    if (!tmp) return ct_errorf(CT_ERUNTIME, "out of memory reading %s", t->name);
-    int rc = ct_st_read_f32(t, tmp);
-    if (rc == CT_OK) rc = be->upload(p->t->data, tmp, (size_t)t->numel * sizeof(float));
-    free(tmp);
+    /* [numel] the slot itself on the CPU, else host staging */
+    float *host = be->device == CT_CPU ? p->t->data : malloc((size_t)t->numel * sizeof(float));
+    if (!host) return ct_errorf(CT_ERUNTIME, "out of memory reading %s", t->name);
+    int rc = ct_st_read_f32(t, host);
+    /* A NaN/Inf weight (a diverged run's save, a damaged file) would only
+     * show later as NaN losses or garbage text: refuse it here. */
+    for (int64_t i = 0; rc == CT_OK && i < t->numel; i++)
+        if (!isfinite(host[i]))
+            rc = ct_errorf(CT_EINPUT, "%s: key '%s' holds a non-finite value (%g at element %lld): the adapter is "
+                           "damaged or comes from a diverged run", file, t->name, (double)host[i], (long long)i);
+    if (rc == CT_OK && host != p->t->data) rc = be->upload(p->t->data, host, (size_t)t->numel * sizeof(float));
+    if (host != p->t->data) free(host);
     return rc;
 }
 

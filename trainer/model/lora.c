@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +142,24 @@ static int plan_params(ct_lora *l) {
     l->lins = calloc(cap, sizeof *l->lins);
     if (!l->params || !l->hdr || !l->names || !l->offset || !l->lins) return ct_errorf(CT_ERUNTIME, "out of memory");
     int64_t r = l->cfg.r;
+    /* Up front, before anything is allocated: a rank above a targeted
+     * linear's smaller side adds no capacity and only costs memory (a huge r
+     * would try to allocate r x (in + out) floats per linear). */
+    int64_t r_max = INT64_MAX;
+    const char *narrow = NULL;
+    for (int layer = 0; layer <= dm->n_layers; layer++)
+        for (int k = 0; k < N_TARGETS; k++) {
+            unsigned bit = k_targets[k].bit;
+            if (!(l->cfg.targets & bit) || (bit == CT_LORA_OUTPUT) != (layer == dm->n_layers)) continue;
+            ct_linear *lin = linear_of(dm, layer, bit);
+            if (!lin->w || lin->w->ndim != 2) continue; /* reported below */
+            int64_t side = lin->w->shape[0] < lin->w->shape[1] ? lin->w->shape[0] : lin->w->shape[1];
+            if (side < r_max) r_max = side, narrow = k_targets[k].name;
+        }
+    if (narrow && r > r_max)
+        return ct_errorf(CT_EINPUT, "lora.r %lld is larger than the targeted layers allow: %s is %lld wide on its "
+                         "smaller side, and a LoRA pair's rank cannot exceed min(in, out); use lora.r <= %lld",
+                         (long long)r, narrow, (long long)r_max, (long long)r_max);
     for (int layer = 0; layer <= dm->n_layers; layer++) {
         for (int k = 0; k < N_TARGETS; k++) {
             unsigned bit = k_targets[k].bit;

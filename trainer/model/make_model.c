@@ -316,7 +316,8 @@ int ct_make_model(const ct_make_model_options *o, ct_make_model_report *report) 
         return rc;
     }
     char tmp[CT_PATH_MAX];
-    rc = ct_tmpdir_beside(o->out, tmp, sizeof tmp);
+    rc = ct_reclaim_temps_of(o->out, NULL); /* interrupted builds into the same --out */
+    if (rc == CT_OK) rc = ct_tmpdir_beside(o->out, tmp, sizeof tmp);
     if (rc == CT_OK) {
         rc = build(o, &cfg, dt, torch_dtype, max_shard, quant ? &qp : NULL, tmp, &n_quantized);
         if (rc == CT_OK) rc = ct_dir_commit(tmp, o->out);

@@ -423,6 +423,9 @@ int ct_merge(const ct_merge_options *o, ct_merge_report *report) {
     ct_model *m = NULL;
     int rc = prepare(&c, &cfg, &m);
     char tmp[CT_PATH_MAX];
+    /* The temp directories of interrupted merges into the same --out (a 7B
+     * merge leaves gigabytes): only the names ct_tmpdir_beside made for it. */
+    if (rc == CT_OK) rc = ct_reclaim_temps_of(o->out_dir, NULL);
     if (rc == CT_OK) rc = ct_tmpdir_beside(o->out_dir, tmp, sizeof tmp);
     if (rc == CT_OK) {
         rc = write_all(&c, &cfg, tmp);

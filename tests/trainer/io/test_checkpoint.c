@@ -310,9 +310,13 @@ static void expect_bad(const char *path, const char *what, const char *needle) {
     ct_ckpt_close(r);
 }
 
-/* An HDF5 file with (or without) a version stamp, written directly. */
-static void write_foreign(const char *path, int stamp) {
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+/* An HDF5 file with (or without) a version stamp, written directly; v18: in
+ * the 1.8+ format (superblock 2) as ctuner writes, else HDF5's default (0). */
+static void write_foreign(const char *path, int stamp, bool v18) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (v18) H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     if (stamp) {
         hid_t sp = H5Screate(H5S_SCALAR);
         hid_t a = H5Acreate2(f, "ctuner_checkpoint", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
@@ -350,10 +354,13 @@ static void test_corrupt(void) {
     path_in(bad, sizeof bad, "bad.h5");
 
     /* Other HDF5 files: no stamp, a newer format. */
-    write_foreign(bad, 0);
+    write_foreign(bad, 0, true);
     expect_bad(bad, "foreign HDF5", "not a ctuner checkpoint");
-    write_foreign(bad, CT_CKPT_FORMAT + 1);
+    write_foreign(bad, CT_CKPT_FORMAT + 1, true);
     expect_bad(bad, "newer format", "newer ctuner");
+    /* The pre-1.8 format leaves HDF5's metadata unchecked: refused before HDF5 reads it. */
+    write_foreign(bad, CT_CKPT_FORMAT, false);
+    expect_bad(bad, "pre-1.8 HDF5", "superblock version 0");
 
     /* A flipped byte inside the big tensor's data: the checksum catches it. */
     const size_t probe = 64; /* bytes of g_big from element 100000 on */

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -454,6 +455,32 @@ static void test_peft_style(void) {
     expect_bad(dir, "target without weights", "base_model.model.output.lora_A.weight", "missing");
     write_hand(dir, l, &(hand){.targets = "\"model\\\\.layers\\\\.0\\\\..*\""});
     expect_bad(dir, "layer-dependent regex", "only 1 of 2 layers", NULL);
+    /* Hostile regexes (a stranger's adapter): refused at once, before glibc's
+     * regcomp expands nested counts (this one took minutes and GBs there). */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    write_hand(dir, l, &(hand){.targets = "\"(a{0,255}b{0,255}){0,255}\""});
+    expect_bad(dir, "nested counted repetition", "repeats too much", NULL);
+    write_hand(dir, l, &(hand){.targets = "\"(.*)\\\\1\""});
+    expect_bad(dir, "backreference", "backreference", NULL);
+    char longre[400];
+    memset(longre, 'a', sizeof longre);
+    longre[0] = '"', longre[300] = '"', longre[301] = '\0';
+    write_hand(dir, l, &(hand){.targets = longre});
+    expect_bad(dir, "long regex", "characters long", NULL);
+    /* a NaN weight (a diverged run's save) is refused naming the key */
+    float *a0 = ct_lora_at(l, 0)->t->data, keep = a0[3];
+    a0[3] = NAN;
+    write_hand(dir, l, &(hand){0});
+    expect_bad(dir, "NaN weight", qa, "non-finite");
+    a0[3] = keep;
+    write_hand(dir, l, &(hand){.targets = "\".*(wqkv|wo|w[123]{1,1}){1,4}\""}); /* small counts stay fine */
+    m = load_base();
+    CHECK_OK(ct_adapter_load(dir, m, false, &got));
+    ct_model_free(m);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    CHECK(secs < 5.0, "hostile regexes took %.1f s", secs);
     write_hand(dir, l, &(hand){.peft_type = "PREFIX_TUNING"});
     expect_bad(dir, "peft_type", "PREFIX_TUNING", NULL);
     write_hand(dir, l, &(hand){.extra = ",\n  \"use_dora\": true"}); /* duplicate key: JSON error */
