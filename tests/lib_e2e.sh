@@ -10,6 +10,8 @@
 #   expect_exit NAME CODE NEEDLE -- ARGS...  `$bin ARGS` exits CODE and its stderr names NEEDLE
 #   has TEXT / has_err TEXT the last expect's $work/out / $work/err contains TEXT
 #   no_temp_left            no *.tmp-* entry left in $work
+#   e2e_story_data FILE N   FILE = the first N (1..6) of six short conversations the
+#                           tiny story model can learn, each twice (XTuner's JSON)
 #   finish [CODE]           print the counts; exit 1 on a failure, else CODE (0)
 pass=0
 fail=0
@@ -46,4 +48,16 @@ expect_exit() {
 has()     { if grep -qF -- "$1" "$work/out"; then ok; else bad "output lacks '$1':"; cat "$work/out"; fi; }
 has_err() { if grep -qF -- "$1" "$work/err"; then ok; else bad "stderr lacks '$1':"; cat "$work/err"; fi; }
 no_temp_left() { check "[ -z \"\$(ls -A '$work' | grep '\\.tmp-' || true)\" ]"; }
+e2e_story_data() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+qa = [("Tell me a story.", "Once upon a time, there was a little girl named Lily."),
+      ("Who is Tom?", "Tom is a big boy who likes to run."),
+      ("Where is the cat?", "The cat sat on the mat."),
+      ("What did the dog find?", "The dog found a red ball."),
+      ("Why was Ben sad?", "Ben was sad because his toy broke."),
+      ("What is the sun like?", "The sun was warm and bright.")][:int(sys.argv[2])]
+json.dump([{"conversation": [{"input": q, "output": a}]} for q, a in qa * 2], open(sys.argv[1], "w"), indent=1)
+PY
+}
 finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ] || exit 1; exit "${1:-0}"; }

@@ -27,14 +27,8 @@ if ! ldconfig -p 2>/dev/null | grep "libnccl.so.2 " >/dev/null; then
 fi
 
 rm -rf "$work"; mkdir -p "$work"
-python3 - "$work/data.json" <<'EOF'
-import json, sys
-qa = [("Tell me a story.", "Once upon a time, there was a little girl named Lily."),
-      ("Who is Tom?", "Tom is a big boy who likes to run."),
-      ("Where is the cat?", "The cat sat on the mat."),
-      ("What did the dog find?", "The dog found a red ball.")]
-json.dump([{"conversation": [{"input": q, "output": a}]} for q, a in qa * 2], open(sys.argv[1], "w"))
-EOF
+. "$(dirname "$0")/../lib_e2e.sh" # e2e_story_data
+e2e_story_data "$work/data.json" 4
 cat >"$work/run.yaml" <<EOF
 pretrained_model_name_or_path: $fx/stories260k-internlm2
 data_path: $work/data.json

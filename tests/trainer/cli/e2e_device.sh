@@ -18,13 +18,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 . "$(dirname "$0")/../../lib_e2e.sh"
 e2e_workdir device
 
-python3 - "$work/data.json" <<'PY'
-import json, sys
-qa = [("Tell me a story.", "Once upon a time, there was a little girl named Lily."),
-      ("Who is Tom?", "Tom is a big boy who likes to run."),
-      ("Where is the cat?", "The cat sat on the mat.")]
-json.dump([{"conversation": [{"input": q, "output": a}]} for q, a in qa * 2], open(sys.argv[1], "w"))
-PY
+e2e_story_data "$work/data.json" 3
 cfg="$work/run.yaml"
 cat >"$cfg" <<YAML
 pretrained_model_name_or_path: $st

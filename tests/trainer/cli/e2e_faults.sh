@@ -31,14 +31,7 @@ mounts=()
 cleanup() { for m in "${mounts[@]}"; do umount "$m" 2>/dev/null; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 - "$work/data.json" <<'EOF'
-import json, sys
-qa = [("Tell me a story.", "Once upon a time, there was a little girl named Lily."),
-      ("Who is Tom?", "Tom is a big boy who likes to run."),
-      ("Where is the cat?", "The cat sat on the mat."),
-      ("What did the dog find?", "The dog found a red ball.")]
-json.dump([{"conversation": [{"input": q, "output": a}]} for q, a in qa * 2], open(sys.argv[1], "w"))
-EOF
+e2e_story_data "$work/data.json" 4
 cfg="$work/run.yaml"
 cat >"$cfg" <<EOF
 pretrained_model_name_or_path: $st

@@ -36,16 +36,7 @@ mpi() { mpirun -np "$1" --oversubscribe "${@:2}"; }
 # (a run in the background is mpirun itself, not this function: $! is then
 # mpirun's pid, the ranks are its children, and a signal reaches it)
 
-python3 - "$work/data.json" <<'EOF'
-import json, sys
-qa = [("Tell me a story.", "Once upon a time, there was a little girl named Lily."),
-      ("Who is Tom?", "Tom is a big boy who likes to run."),
-      ("Where is the cat?", "The cat sat on the mat."),
-      ("What did the dog find?", "The dog found a red ball."),
-      ("Why was Ben sad?", "Ben was sad because his toy broke."),
-      ("What is the sun like?", "The sun was warm and bright.")]
-json.dump([{"conversation": [{"input": q, "output": a}]} for q, a in qa * 2], open(sys.argv[1], "w"), indent=1)
-EOF
+e2e_story_data "$work/data.json" 6
 cfg="$work/run.yaml"
 cat >"$cfg" <<EOF
 pretrained_model_name_or_path: $st
