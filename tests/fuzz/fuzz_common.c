@@ -71,3 +71,26 @@ void fz_assert(int cond, const char *what) {
     fprintf(stderr, "fuzz: assertion failed: %s\n", what);
     abort();
 }
+
+const ct_tokenizer *fz_fixture_tokenizer(int which) {
+    static ct_tokenizer *tok[2];
+    which = which ? 1 : 0;
+    if (!tok[which]) {
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", fz_fixtures(), which ? "internlm2-chat-7b" : "stories260k-internlm2");
+        if (ct_tok_load(p, &tok[which]) != 0) {
+            fprintf(stderr, "fuzz: cannot load the tokenizer %s\n", p);
+            abort();
+        }
+    }
+    return tok[which];
+}
+
+void fz_check_encoded(const ct_tokenizer *t, const ct_ids *ids) {
+    int32_t V = ct_tok_vocab_size(t);
+    for (size_t i = 0; i < ids->n; i++) fz_assert(ids->v[i] >= 0 && ids->v[i] < V, "ids inside the vocabulary");
+    char *text = NULL;
+    size_t len = 0;
+    fz_assert(ct_tok_decode(t, ids->v, ids->n, true, &text, &len) == 0, "encoded ids decode");
+    free(text);
+}

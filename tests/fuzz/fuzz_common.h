@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "datasets/tokenizer.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* A private scratch directory of this process (made once, removed at exit). */
@@ -22,5 +24,11 @@ const char *fz_write(const char *name, const uint8_t *data, size_t size);
 const char *fz_fixtures(void);
 /* Aborts with a message (a finding) when cond is false. */
 void fz_assert(int cond, const char *what);
+/* A fixture's tokenizer, loaded once and kept for the process: which 0 is
+ * stories260k's, 1 InternLM2-chat-7b's (added tokens, 92k pieces). Aborts
+ * when it does not load (a broken set-up, not a finding). */
+const ct_tokenizer *fz_fixture_tokenizer(int which);
+/* Every id of ids lies in t's vocabulary and the ids decode again. */
+void fz_check_encoded(const ct_tokenizer *t, const ct_ids *ids);
 
 #endif

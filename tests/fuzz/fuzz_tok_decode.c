@@ -2,30 +2,15 @@
  * arbitrary ids (negative, past the vocabulary, specials), the input read as
  * little-endian int32s after a selector byte (bit 0: the 7B tokenizer, bit 1:
  * show special tokens). Out-of-range ids must be an error, never a read. */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "datasets/tokenizer.h"
 #include "tests/fuzz/fuzz_common.h"
 
-static ct_tokenizer *g_tok[2];
-
-static ct_tokenizer *load(int which) {
-    if (!g_tok[which]) {
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", fz_fixtures(), which ? "internlm2-chat-7b" : "stories260k-internlm2");
-        if (ct_tok_load(p, &g_tok[which]) != 0) {
-            fprintf(stderr, "fuzz_tok_decode: cannot load the tokenizer %s\n", p);
-            abort();
-        }
-    }
-    return g_tok[which];
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
-    const ct_tokenizer *t = load(data[0] & 1);
+    const ct_tokenizer *t = fz_fixture_tokenizer(data[0] & 1);
     size_t n = (size - 1) / 4;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
     if (!ids) abort();

@@ -38,14 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (ct_tok_load(g_dir, &t) != 0) return 0;
     static const char text[] = "<s>Hello <|im_start|>user\nworld</s><unk> [UNUSED_TOKEN_145]\xff";
     ct_ids ids = {0};
-    if (ct_tok_encode(t, text, sizeof text - 1, ct_tok_add_bos_token(t), &ids) == 0) {
-        int32_t V = ct_tok_vocab_size(t);
-        for (size_t i = 0; i < ids.n; i++) fz_assert(ids.v[i] >= 0 && ids.v[i] < V, "ids inside the vocabulary");
-        char *out = NULL;
-        size_t len = 0;
-        fz_assert(ct_tok_decode(t, ids.v, ids.n, true, &out, &len) == 0, "encoded ids decode");
-        free(out);
-    }
+    if (ct_tok_encode(t, text, sizeof text - 1, ct_tok_add_bos_token(t), &ids) == 0) fz_check_encoded(t, &ids);
     ct_ids_free(&ids);
     int32_t special[4] = {ct_tok_bos_id(t), ct_tok_eos_id(t), ct_tok_pad_id(t), ct_tok_unk_id(t)};
     for (int i = 0; i < 4; i++)
