@@ -137,29 +137,31 @@ victim() {
   echo "$p"
 }
 trap 'jobs -p | xargs -r kill -KILL 2>/dev/null; rm -rf "$work"' EXIT
-mpirun -np 2 --oversubscribe "$bin" train "$cfg" --work-dir "$work/kill" "${long[@]}" >"$work/kill.out" 2>"$work/kill.err" &
-mp=$!
-r1=$(victim "$mp" "$work/kill/iter_20.h5")
-t0=$(date +%s)
-kill -KILL "$r1"
-wait "$mp"; code=$?
-dt=$(( $(date +%s) - t0 ))
-echo "killed rank 1: the job ended in ${dt} s with status $code"
+# hit_rank SIGNAL DIR [VAR=VALUE...]: the long 2-rank job in $work/DIR (with
+# those variables), SIGNAL sent to rank 1 once iter_20.h5 exists; sets r1 (its
+# pid), code (mpirun's status) and dt (seconds from the signal to the end)
+hit_rank() {
+  local signal=$1 dir=$2
+  shift 2
+  env "$@" mpirun -np 2 --oversubscribe "$bin" train "$cfg" --work-dir "$work/$dir" "${long[@]}" >"$work/$dir.out" \
+    2>"$work/$dir.err" & # env execs mpirun: $! is mpirun's pid
+  local mp=$!
+  r1=$(victim "$mp" "$work/$dir/iter_20.h5")
+  local t0
+  t0=$(date +%s)
+  kill "-$signal" "$r1"
+  wait "$mp"; code=$?
+  dt=$(( $(date +%s) - t0 ))
+  echo "rank 1 sent SIG$signal: the job ended in ${dt} s with status $code"
+}
+hit_rank KILL kill
 check "[ -n '$r1' ] && [ $code -ne 0 ] && [ $dt -le 60 ]"
 check "grep -q 'rank 1 .*exited on signal 9' '$work/kill.err'" || cat "$work/kill.err"
 last=$(ls "$work/kill" | sed -n 's/^iter_\([0-9]*\)\.h5$/\1/p' | sort -n | tail -1)
 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/kill" "${long[@]}" --set max_iters=$((last + 4)) --resume auto
 has "resumed from $work/kill/iter_$last.h5"
 
-CTUNER_DIST_TIMEOUT=3 mpirun -np 2 --oversubscribe "$bin" train "$cfg" --work-dir "$work/stuck" "${long[@]}" >"$work/stuck.out" \
-  2>"$work/stuck.err" &
-mp=$!
-r1=$(victim "$mp" "$work/stuck/iter_20.h5")
-t0=$(date +%s)
-kill -STOP "$r1"
-wait "$mp"; code=$?
-dt=$(( $(date +%s) - t0 ))
-echo "stopped rank 1: the job ended in ${dt} s with status $code"
+hit_rank STOP stuck CTUNER_DIST_TIMEOUT=3
 check "[ -n '$r1' ] && [ $code -ne 0 ] && [ $dt -le 60 ]"
 check "grep -q 'rank 0 of 2 (.*): error: .*no answer from the other ranks within 3 s' '$work/stuck.err'" || cat "$work/stuck.err"
 [ -n "$r1" ] && kill -KILL "$r1" 2>/dev/null
