@@ -13,6 +13,23 @@
 
 static size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
+/* A slot's layout (input_stage.h) for n tokens and rows_bytes of embedding
+ * rows: s's offsets and bytes. */
+static void slot_layout(ct_input_stage *s, int64_t n, size_t rows_bytes) {
+    size_t ints = (size_t)n * sizeof(int32_t);
+    s->off_labels = align_up(ints);
+    s->off_pos = s->off_labels + align_up(ints);
+    s->off_runs = s->off_pos + align_up(ints);
+    s->off_rows = s->off_runs + align_up(ints + sizeof(int32_t));
+    s->bytes = s->off_rows + rows_bytes;
+}
+
+size_t ct_input_stage_slot_bytes(int64_t n, size_t rows_bytes) {
+    ct_input_stage s;
+    slot_layout(&s, n, rows_bytes);
+    return s.bytes;
+}
+
 static bool staged(const ct_backend *be) {
     return be->stage_host && be->stage_upload && be->stage_wait && be->stage_fence;
 }
@@ -26,11 +43,7 @@ int ct_input_stage_init(ct_input_stage *s, const ct_backend *be, int64_t rows, i
     s->D = host_table ? host_table->shape[1] : 0;
     s->cur = 1; /* the first batch goes into slot 0 */
     size_t ints = (size_t)s->n * sizeof(int32_t);
-    s->off_labels = align_up(ints);
-    s->off_pos = s->off_labels + align_up(ints);
-    s->off_runs = s->off_pos + align_up(ints);
-    s->off_rows = s->off_runs + align_up(ints + sizeof(int32_t));
-    s->bytes = s->off_rows + (host_table ? (size_t)ct_dtype_bytes(be->act_dtype, s->n * s->D) : 0);
+    slot_layout(s, s->n, host_table ? (size_t)ct_dtype_bytes(be->act_dtype, s->n * s->D) : 0);
     s->seg = malloc(ints);
     s->tmp = malloc(ints);
     if (!s->seg || !s->tmp) return ct_errorf(CT_ERUNTIME, "input staging: out of memory for %lld tokens", (long long)s->n);

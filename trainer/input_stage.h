@@ -47,6 +47,10 @@ typedef struct {
     int64_t seq_len;
 } ct_staged_batch;
 
+/* The bytes of one slot's device block for n tokens and rows_bytes of
+ * embedding rows (0 without): what the memory plan counts, twice. */
+size_t ct_input_stage_slot_bytes(int64_t n, size_t rows_bytes);
+
 /* Allocates both slots (device blocks from be->mem: counted by the memory
  * plan as "batch inputs"). host_table: the embedding table when it stays in
  * host memory, else NULL. CT_ERUNTIME when out of memory. */

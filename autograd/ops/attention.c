@@ -53,9 +53,9 @@ static void heapsort_i32(int32_t *v, int64_t n) {
     }
 }
 
-/* ct_segment_runs with the caller's scratch: ids [T] (the id of each run,
- * sorted to find one that comes back). */
-static int segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int32_t *ids, int64_t *n_runs) {
+/* ids [T]: the caller's scratch (the id of each run, sorted to find one
+ * that comes back). */
+int ct_segment_runs_tmp(const int32_t *seg, int64_t T, int32_t *runs, int32_t *ids, int64_t *n_runs) {
     *n_runs = 0;
     if (T < 1 || T > INT32_MAX)
         return ct_errorf(CT_EINPUT, "segment runs: %lld tokens (need 1..%d)", (long long)T, INT32_MAX);
@@ -79,14 +79,10 @@ static int segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int32_t *i
     return CT_OK;
 }
 
-int ct_segment_runs_tmp(const int32_t *seg, int64_t T, int32_t *runs, int32_t *tmp, int64_t *n_runs) {
-    return segment_runs(seg, T, runs, tmp, n_runs);
-}
-
 int ct_segment_runs(const int32_t *seg, int64_t T, int32_t *runs, int64_t *n_runs) {
     int32_t *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof *ids); /* [T] */
     if (!ids) return ct_errorf(CT_ERUNTIME, "segment runs: out of memory for %lld ids", (long long)T);
-    int rc = segment_runs(seg, T, runs, ids, n_runs);
+    int rc = ct_segment_runs_tmp(seg, T, runs, ids, n_runs);
     free(ids);
     return rc;
 }
@@ -95,13 +91,14 @@ ct_tensor *ct_segment_runs_tensor(ct_tape *t, const int32_t *seg, int64_t T) {
     /* The tensor first, sized for the most runs (its header lives in the meta
      * arena too), then host temporaries from the meta arena, released after:
      * no malloc per batch. */
-    int64_t cap = T > 0 ? T + 1 : 1, n = 0; /* segment_runs refuses T < 1 */
+    int64_t cap = T > 0 ? T + 1 : 1, n = 0; /* ct_segment_runs_tmp refuses T < 1 */
     ct_tensor *r = ct_tape_new(t, CT_I32, 1, &cap);
     if (!r) return NULL;
     ct_arena_mark mark = ct_arena_get_mark(&t->meta);
     int32_t *runs = ct_tape_meta(t, (size_t)cap * sizeof *runs); /* [T + 1] at most */
     int32_t *ids = ct_tape_meta(t, (size_t)cap * sizeof *ids);   /* [T] used (cap: a valid size for any T) */
-    int rc = runs && ids ? segment_runs(seg, T, runs, ids, &n) : ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
+    int rc = runs && ids ? ct_segment_runs_tmp(seg, T, runs, ids, &n)
+                         : ct_errorf(CT_ERUNTIME, "segment runs: out of memory");
     if (!rc) rc = t->be->upload(r->data, runs, (size_t)(n + 1) * sizeof *runs);
     ct_arena_rewind(&t->meta, mark);
     if (rc) return NULL;

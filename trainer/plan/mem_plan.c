@@ -11,6 +11,7 @@
 
 #include "autograd/arena.h"
 #include "autograd/ct_error.h"
+#include "trainer/input_stage.h"
 #include "trainer/model/lora.h"
 
 #define MIB ((uint64_t)1 << 20)
@@ -253,13 +254,11 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *p
     if (optim_host) p->host_bytes += 2 * moments * 4 + 2 * (uint64_t)lora * 4;
     else put(&it[CT_PLAN_OPTIM], 2 * moments * 4);
 
-    /* two staged slots of one block each (trainer/input_stage.c): ids,
-     * labels, positions, segment runs, each rounded to 256 bytes, then the
-     * embedding rows gathered on the host */
-    for (int i = 0; i < 2; i++) {
-        uint64_t ints = 3 * ((T * 4 + 255) / 256 * 256) + (T * 4 + 4 + 255) / 256 * 256;
-        put(&it[CT_PLAN_INPUTS], ints + (embed_host ? T * D * d.act : 0));
-    }
+    /* two staged slots of one block each (trainer/input_stage.h): ids,
+     * labels, positions, segment runs, then the embedding rows gathered on
+     * the host */
+    for (int i = 0; i < 2; i++)
+        put(&it[CT_PLAN_INPUTS], ct_input_stage_slot_bytes(d.T, embed_host ? T * D * d.act : 0));
     /* main arena: the embedding output (unless staged with the inputs) and
      * the kept layer outputs (every activation without checkpointing); the
      * final norm, the loss's d(nll)/dx, the loss grads and the residual
