@@ -35,18 +35,15 @@ int ct_trainer_check_model_limits(ct_trainer *t) {
     /* lora.r against the targeted linears' smaller sides, from config.json
      * (ct_lora_new checks the same on the weights; here it comes before the
      * weights and the memory plan, whose estimate a huge r would dominate). */
-    const ct_hf_config *h = &t->hf;
-    int64_t D = h->hidden_size, I = h->intermediate_size, V = h->vocab_size;
-    int64_t hd = h->num_attention_heads > 0 ? D / h->num_attention_heads : D;
-    int64_t qkv = (h->num_attention_heads + 2 * h->num_key_value_heads) * hd;
-    const struct { unsigned bit; int64_t in, out; } lin[] = {
-        {CT_LORA_WQKV, D, qkv}, {CT_LORA_WO, D, D}, {CT_LORA_W1, D, I},
-        {CT_LORA_W3, D, I},     {CT_LORA_W2, I, D}, {CT_LORA_OUTPUT, D, V}};
+    unsigned bit[6]; /* the block's five linears (ct_plan_block_linears), then the head */
+    int64_t out[6], in[6];
+    ct_plan_block_linears(&t->hf, bit, out, in);
+    bit[5] = CT_LORA_OUTPUT, out[5] = t->hf.vocab_size, in[5] = t->hf.hidden_size;
     int64_t r_max = INT64_MAX;
     unsigned narrow = 0;
-    for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
-        int64_t side = lin[i].in < lin[i].out ? lin[i].in : lin[i].out;
-        if ((c->lora.target_modules & lin[i].bit) && side < r_max) r_max = side, narrow = lin[i].bit;
+    for (int i = 0; i < 6; i++) {
+        int64_t side = in[i] < out[i] ? in[i] : out[i];
+        if ((c->lora.target_modules & bit[i]) && side < r_max) r_max = side, narrow = bit[i];
     }
     if (narrow && c->lora.r > r_max)
         return ct_errorf(CT_EINPUT, "lora.r %lld is larger than the targeted layers allow: %s is %lld wide on its "

@@ -40,6 +40,7 @@ static void put(acc *a, uint64_t bytes) {
 
 /* The model's shapes and the run's choices, in bytes per element. */
 typedef struct {
+    const ct_hf_config *m;                 /* config.json (borrowed) */
     int64_t D, F, L, V, Hq, Hkv, hd, Q, A; /* Q: wqkv's rows; A: attention output width */
     int64_t T, r;                          /* tokens per step, LoRA rank */
     uint64_t act, w16;                     /* activation and stored-weight element bytes */
@@ -74,11 +75,16 @@ static uint64_t moment_floats(const dims *d, unsigned bit, int64_t out, int64_t 
     return a + b;
 }
 
-/* The five block linears as (bit, out, in). */
-static void block_linears(const dims *d, unsigned bit[5], int64_t out[5], int64_t in[5]) {
+void ct_plan_block_linears(const ct_hf_config *m, unsigned bit[5], int64_t out[5], int64_t in[5]) {
+    const int64_t D = m->hidden_size, F = m->intermediate_size, hd = m->head_dim;
+    const int64_t Q = (m->num_attention_heads + 2 * m->num_key_value_heads) * hd, A = m->num_attention_heads * hd;
     const unsigned bits[5] = {CT_LORA_WQKV, CT_LORA_WO, CT_LORA_W1, CT_LORA_W3, CT_LORA_W2};
-    const int64_t o[5] = {d->Q, d->D, d->F, d->F, d->D}, i[5] = {d->D, d->A, d->D, d->D, d->F};
+    const int64_t o[5] = {Q, D, F, F, D}, i[5] = {D, A, D, D, F};
     for (int k = 0; k < 5; k++) bit[k] = bits[k], out[k] = o[k], in[k] = i[k];
+}
+
+static void block_linears(const dims *d, unsigned bit[5], int64_t out[5], int64_t in[5]) {
+    ct_plan_block_linears(d->m, bit, out, in);
 }
 
 /* A layer's recorded activations: everything its ops save for backward
@@ -180,6 +186,7 @@ static int make_dims(const ct_plan_input *in, int64_t max_length, dims *d) {
     const ct_hf_config *m = in->model;
     const ct_run_config *c = in->run;
     memset(d, 0, sizeof *d);
+    d->m = m;
     d->D = m->hidden_size, d->F = m->intermediate_size, d->L = m->num_hidden_layers, d->V = m->vocab_size;
     d->Hq = m->num_attention_heads, d->Hkv = m->num_key_value_heads, d->hd = m->head_dim;
     d->Q = (d->Hq + 2 * d->Hkv) * d->hd;

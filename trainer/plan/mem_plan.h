@@ -71,4 +71,8 @@ int ct_mem_plan_make(const ct_plan_input *in, int64_t max_length, ct_mem_plan *o
  * none does. */
 int64_t ct_mem_plan_max_length(const ct_plan_input *in, uint64_t budget);
 
+/* The five linears of a decoder layer as LoRA targets, from config.json:
+ * bit (CT_LORA_WQKV, _WO, _W1, _W3, _W2) and the [out, in] of each weight. */
+void ct_plan_block_linears(const ct_hf_config *m, unsigned bit[5], int64_t out[5], int64_t in[5]);
+
 #endif
