@@ -75,12 +75,7 @@ bool ct_tape_wants_grad(const ct_tape *t, ct_tensor *const *in, int n_in) {
     return false;
 }
 
-int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *const *in,
-                   int n_in, void *saved) {
-    if (!ct_tape_wants_grad(t, in, n_in)) return CT_OK;
-    if (n_in > CT_MAX_OP_INPUTS)
-        return ct_errorf(CT_ERUNTIME, "op %s: %d inputs, at most %d", op->name, n_in,
-                         CT_MAX_OP_INPUTS);
+static int grow_entries(ct_tape *t) {
     if (t->n_entries == t->cap_entries) {
         /* Grows during the first steps only; reset keeps the capacity. */
         int cap = t->cap_entries ? 2 * t->cap_entries : 256;
@@ -89,6 +84,16 @@ int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *c
         t->entries = e;
         t->cap_entries = cap;
     }
+    return CT_OK;
+}
+
+int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *const *in,
+                   int n_in, void *saved) {
+    if (!ct_tape_wants_grad(t, in, n_in)) return CT_OK;
+    if (n_in > CT_MAX_OP_INPUTS)
+        return ct_errorf(CT_ERUNTIME, "op %s: %d inputs, at most %d", op->name, n_in,
+                         CT_MAX_OP_INPUTS);
+    CT_TRY(grow_entries(t));
     ct_tape_entry *e = &t->entries[t->n_entries++];
     memset(e, 0, sizeof *e);
     e->op = op;
@@ -105,11 +110,34 @@ ct_tensor *ct_grad(ct_tape *tp, ct_tensor *t) {
     return t->grad;
 }
 
+/* A mark: no output, no inputs, only its tag (ct_tape_mark); run_backward calls on_mark instead. */
+static int mark_backward(ct_tape *t, const ct_tape_entry *e) {
+    (void)t;
+    (void)e;
+    return CT_OK;
+}
+static const ct_op_def k_mark_op = {"mark", mark_backward};
+
+int ct_tape_mark(ct_tape *t, int tag) {
+    if (!t->recording || t->in_checkpoint) return CT_OK;
+    CT_TRY(grow_entries(t));
+    ct_tape_entry *e = &t->entries[t->n_entries++];
+    memset(e, 0, sizeof *e);
+    e->op = &k_mark_op;
+    e->tag = tag;
+    return CT_OK;
+}
+
 /* Runs the backward of entries [from, n_entries) in reverse. Entries are copied
  * before the call: a checkpoint's backward appends (and may reallocate) entries. */
 static int run_backward(ct_tape *t, int from) {
     for (int i = t->n_entries - 1; i >= from; i--) {
         ct_tape_entry e = t->entries[i];
+        if (e.op == &k_mark_op) {
+            int rc = t->on_mark ? t->on_mark(t->mark_ctx, e.tag) : CT_OK;
+            if (rc) return ct_error_wrap(rc, "at backward mark %d", e.tag);
+            continue;
+        }
         if (!e.out->requires_grad || !e.out->grad) continue; /* nothing flowed here */
         int rc = e.op->backward(t, &e);
         if (rc) return ct_error_wrap(rc, "backward of %s", e.op->name);

@@ -42,6 +42,7 @@ struct ct_tape_entry {
     ct_tensor *in[CT_MAX_OP_INPUTS];
     int n_in;
     void *saved; /* op-specific, in the meta arena */
+    int tag;     /* a mark's tag (ct_tape_mark; no out, no inputs) */
 };
 
 struct ct_tape {
@@ -59,6 +60,10 @@ struct ct_tape {
      * memory the next segment's input grad reuses (NULL: none). */
     void *spare_grad;
     size_t spare_bytes;
+    /* Called when ct_backward passes a mark (ct_tape_mark); NULL: marks are
+     * passed silently. Kept across resets: the caller sets and clears it. */
+    int (*on_mark)(void *ctx, int tag);
+    void *mark_ctx;
 };
 
 /* block_bytes: size of each arena block (0 = 64 MiB). */
@@ -91,6 +96,16 @@ int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *c
  * f32 tensor, else the activation dtype); NULL on OOM. Leaves (parameters)
  * carry their own long-lived grad. */
 ct_tensor *ct_grad(ct_tape *tp, ct_tensor *t);
+
+/* Records a mark (while recording, outside a checkpoint segment's forward;
+ * else a no-op). ct_backward calls t->on_mark(t->mark_ctx, tag) when its walk
+ * reaches the mark, that is once the backward of everything recorded after
+ * the mark has run: the grads of parameters used only after it are then
+ * final. The decoder marks each layer's start and the head (decoder.h); the
+ * trainer starts those grads' all-reduce there, while the backward of the
+ * layers below still runs (trainer/train_grad_sync.c). An error from on_mark
+ * ends the backward. */
+int ct_tape_mark(ct_tape *t, int tag);
 
 /* Seeds d(loss) = seed (loss must have one element) and runs the tape backward. */
 int ct_backward(ct_tape *t, ct_tensor *loss, float seed);

@@ -160,7 +160,16 @@ static int loop(ct_trainer *t) {
         }
         double t0 = now_s(), nll = 0;
         int64_t targets = 0, tokens = 0;
-        CT_TRY(run_iteration(t, &nll, &targets, &tokens));
+        bool closes = (t->iter + 1) % acc == 0 || t->iter + 1 == t->total_iters;
+        /* the window's last backward: the grads' all-reduce starts layer by
+         * layer during it, and ends before the next collective */
+        if (closes) CT_TRY(ct_grad_sync_arm(t));
+        int rc = run_iteration(t, &nll, &targets, &tokens);
+        if (rc) {
+            t->tape.on_mark = NULL;
+            return rc;
+        }
+        if (closes) CT_TRY(ct_grad_sync_finish(t));
         t->iter++;
         CT_TRY(ct_train_dist_iter(t, &nll, &targets, &tokens, g_stop_signal)); /* sums over the ranks */
         double loss = targets > 0 ? nll / (double)targets : 0.0;
@@ -171,11 +180,7 @@ static int loop(ct_trainer *t) {
             return nonfinite(t, msg);
         }
         if (t->opt->on_iter) t->opt->on_iter(t->opt->cb_ctx, t->iter - 1, loss);
-        bool closes = t->iter % acc == 0 || t->iter == t->total_iters;
-        if (closes) {
-            CT_TRY(ct_train_dist_reduce_grads(t));
-            CT_TRY(optimizer_step(t));
-        }
+        if (closes) CT_TRY(optimizer_step(t));
         CT_TRY(ct_train_log_iter(t, nll, targets, tokens, now_s() - t0));
         if (t->world > 1 && (t->iter % c->logging_interval == 0 || t->iter == t->total_iters)) {
             char when[64];
@@ -203,6 +208,8 @@ static int loop(ct_trainer *t) {
 static int finish(ct_trainer *t) {
     if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, false));
     char dir[CT_PATH_MAX];
+    ct_grad_sync_summary(t, dir, sizeof dir);
+    if (dir[0]) ct_train_log_note(t, "%s", dir);
     if (t->rank != 0) return CT_OK; /* rank 0 writes the adapter and evaluates */
     CT_TRY(ct_path_join(dir, sizeof dir, t->work_dir, "adapter"));
     CT_TRY(ct_adapter_save(dir, t->lora, ct_model_path(t->model)));

@@ -123,13 +123,12 @@ int ct_train_dist_iter(ct_trainer *t, double *nll, int64_t *targets, int64_t *to
     return CT_OK;
 }
 
+/* (a window's partial sum, for a checkpoint saved inside it; the step's sum
+ * is train_grad_sync.c's, overlapped with the backward) */
 int ct_train_dist_reduce_grads(ct_trainer *t) {
     if (t->world == 1 && !t->dist->nccl) return CT_OK; /* (nccl: the 1-rank NCCL check, dist.h) */
-    bool first = !t->dist->nccl_tried;
-    CT_TRY(ct_dist_allreduce_backend_f32(t->dist, ct_model_backend(t->model), ct_lora_grads(t->lora),
-                                         (size_t)ct_lora_numel(t->lora), t->dist_host, "the gradient all-reduce"));
-    if (first && t->dist->nccl_tried) ct_train_log_note(t, "gradient all-reduce %s\n", t->dist->dev_note);
-    return CT_OK;
+    return ct_dist_allreduce_backend_f32(t->dist, ct_model_backend(t->model), ct_lora_grads(t->lora),
+                                         (size_t)ct_lora_numel(t->lora), t->dist_host, "the gradient all-reduce");
 }
 
 /* FNV-1a over the bits of the LoRA values. */

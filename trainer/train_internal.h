@@ -41,6 +41,25 @@ typedef struct {
     bool line_open;           /* a live (\r) line is on the terminal */
 } ct_train_log;
 
+/* The gradient all-reduce of an optimizer step in buckets, each started as
+ * soon as the backward of the window's last micro-batch has passed the
+ * layers it holds (train_grad_sync.c). */
+typedef struct {
+    size_t off, n; /* floats of the LoRA grad block */
+    int ready_tag; /* the backward mark after which they are final (tag l: layer l, n_layers: the head) */
+} ct_grad_bucket;
+
+typedef struct {
+    bool on;          /* grads are summed over ranks (world > 1, or the 1-rank NCCL check) */
+    bool overlap;     /* buckets start during the backward ($CTUNER_DIST_OVERLAP, default 1) */
+    double cap_mib;   /* a bucket's least size ($CTUNER_DIST_BUCKET_MB, default 16), whole layers */
+    ct_grad_bucket *b; /* (n) from the top of the grad block (the head, the last layer) down */
+    int n, next;      /* next: the first bucket of this step not yet started */
+    bool noted;       /* the "gradient all-reduce ..." line printed */
+    int64_t steps, early; /* steps summed; buckets started during a backward */
+    double wait_s;    /* time from the end of the backward to the end of the sums */
+} ct_grad_sync;
+
 typedef struct {
     const ct_train_options *opt;
     const ct_run_config *cfg;
@@ -84,6 +103,7 @@ typedef struct {
     void *dist_records;       /* (world) the per-iteration exchange */
     int stop_all;             /* the stop request agreed on by the ranks (signal, -1, 0: none) */
     int bad_rank;             /* the first rank whose loss was not finite (-1: none) */
+    ct_grad_sync gsync;       /* the per-step gradient all-reduce (train_grad_sync.c) */
     int64_t log_cut;          /* > 0: metrics.jsonl is cut after this iteration, not t->iter (a checkpoint
                                  of another world size counts its iterations in its own units) */
 } ct_trainer;
@@ -124,12 +144,28 @@ int ct_train_window_targets(ct_trainer *t, int64_t w0, int64_t n, int64_t *targe
 /* Exchanges the iteration's NLL sum, trained and real tokens and stop request
  * (this rank's in, the sums over the ranks out; t->stop_all, t->bad_rank set). */
 int ct_train_dist_iter(ct_trainer *t, double *nll, int64_t *targets, int64_t *tokens, int stop);
-/* Sums the LoRA grads over the ranks (in place, every rank gets the sum). */
+/* Sums the LoRA grads over the ranks (in place, every rank gets the sum): a
+ * window's partial gradient, before a checkpoint inside it. */
 int ct_train_dist_reduce_grads(ct_trainer *t);
 /* CT_ERUNTIME naming the rank whose LoRA weights differ from rank 0's. */
 int ct_train_dist_check_weights(ct_trainer *t, const char *when);
 /* Rank 0's checkpoint path and found flag to every rank. */
 int ct_train_dist_share_path(ct_trainer *t, char *path, size_t cap, bool *found);
+
+/* ---- train_grad_sync.c ---- */
+/* After ct_train_dist_open: the buckets (CT_EINPUT for a bad
+ * CTUNER_DIST_BUCKET_MB / CTUNER_DIST_OVERLAP). Off for one plain process. */
+int ct_grad_sync_open(ct_trainer *t);
+/* Before the micro-batch that closes a window: starts NCCL the first time
+ * (every rank) and hooks the tape's backward marks to start the buckets. */
+int ct_grad_sync_arm(ct_trainer *t);
+/* After that micro-batch (also when this rank trained nothing in it): starts
+ * the buckets not started yet and waits for all (every rank, before any
+ * other collective). */
+int ct_grad_sync_finish(ct_trainer *t);
+/* One line on how the sums went ("" when off). */
+void ct_grad_sync_summary(const ct_trainer *t, char *buf, size_t cap);
+void ct_grad_sync_close(ct_trainer *t);
 
 /* ---- train_state.c ---- */
 /* Writes work_dir/iter_<iter>.h5 (+ iter_<iter>_adapter/) and applies

@@ -199,6 +199,7 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
     CT_TRY(load_model(t));
     CT_TRY(make_loop_state(t));
     CT_TRY(ct_train_dist_open(t));
+    CT_TRY(ct_grad_sync_open(t));
     if (t->out) {
         char plan[512];
         ct_lora_plan(t->lora, plan, sizeof plan);
@@ -215,6 +216,7 @@ int ct_trainer_open(ct_trainer *t, const ct_train_options *opt, ct_train_result 
 
 void ct_trainer_close(ct_trainer *t) {
     ct_train_log_close(t);
+    ct_grad_sync_close(t);
     ct_train_dist_close(t);
     ct_adamw_free(t->adamw);
     free(t->params);

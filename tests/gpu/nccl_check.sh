@@ -5,6 +5,9 @@
 # communicator of one rank: the LoRA grads go through ncclAllReduce on the
 # GPU before every optimizer step). The sum over one rank is the identity, so
 # every logged loss and grad norm and the final adapter's bytes must be equal.
+# The NCCL run cuts the grads into one bucket per layer (CTUNER_DIST_BUCKET_MB),
+# each all-reduced on NCCL's own stream as soon as the backward has passed
+# its layer (trainer/train_grad_sync.c): all 5 must start during the backward.
 # A single GPU cannot show scaling: this checks that the NCCL code loads
 # libnccl, joins a communicator and all-reduces the right buffer on the right
 # stream, not its speed (several GPUs: docs/TRAINING.md).
@@ -47,11 +50,13 @@ device: cuda
 EOF
 CTUNER_DIST_NCCL=0 "$bin" train "$work/run.yaml" --work-dir "$work/plain" >"$work/plain.log" 2>&1 ||
   { echo "nccl: the plain run failed:"; tail -5 "$work/plain.log"; exit 1; }
-CTUNER_DIST_NCCL=1 "$bin" train "$work/run.yaml" --work-dir "$work/nccl" >"$work/nccl.log" 2>&1 ||
+CTUNER_DIST_NCCL=1 CTUNER_DIST_BUCKET_MB=0.03 "$bin" train "$work/run.yaml" --work-dir "$work/nccl" >"$work/nccl.log" 2>&1 ||
   { echo "nccl: the run with NCCL failed:"; tail -5 "$work/nccl.log"; exit 1; }
 grep -h "gradient all-reduce" "$work/nccl.log"
 grep -q "gradient all-reduce on the GPUs with NCCL" "$work/nccl.log" ||
   { echo "nccl: the run with CTUNER_DIST_NCCL=1 did not all-reduce with NCCL"; exit 1; }
+grep -q "5 buckets per optimizer step, 5.00 of them started during the backward" "$work/nccl.log" ||
+  { echo "nccl: the buckets did not all start during the backward"; exit 1; }
 python3 - "$work/plain" "$work/nccl" <<'EOF'
 import json, sys
 def rows(d):

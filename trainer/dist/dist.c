@@ -34,6 +34,10 @@ static int single_allreduce(ct_dist *d, void *buf, size_t n, ct_dist_type type, 
     (void)d, (void)buf, (void)n, (void)type, (void)what;
     return CT_OK;
 }
+static int single_progress(ct_dist *d, const char *what) {
+    (void)d, (void)what;
+    return CT_OK;
+}
 static int single_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, const char *what) {
     (void)d, (void)what;
     if (all != mine) memmove(all, mine, bytes);
@@ -53,8 +57,9 @@ static void single_abort(ct_dist *d, int code) {
 }
 static void single_finalize(ct_dist *d) { (void)d; }
 
-static const ct_dist_ops single_ops = {"single", single_allreduce, single_allgather, single_bcast, single_barrier,
-                                       single_abort, single_finalize};
+static const ct_dist_ops single_ops = {"single",       single_allreduce, single_allreduce, single_progress,
+                                       single_progress, single_allgather, single_bcast,     single_barrier,
+                                       single_abort,    single_finalize};
 static ct_dist g_single = {.ops = &single_ops, .rank = 0, .world = 1, .local_rank = 0, .local_world = 1,
                            .timeout_s = 600, .host = "localhost"};
 
@@ -235,22 +240,52 @@ int ct_dist_bind(ct_dist *d, bool gpu, char *note, size_t cap) {
     return CT_OK;
 }
 
+/* The staged path sums on the host; NCCL sums device memory directly. */
+static bool on_device(const ct_dist *d, const ct_backend *be) { return d->dev_start_f32 && be->device == CT_CUDA; }
+
+int ct_dist_backend_open(ct_dist *d, const ct_backend *be) {
+    if (be->device != CT_CUDA || !d->nccl || d->nccl_tried) {
+        if (!d->dev_note[0])
+            snprintf(d->dev_note, sizeof d->dev_note, "%s", be->device == CT_CUDA ? "staged through host memory "
+                     "(CTUNER_DIST_NCCL=0)" : "in host memory");
+        return CT_OK;
+    }
+    d->nccl_tried = true;
+    bool absent = false;
+    char note[600];
+    CT_TRY(ct_dist_nccl_init(d, &absent, note, sizeof note));
+    if (absent && d->nccl == 1) return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=1 but NCCL cannot start: %s", note);
+    snprintf(d->dev_note, sizeof d->dev_note, "%s%s%s", absent ? "staged through host memory (no NCCL: "
+             : "on the GPUs with ", note, absent ? ")" : "");
+    return CT_OK;
+}
+
+int ct_dist_backend_start(ct_dist *d, const ct_backend *be, float *buf, float *host, size_t off, size_t n,
+                          const char *what) {
+    if (n == 0) return CT_OK;
+    if (on_device(d, be)) return d->dev_start_f32(d, buf + off, n, what);
+    if (d->world == 1) return CT_OK;
+    CT_TRY(be->download(host + off, buf + off, n * sizeof *host));
+    return d->ops->start_sum(d, host + off, n, CT_DIST_F32, what);
+}
+
+int ct_dist_backend_progress(ct_dist *d, const ct_backend *be, const char *what) {
+    if (on_device(d, be) || d->world == 1) return CT_OK; /* (NCCL advances on its own) */
+    return d->ops->progress(d, what);
+}
+
+int ct_dist_backend_finish(ct_dist *d, const ct_backend *be, float *buf, float *host, size_t lo, size_t hi,
+                           const char *what) {
+    if (on_device(d, be)) return d->dev_finish(d, what);
+    if (d->world == 1 || hi <= lo) return CT_OK;
+    CT_TRY(d->ops->finish_sums(d, what));
+    return be->upload(buf + lo, host + lo, (hi - lo) * sizeof *host);
+}
+
 int ct_dist_allreduce_backend_f32(ct_dist *d, const ct_backend *be, float *buf, size_t n, float *host,
                                   const char *what) {
     if (n == 0) return CT_OK;
-    if (be->device == CT_CUDA && d->nccl && !d->nccl_tried) {
-        d->nccl_tried = true;
-        bool absent = false;
-        char note[600];
-        CT_TRY(ct_dist_nccl_init(d, &absent, note, sizeof note));
-        if (absent && d->nccl == 1)
-            return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=1 but NCCL cannot start: %s", note);
-        snprintf(d->dev_note, sizeof d->dev_note, "%s%s%s", absent ? "staged through host memory (no NCCL: "
-                 : "on the GPUs with ", note, absent ? ")" : "");
-    }
-    if (d->dev_allreduce_f32 && be->device == CT_CUDA) return d->dev_allreduce_f32(d, buf, n, what);
-    if (d->world == 1) return CT_OK;
-    CT_TRY(be->download(host, buf, n * sizeof *host));
-    CT_TRY(d->ops->allreduce(d, host, n, CT_DIST_F32, what));
-    return be->upload(buf, host, n * sizeof *host);
+    CT_TRY(ct_dist_backend_open(d, be));
+    CT_TRY(ct_dist_backend_start(d, be, buf, host, 0, n, what));
+    return ct_dist_backend_finish(d, be, buf, host, 0, n, what);
 }

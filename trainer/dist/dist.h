@@ -37,6 +37,15 @@ typedef struct {
     const char *name; /* "single", "mpi" */
     /* In-place sum over the ranks of n elements of host memory. */
     int (*allreduce)(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what);
+    /* The same sum, only started: buf is the communicator's until finish_sums
+     * returns. Every rank starts the same sums in the same order, and no
+     * other collective runs while sums are in flight. */
+    int (*start_sum)(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what);
+    /* Moves the sums in flight along without waiting (MPI advances a
+     * non-blocking collective only inside MPI calls). */
+    int (*progress)(ct_dist *d, const char *what);
+    /* Waits for every sum in flight, at most timeout_s. */
+    int (*finish_sums)(ct_dist *d, const char *what);
     /* Every rank's `bytes` of mine into all[rank * bytes] (all: world * bytes). */
     int (*allgather)(ct_dist *d, const void *mine, void *all, size_t bytes, const char *what);
     /* Rank 0's bytes of buf to every rank. */
@@ -62,9 +71,13 @@ struct ct_dist {
     int nccl;
     bool nccl_tried; /* started (or found missing) at the first device all-reduce */
     char dev_note[640]; /* then: how device buffers are summed ("on the GPUs with NCCL 2.28.9", ...) */
-    /* Device all-reduce (NCCL) of n floats of backend memory; NULL when this
-     * build or run has none (device buffers are then staged through the host). */
-    int (*dev_allreduce_f32)(ct_dist *d, float *dev, size_t n, const char *what);
+    /* Device sums (NCCL) of backend memory, in flight beside the backend's
+     * work: dev_start_f32 enqueues the sum of n floats after everything the
+     * backend has enqueued so far; dev_finish waits for all started ones.
+     * NULL when this build or run has none (device buffers are then staged
+     * through the host). */
+    int (*dev_start_f32)(ct_dist *d, float *dev, size_t n, const char *what);
+    int (*dev_finish)(ct_dist *d, const char *what);
     void (*dev_finalize)(ct_dist *d);
     void *dev_impl;
 };
@@ -88,11 +101,26 @@ void ct_dist_finalize(ct_dist *d); /* NULL ok */
  * the binding into note. No-op for world 1. */
 int ct_dist_bind(ct_dist *d, bool gpu, char *note, size_t cap);
 
-/* Sum over the ranks of n floats of backend memory (the LoRA grads): NCCL
- * when be is the cuda backend and d->nccl allows it (started at the first
- * call: a collective, every rank calls it), else staged through host (a
- * caller-provided buffer of n floats; NULL only when NCCL is required) in
- * buckets. */
+/* Sums over the ranks of backend memory (the LoRA grads), whole or in pieces
+ * started as they become ready (trainer/train_grad_sync.c). NCCL when be is
+ * the cuda backend and d->nccl allows it, else staged through host memory:
+ * `host` is the caller's buffer shadowing `buf` (same offsets; NULL only when
+ * NCCL is required).
+ *   ct_dist_backend_open  before the first sum, with none in flight: starts
+ *                         NCCL the first time (a collective: every rank
+ *                         calls it); sets d->dev_note;
+ *   ct_dist_backend_start the sum of buf[off, off + n) (staged: downloaded
+ *                         now, then started on the host);
+ *   ct_dist_backend_progress  lets the sums in flight advance;
+ *   ct_dist_backend_finish    waits for them all; staged: uploads host[lo, hi),
+ *                         the span the started pieces cover.
+ * ct_dist_allreduce_backend_f32 is all four over buf[0, n). */
+int ct_dist_backend_open(ct_dist *d, const ct_backend *be);
+int ct_dist_backend_start(ct_dist *d, const ct_backend *be, float *buf, float *host, size_t off, size_t n,
+                          const char *what);
+int ct_dist_backend_progress(ct_dist *d, const ct_backend *be, const char *what);
+int ct_dist_backend_finish(ct_dist *d, const ct_backend *be, float *buf, float *host, size_t lo, size_t hi,
+                           const char *what);
 int ct_dist_allreduce_backend_f32(ct_dist *d, const ct_backend *be, float *buf, size_t n, float *host,
                                   const char *what);
 

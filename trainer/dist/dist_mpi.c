@@ -4,7 +4,9 @@
  * time-out passes, so a peer that is stuck, lost or killed ends the job with
  * a message instead of a hang (OpenMPI's mpirun also kills the job at once
  * when a rank dies). Large f32 buffers go in buckets of CT_DIST_BUCKET
- * floats, all started before the first is waited for. */
+ * floats, all started before the first is waited for; the trainer's sums
+ * overlapped with the backward (start_sum, progress, finish_sums) are the
+ * same requests, kept in flight between calls. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,8 @@
 
 typedef struct {
     MPI_Comm world, local;
+    MPI_Request *inflight; /* (cap) the sums started and not yet finished */
+    int n_inflight, cap;
 } mpi_state;
 
 static double now_s(void) {
@@ -62,25 +66,49 @@ static MPI_Datatype mpi_type(ct_dist_type t) {
 
 static size_t type_size(ct_dist_type t) { return t == CT_DIST_F32 ? 4 : 8; }
 
+/* Starts the sum of buf[n] in buckets of CT_DIST_BUCKET (an MPI count is an int). */
+static int m_start_sum(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what) {
+    mpi_state *s = d->impl;
+    for (size_t off = 0; off < n; off += CT_DIST_BUCKET) {
+        size_t len = n - off < CT_DIST_BUCKET ? n - off : CT_DIST_BUCKET;
+        if (s->n_inflight == s->cap) { /* grows in the first steps only */
+            int cap = s->cap ? 2 * s->cap : 64;
+            MPI_Request *r = realloc(s->inflight, (size_t)cap * sizeof *r);
+            if (!r) return ct_errorf(CT_ERUNTIME, "out of memory");
+            s->inflight = r;
+            s->cap = cap;
+        }
+        int err = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * type_size(type), (int)len, mpi_type(type),
+                                 MPI_SUM, s->world, &s->inflight[s->n_inflight]);
+        if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallreduce", what);
+        s->n_inflight++;
+    }
+    return CT_OK;
+}
+
+static int m_progress(ct_dist *d, const char *what) {
+    mpi_state *s = d->impl;
+    int done = 0;
+    if (s->n_inflight == 0) return CT_OK;
+    int err = MPI_Testall(s->n_inflight, s->inflight, &done, MPI_STATUSES_IGNORE);
+    if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallreduce", what);
+    if (done) s->n_inflight = 0;
+    return CT_OK;
+}
+
+static int m_finish_sums(ct_dist *d, const char *what) {
+    mpi_state *s = d->impl;
+    int n = s->n_inflight;
+    s->n_inflight = 0;
+    return n ? wait_all(d, s->inflight, n, d->timeout_s, "MPI_Iallreduce", what) : CT_OK;
+}
+
 static int m_allreduce(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what) {
     mpi_state *s = d->impl;
-    size_t nb = (n + CT_DIST_BUCKET - 1) / CT_DIST_BUCKET;
-    MPI_Request stack[16], *req = nb <= 16 ? stack : malloc(nb * sizeof *req);
-    if (!req) return ct_errorf(CT_ERUNTIME, "out of memory");
-    int rc = CT_OK;
-    size_t started = 0;
-    for (size_t b = 0; b < nb; b++, started++) {
-        size_t off = b * CT_DIST_BUCKET, len = n - off < CT_DIST_BUCKET ? n - off : CT_DIST_BUCKET;
-        int err = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * type_size(type), (int)len, mpi_type(type),
-                                 MPI_SUM, s->world, &req[b]);
-        if (err != MPI_SUCCESS) {
-            rc = mpi_fail(d, err, "MPI_Iallreduce", what);
-            break;
-        }
-    }
-    if (!rc) rc = wait_all(d, req, (int)started, d->timeout_s, "MPI_Iallreduce", what);
-    if (req != stack) free(req);
-    return rc;
+    if (s->n_inflight) return ct_errorf(CT_ERUNTIME, "%s: a sum started earlier is still in flight", what);
+    int rc = m_start_sum(d, buf, n, type, what);
+    int frc = m_finish_sums(d, what); /* also after a failed start: those started complete first */
+    return rc ? rc : frc;
 }
 
 static int m_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, const char *what) {
@@ -119,11 +147,13 @@ static void m_finalize(ct_dist *d) {
     mpi_state *s = d->impl;
     if (s->local != MPI_COMM_NULL) MPI_Comm_free(&s->local);
     MPI_Finalize();
+    free(s->inflight);
     free(s);
     free(d);
 }
 
-static const ct_dist_ops mpi_ops = {"mpi", m_allreduce, m_allgather, m_bcast, m_barrier, m_abort, m_finalize};
+static const ct_dist_ops mpi_ops = {"mpi",     m_allreduce, m_start_sum, m_progress, m_finish_sums,
+                                    m_allgather, m_bcast, m_barrier, m_abort, m_finalize};
 
 int ct_dist_mpi_init(ct_dist *d) {
     int provided = 0, err = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);

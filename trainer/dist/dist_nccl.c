@@ -8,13 +8,19 @@
  * dlsym. When the library is missing on any rank, every rank stays on the
  * host path (or, with CTUNER_DIST_NCCL=1, the run fails saying so).
  *
+ * Overlap: a sum is enqueued on a stream of its own (non-blocking, so the
+ * legacy default stream the backend launches every kernel on does not
+ * serialise with it, cuda_kernels/cuda_check.h) after an event recorded on
+ * the backend's stream: it starts once the kernels enqueued before it (the
+ * backward of the layers whose grads it sums) are done, and runs while the
+ * backward of the layers below goes on.
+ *
  * Never a hang: the ranks meet in an MPI barrier (bounded) before the
- * blocking ncclCommInitRank, so all are alive when it starts; an all-reduce
- * is enqueued on the backend's stream (the legacy default stream, as
- * cuda_kernels/cuda_check.h launches every kernel) and polled with
- * cudaStreamQuery and ncclCommGetAsyncError against the communicator's
- * time-out; past it, or on an asynchronous NCCL error, the communicator is
- * aborted (which frees the stuck kernel) and the caller ends the job. */
+ * blocking ncclCommInitRank, so all are alive when it starts; dev_finish
+ * polls the sum stream with cudaStreamQuery and ncclCommGetAsyncError
+ * against the communicator's time-out; past it, or on an asynchronous NCCL
+ * error, the communicator is aborted (which frees the stuck kernel) and the
+ * caller ends the job. */
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <nccl.h>
@@ -38,6 +44,8 @@ typedef struct {
     ncclResult_t (*comm_destroy)(ncclComm_t comm);
     const char *(*error_string)(ncclResult_t r);
     ncclResult_t (*get_version)(int *version);
+    cudaStream_t stream; /* the sums' stream (non-blocking) */
+    cudaEvent_t ready;   /* recorded on the backend's stream before each sum */
 } nccl_state;
 
 static double now_s(void) {
@@ -79,15 +87,31 @@ static int nccl_fail(ct_dist *d, nccl_state *s, ncclResult_t r, const char *call
                      s->error_string(r), peer ? " (a peer was lost or failed)" : "");
 }
 
-static int nccl_allreduce_f32(ct_dist *d, float *dev, size_t n, const char *what) {
+static int cuda_fail(ct_dist *d, cudaError_t ce, const char *call, const char *what) {
+    return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): %s: %s failed: %s", d->rank, d->world, d->host, what, call,
+                     cudaGetErrorString(ce));
+}
+
+static int nccl_start_f32(ct_dist *d, float *dev, size_t n, const char *what) {
     nccl_state *s = d->dev_impl;
-    ncclResult_t r = s->all_reduce(dev, dev, n, ncclFloat32, ncclSum, s->comm, 0);
+    cudaError_t ce = cudaEventRecord(s->ready, 0); /* after the grads' kernels on the backend's stream */
+    if (ce != cudaSuccess) return cuda_fail(d, ce, "cudaEventRecord", what);
+    ce = cudaStreamWaitEvent(s->stream, s->ready, 0);
+    if (ce != cudaSuccess) return cuda_fail(d, ce, "cudaStreamWaitEvent", what);
+    ncclResult_t r = s->all_reduce(dev, dev, n, ncclFloat32, ncclSum, s->comm, s->stream);
     if (r != ncclSuccess) return nccl_fail(d, s, r, "ncclAllReduce", what);
-    /* poll the stream: bounded, and NCCL's asynchronous errors seen */
+    return CT_OK;
+}
+
+/* Polls the sums' stream: bounded, and NCCL's asynchronous errors seen. The
+ * backend's later kernels are enqueued after this returns, so they run after
+ * the sums. */
+static int nccl_finish(ct_dist *d, const char *what) {
+    nccl_state *s = d->dev_impl;
     double t0 = now_s();
-    struct timespec nap = {0, 50000};
+    struct timespec nap = {0, 20000};
     for (;;) {
-        cudaError_t ce = cudaStreamQuery(0);
+        cudaError_t ce = cudaStreamQuery(s->stream);
         if (ce == cudaSuccess) return CT_OK;
         if (ce != cudaErrorNotReady)
             return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): %s: CUDA error %s after ncclAllReduce", d->rank,
@@ -113,10 +137,13 @@ static void nccl_finalize(ct_dist *d) {
     nccl_state *s = d->dev_impl;
     if (!s) return;
     if (s->comm) s->comm_destroy(s->comm);
+    if (s->ready) cudaEventDestroy(s->ready);
+    if (s->stream) cudaStreamDestroy(s->stream);
     /* the library stays loaded: CUDA's atexit handlers may still run into it */
     free(s);
     d->dev_impl = NULL;
-    d->dev_allreduce_f32 = NULL;
+    d->dev_start_f32 = NULL;
+    d->dev_finish = NULL;
     d->dev_finalize = NULL;
 }
 
@@ -158,7 +185,14 @@ int ct_dist_nccl_init(ct_dist *d, bool *absent, char *note, size_t cap) {
         ncclResult_t r = s->comm_init_rank(&s->comm, d->world, msg.id, d->rank);
         if (r != ncclSuccess) rc = nccl_fail(d, s, r, "ncclCommInitRank", "joining the NCCL communicator");
     }
+    if (!rc) {
+        cudaError_t ce = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+        if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
+        if (ce != cudaSuccess) rc = cuda_fail(d, ce, "creating the all-reduce's stream", "starting NCCL");
+    }
     if (rc) {
+        if (s->comm) s->comm_destroy(s->comm);
+        if (s->stream) cudaStreamDestroy(s->stream);
         free(s);
         return rc;
     }
@@ -166,7 +200,8 @@ int ct_dist_nccl_init(ct_dist *d, bool *absent, char *note, size_t cap) {
     s->get_version(&v);
     snprintf(note, cap, "NCCL %d.%d.%d", v / 10000, v / 100 % 100, v % 100);
     d->dev_impl = s;
-    d->dev_allreduce_f32 = nccl_allreduce_f32;
+    d->dev_start_f32 = nccl_start_f32;
+    d->dev_finish = nccl_finish;
     d->dev_finalize = nccl_finalize;
     return CT_OK;
 }

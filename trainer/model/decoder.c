@@ -210,11 +210,13 @@ int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *id
     }
     for (int l = 0; l < m->n_layers; l++) {
         ct_tensor *next = NULL;
+        CT_TRY(ct_tape_mark(t, l));
         int rc = checkpoint ? ct_decoder_layer_checkpointed(t, &m->dims, &m->layers[l], in, h, &next)
                             : ct_decoder_layer(t, &m->dims, &m->layers[l], in, h, &next);
         if (rc) return ct_error_wrap(rc, "layer %d", l);
         h = next;
     }
+    CT_TRY(ct_tape_mark(t, m->n_layers));
     CT_OP(*hidden, ct_rmsnorm(t, h, m->norm, m->dims.eps), "final norm"); /* [T, D] */
     return CT_OK;
 }

@@ -115,7 +115,9 @@ ct_tensor *ct_decoder_embed(ct_tape *t, const ct_decoder_model *m, ct_tensor *id
 
 /* Embedding (in->embedded, or ct_decoder_embed with host ids from in->host_ids) -> n_layers layers
  * (each checkpointed when `checkpoint`) -> final rmsnorm: *hidden [T, D], the
- * input of the output head. */
+ * input of the output head. Backward marks (ct_tape_mark): tag l before layer
+ * l, tag n_layers before the final norm, so when the backward passes mark l
+ * the grads of layers l.. n_layers-1 and of the head are final. */
 int ct_decoder_model_hidden(ct_tape *t, const ct_decoder_model *m, ct_tensor *ids,
                             const ct_decoder_input *in, bool checkpoint, ct_tensor **hidden);
 

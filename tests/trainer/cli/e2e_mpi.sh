@@ -9,6 +9,11 @@
 #    1e-4 relative, the final adapters within 5e-4 absolute (measured when
 #    written: losses 6e-7, adapter 3.4e-5 of weights up to 0.13; fp32 sums in
 #    another order, amplified a little by Adam's division by sqrt(v));
+#  - the gradient all-reduce in buckets of one layer (CTUNER_DIST_BUCKET_MB),
+#    each started as the backward passes its layer, gives the adapter of the
+#    same run summing after the backward (CTUNER_DIST_OVERLAP=0) byte for
+#    byte (2 ranks: a + b in any bucketing), and says how many buckets
+#    started during the backward (5 of 5, 0 of 5);
 #  - a 2-rank checkpoint resumed by 1 process and a 1-process checkpoint
 #    resumed by 2 ranks continue with the other run's losses; a global batch
 #    that does not match is exit 2 saying which accumulative_counts to set;
@@ -89,10 +94,18 @@ assert dl <= 1e-5 and dg <= 1e-4 and dw <= 5e-4, (dl, dg, dw)
 EOF
 
 # --- 2 ranks against 1 process with accumulative_counts doubled
-expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2"
+# (a layer's LoRA grads are 32 KiB: buckets of at least 0.03 MiB hold one layer)
+CTUNER_DIST_BUCKET_MB=0.03 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2"
 has "data parallel: 2 ranks (mpi), global batch 1 x 2 x 2 = 4 rows"
 has "iter 12/12"
+has "gradient all-reduce in host memory, 5 buckets of whole layers (at least 0.03 MiB each), each started as the backward passes its layers"
+has "gradient all-reduce: 5 buckets per optimizer step, 5.00 of them started during the backward"
 check "grep -q 'rank 1 of 2' '$work/err'"
+CTUNER_DIST_BUCKET_MB=0.03 CTUNER_DIST_OVERLAP=0 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2after"
+has "gradient all-reduce: 5 buckets per optimizer step, 0.00 of them started during the backward"
+check "cmp '$work/r2/adapter/adapter_model.safetensors' '$work/r2after/adapter/adapter_model.safetensors'"
+CTUNER_DIST_OVERLAP=yes expect 2 mpi 2 "$bin" train "$cfg" --work-dir "$work/bad"
+has_err "CTUNER_DIST_OVERLAP=yes: expected 1 (start each bucket as the backward passes its layers, the default) or 0"
 expect 0 "$bin" train "$cfg" --work-dir "$work/r1" "${one[@]}"
 has "iter 24/24"
 check "python3 '$work/compare.py' '$work/r2' '$work/r1'"

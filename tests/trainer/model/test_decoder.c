@@ -15,6 +15,12 @@
  *  (d) the same step twice: identical loss and grads;
  *  (e) bf16 base weights: loss and grads vs a reference holding the same
  *      bf16-rounded values (f16: the loss).
+ *  (f) backward marks (ct_tape_mark): the backward passes mark n_layers (the
+ *      head), then each layer's mark from the top down, and at mark g the
+ *      grads of layers >= g and of the head already hold their final values
+ *      while those below are still untouched (the promise the overlapped
+ *      all-reduce relies on), checkpointed and plain; no marks without
+ *      recording; an error from the hook ends the backward with it.
  * (c) and (d) run again on a larger model (T 288, hidden 256, intermediate 256, vocab 256)
  * whose sizes cross the kernels' OpenMP thresholds, with its loss checked
  * against the reference too. */
@@ -486,6 +492,84 @@ static void test_determinism(ct_tape *tp, const sizes *sz, batch *b) {
     }
 }
 
+/* (f) */
+typedef struct {
+    tmodel *tm;
+    int n, tags[MAXL + 2];
+    float *snap[MAXL + 2];
+    int fail_at; /* the hook fails at this tag (-1: never) */
+} mark_log;
+
+static int log_mark(void *ctx, int tag) {
+    mark_log *ml = ctx;
+    if (tag == ml->fail_at) return ct_errorf(CT_ERUNTIME, "the hook failed on purpose");
+    if (ml->n < MAXL + 2) {
+        size_t bytes;
+        ml->tags[ml->n] = tag;
+        ml->snap[ml->n++] = snapshot(ml->tm, &bytes);
+    }
+    return CT_OK;
+}
+
+static void test_marks(ct_tape *tp, batch *b) {
+    printf("(f) backward marks: order, and the grads above a mark final when it is passed\n");
+    tmodel tm;
+    build(&tm, &k_tiny, 2, CT_F32, 0.0f, true);
+    /* bytes of the snapshot before layer l's grads (layer-major, the head last) */
+    size_t start[MAXL + 2] = {0}, total = 0;
+    for (int i = 0; i < tm.n_lora; i++) {
+        if (i % (2 * NL) == 0 && i / (2 * NL) <= MAXL) start[i / (2 * NL)] = total;
+        total += ct_nbytes(tm.lora[i]->t->grad);
+    }
+    start[tm.n_layers] = total - ct_nbytes(tm.head_a.t->grad) - ct_nbytes(tm.head_b.t->grad);
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        mark_log ml = {.tm = &tm, .fail_at = -1};
+        tp->on_mark = log_mark;
+        tp->mark_ctx = &ml;
+        zero_grads(&tm);
+        run_model(tp, &tm, b, ckpt, 42);
+        size_t bytes;
+        float *fin = snapshot(&tm, &bytes);
+        CHECK(ml.n == tm.n_layers + 1, "%d marks passed, want %d", ml.n, tm.n_layers + 1);
+        for (int i = 0; i < ml.n && i <= tm.n_layers; i++) {
+            int g = tm.n_layers - i;
+            CHECK(ml.tags[i] == g, "mark %d passed as number %d", ml.tags[i], i);
+            const char *sn = (const char *)ml.snap[i], *fi = (const char *)fin;
+            CHECK(memcmp(sn + start[g], fi + start[g], total - start[g]) == 0,
+                  "%s: at mark %d the grads of layers >= %d are not final yet", ckpt ? "checkpointed" : "plain", g, g);
+            bool untouched = true, moved = false;
+            for (size_t k = 0; k < start[g]; k++) untouched &= sn[k] == 0, moved |= fi[k] != 0;
+            CHECK(untouched && (g == 0 || moved), "%s: at mark %d the grads below it were already written",
+                  ckpt ? "checkpointed" : "plain", g);
+            free(ml.snap[i]);
+        }
+        free(fin);
+        /* the hook's error ends the backward */
+        mark_log bad = {.tm = &tm, .fail_at = 1};
+        tp->mark_ctx = &bad;
+        ct_tape_reset(tp);
+        ct_decoder_input in;
+        ct_tensor *loss = NULL;
+        CHECK_OK(ct_decoder_input_make(&in, tp, b->pos, b->seg, b->T));
+        CHECK_OK(ct_decoder_model_loss(tp, &tm.m, b->ids, &in, b->labels, ckpt, 0.0f, &loss, NULL));
+        int rc = loss ? ct_backward(tp, loss, 1.0f) : CT_ERUNTIME;
+        CHECK(rc == CT_ERUNTIME && strstr(ct_last_error(), "failed on purpose") &&
+                  strstr(ct_last_error(), "backward mark 1"), "hook error: rc %d, '%s'", rc, ct_last_error());
+        for (int i = 0; i < bad.n; i++) free(bad.snap[i]);
+    }
+    /* without recording the forward leaves no marks */
+    mark_log none = {.tm = &tm, .fail_at = -1};
+    tp->mark_ctx = &none;
+    ct_tape_reset(tp);
+    bool prev = ct_tape_set_recording(tp, false);
+    for (int g = 0; g < 3; g++) CHECK_OK(ct_tape_mark(tp, g));
+    ct_tape_set_recording(tp, prev);
+    CHECK(tp->n_entries == 0, "%d entries recorded with recording off", tp->n_entries);
+    tp->on_mark = NULL;
+    tp->mark_ctx = NULL;
+    free_model(&tm);
+}
+
 /* Input errors name what is wrong. */
 static void test_errors(ct_tape *tp, batch *b) {
     printf("input errors\n");
@@ -532,6 +616,7 @@ int main(void) {
     test_model(&tp, &tiny, CT_F16, false);
     test_determinism(&tp, &k_large, &large);
     test_errors(&tp, &tiny);
+    test_marks(&tp, &tiny);
     free_batch(&tiny), free_batch(&large);
     ct_tape_free(&tp);
     return ct_test_finish();
