@@ -244,19 +244,20 @@ int ct_dist_bind(ct_dist *d, bool gpu, char *note, size_t cap) {
 static bool on_device(const ct_dist *d, const ct_backend *be) { return d->dev_start_f32 && be->device == CT_CUDA; }
 
 int ct_dist_backend_open(ct_dist *d, const ct_backend *be) {
+    const char *mpi = d->progress_thread ? " over MPI (a progress thread polls)" : d->world > 1 ? " over MPI" : "";
     if (be->device != CT_CUDA || !d->nccl || d->nccl_tried) {
         if (!d->dev_note[0])
-            snprintf(d->dev_note, sizeof d->dev_note, "%s", be->device == CT_CUDA ? "staged through host memory "
-                     "(CTUNER_DIST_NCCL=0)" : "in host memory");
+            snprintf(d->dev_note, sizeof d->dev_note, "%s%s", be->device == CT_CUDA ? "staged through host memory "
+                     "(CTUNER_DIST_NCCL=0)" : "in host memory", mpi);
         return CT_OK;
     }
     d->nccl_tried = true;
     bool absent = false;
-    char note[600];
+    char note[560];
     CT_TRY(ct_dist_nccl_init(d, &absent, note, sizeof note));
     if (absent && d->nccl == 1) return ct_errorf(CT_EINPUT, "CTUNER_DIST_NCCL=1 but NCCL cannot start: %s", note);
-    snprintf(d->dev_note, sizeof d->dev_note, "%s%s%s", absent ? "staged through host memory (no NCCL: "
-             : "on the GPUs with ", note, absent ? ")" : "");
+    snprintf(d->dev_note, sizeof d->dev_note, "%s%s%s%s", absent ? "staged through host memory (no NCCL: "
+             : "on the GPUs with ", note, absent ? ")" : "", absent ? mpi : "");
     return CT_OK;
 }
 

@@ -63,6 +63,7 @@ struct ct_dist {
     int local_rank, local_world; /* among the ranks of this node */
     double timeout_s;            /* the longest wait of a collective ($CTUNER_DIST_TIMEOUT, default 600) */
     char host[64];               /* this node's name (messages) */
+    bool progress_thread;        /* MPI: a thread polls the sums in flight (dist_mpi.c) */
     void *impl;                  /* the implementation's state */
     /* NCCL for the cuda backend's buffers ($CTUNER_DIST_NCCL): 0 never (staged
      * through the host), 1 required (an error when it cannot start; with one

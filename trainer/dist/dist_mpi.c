@@ -6,8 +6,15 @@
  * when a rank dies). Large f32 buffers go in buckets of CT_DIST_BUCKET
  * floats, all started before the first is waited for; the trainer's sums
  * overlapped with the backward (start_sum, progress, finish_sums) are the
- * same requests, kept in flight between calls. */
+ * same requests, kept in flight between calls. A non-blocking collective
+ * moves only inside MPI calls, so a progress thread polls them while they
+ * are in flight (MPI_THREAD_SERIALIZED, every MPI call then under one
+ * mutex; CTUNER_DIST_PROGRESS_THREAD=0 leaves the polling to the trainer's
+ * calls at each layer of the backward). */
 #include <mpi.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +29,24 @@ typedef struct {
     MPI_Comm world, local;
     MPI_Request *inflight; /* (cap) the sums started and not yet finished */
     int n_inflight, cap;
+    /* The progress thread (when MPI grants MPI_THREAD_SERIALIZED): while
+     * sums are in flight it polls them, so they move while the main thread
+     * computes. `mu` serialises every MPI call made while it may run. */
+    bool threaded;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    bool polling; /* sums in flight not yet seen complete by the thread */
+    bool stop;
 } mpi_state;
+
+/* Every MPI call while the progress thread lives (MPI_THREAD_SERIALIZED). */
+static void lock(mpi_state *s) {
+    if (s->threaded) pthread_mutex_lock(&s->mu);
+}
+static void unlock(mpi_state *s) {
+    if (s->threaded) pthread_mutex_unlock(&s->mu);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -38,22 +62,31 @@ static int mpi_fail(ct_dist *d, int err, const char *call, const char *what) {
                      d->world, d->host, call, what, msg);
 }
 
-/* Waits for n requests, polling; past the time-out the job is stuck. */
+/* Waits for n requests, polling; past the time-out the job is stuck. A
+ * non-blocking collective moves only inside MPI calls (each poll copies a
+ * few fragments), so the first second polls without sleeping (yielding the
+ * core: ranks may share cores): a 36 MiB sum of 2 ranks takes 42 ms so and
+ * 890 ms with 1 ms naps between polls. After that the wait is for a slow
+ * peer, and naps of up to 1 ms spare the core. */
 static int wait_all(ct_dist *d, MPI_Request *req, int n, double timeout_s, const char *call, const char *what) {
-    double t0 = now_s();
+    mpi_state *s = d->impl;
+    double t0 = now_s(), t = t0;
     struct timespec nap = {0, 0};
-    for (long spins = 0;; spins++) {
+    for (long polls = 0;; polls++) {
         int done = 0;
+        lock(s);
         int err = MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE);
+        unlock(s);
         if (err != MPI_SUCCESS) return mpi_fail(d, err, call, what);
         if (done) return CT_OK;
-        if (now_s() - t0 > timeout_s)
+        if ((polls & 63) == 0) t = now_s();
+        if (t - t0 > timeout_s)
             return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): no answer from the other ranks within %.0f s in %s "
                              "(%s): a rank is stuck or gone (CTUNER_DIST_TIMEOUT sets the limit)", d->rank, d->world,
                              d->host, timeout_s, what, call);
-        /* spin briefly (a collective between iterations is usually quick),
-         * then sleep up to 1 ms between polls */
-        if (spins > 1000) {
+        if (t - t0 < 1.0) {
+            sched_yield();
+        } else {
             nap.tv_nsec = nap.tv_nsec < 1000000 ? nap.tv_nsec + 20000 : 1000000;
             nanosleep(&nap, NULL);
         }
@@ -66,41 +99,74 @@ static MPI_Datatype mpi_type(ct_dist_type t) {
 
 static size_t type_size(ct_dist_type t) { return t == CT_DIST_F32 ? 4 : 8; }
 
+/* The progress thread: polls the sums in flight, between polls a short nap
+ * (the sums share the cores with the compute; each poll moves a few
+ * fragments), and sleeps on `wake` when there are none. */
+static void *progress_main(void *arg) {
+    mpi_state *s = arg;
+    struct timespec nap = {0, 20000};
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->stop && !s->polling) pthread_cond_wait(&s->wake, &s->mu);
+        if (s->stop) break;
+        int done = 0;
+        if (MPI_Testall(s->n_inflight, s->inflight, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS || done)
+            s->polling = false; /* (an error: the main thread's wait reports it) */
+        pthread_mutex_unlock(&s->mu);
+        nanosleep(&nap, NULL);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
 /* Starts the sum of buf[n] in buckets of CT_DIST_BUCKET (an MPI count is an int). */
 static int m_start_sum(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what) {
     mpi_state *s = d->impl;
-    for (size_t off = 0; off < n; off += CT_DIST_BUCKET) {
+    int rc = CT_OK;
+    lock(s);
+    for (size_t off = 0; off < n && !rc; off += CT_DIST_BUCKET) {
         size_t len = n - off < CT_DIST_BUCKET ? n - off : CT_DIST_BUCKET;
         if (s->n_inflight == s->cap) { /* grows in the first steps only */
             int cap = s->cap ? 2 * s->cap : 64;
             MPI_Request *r = realloc(s->inflight, (size_t)cap * sizeof *r);
-            if (!r) return ct_errorf(CT_ERUNTIME, "out of memory");
+            if (!r) {
+                rc = ct_errorf(CT_ERUNTIME, "out of memory");
+                break;
+            }
             s->inflight = r;
             s->cap = cap;
         }
         int err = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * type_size(type), (int)len, mpi_type(type),
                                  MPI_SUM, s->world, &s->inflight[s->n_inflight]);
-        if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallreduce", what);
-        s->n_inflight++;
+        if (err != MPI_SUCCESS) rc = mpi_fail(d, err, "MPI_Iallreduce", what);
+        else s->n_inflight++;
     }
-    return CT_OK;
+    if (s->threaded) {
+        s->polling = s->n_inflight > 0;
+        pthread_cond_signal(&s->wake);
+    }
+    unlock(s);
+    return rc;
 }
 
 static int m_progress(ct_dist *d, const char *what) {
     mpi_state *s = d->impl;
+    if (s->threaded || s->n_inflight == 0) return CT_OK; /* (the thread polls) */
     int done = 0;
-    if (s->n_inflight == 0) return CT_OK;
     int err = MPI_Testall(s->n_inflight, s->inflight, &done, MPI_STATUSES_IGNORE);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallreduce", what);
-    if (done) s->n_inflight = 0;
     return CT_OK;
 }
 
 static int m_finish_sums(ct_dist *d, const char *what) {
     mpi_state *s = d->impl;
-    int n = s->n_inflight;
+    int rc = s->n_inflight ? wait_all(d, s->inflight, s->n_inflight, d->timeout_s, "MPI_Iallreduce", what) : CT_OK;
+    lock(s);
     s->n_inflight = 0;
-    return n ? wait_all(d, s->inflight, n, d->timeout_s, "MPI_Iallreduce", what) : CT_OK;
+    s->polling = false;
+    unlock(s);
+    return rc;
 }
 
 static int m_allreduce(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what) {
@@ -114,7 +180,9 @@ static int m_allreduce(ct_dist *d, void *buf, size_t n, ct_dist_type type, const
 static int m_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
+    lock(s);
     int err = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, s->world, &req);
+    unlock(s);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallgather", what);
     return wait_all(d, &req, 1, d->timeout_s, "MPI_Iallgather", what);
 }
@@ -122,7 +190,9 @@ static int m_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, co
 static int m_bcast(ct_dist *d, void *buf, size_t bytes, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
+    lock(s);
     int err = MPI_Ibcast(buf, (int)bytes, MPI_BYTE, 0, s->world, &req);
+    unlock(s);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Ibcast", what);
     return wait_all(d, &req, 1, d->timeout_s, "MPI_Ibcast", what);
 }
@@ -130,7 +200,9 @@ static int m_bcast(ct_dist *d, void *buf, size_t bytes, const char *what) {
 static int m_barrier(ct_dist *d, double timeout_s, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
+    lock(s);
     int err = MPI_Ibarrier(s->world, &req);
+    unlock(s);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Ibarrier", what);
     return wait_all(d, &req, 1, timeout_s, "MPI_Ibarrier", what);
 }
@@ -145,6 +217,15 @@ static void m_abort(ct_dist *d, int code) {
 
 static void m_finalize(ct_dist *d) {
     mpi_state *s = d->impl;
+    if (s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->wake);
+    }
     if (s->local != MPI_COMM_NULL) MPI_Comm_free(&s->local);
     MPI_Finalize();
     free(s->inflight);
@@ -156,7 +237,7 @@ static const ct_dist_ops mpi_ops = {"mpi",     m_allreduce, m_start_sum, m_progr
                                     m_allgather, m_bcast, m_barrier, m_abort, m_finalize};
 
 int ct_dist_mpi_init(ct_dist *d) {
-    int provided = 0, err = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    int provided = 0, err = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
     if (err != MPI_SUCCESS) return ct_errorf(CT_ERUNTIME, "MPI_Init_thread failed (error %d)", err);
     mpi_state *s = calloc(1, sizeof *s);
     if (!s) return ct_errorf(CT_ERUNTIME, "out of memory");
@@ -175,5 +256,15 @@ int ct_dist_mpi_init(ct_dist *d) {
     }
     d->ops = &mpi_ops;
     d->impl = s;
+    /* the progress thread: only where MPI allows calls from several threads
+     * one at a time, and not when CTUNER_DIST_PROGRESS_THREAD=0 */
+    const char *pt = getenv("CTUNER_DIST_PROGRESS_THREAD");
+    if (provided >= MPI_THREAD_SERIALIZED && !(pt && strcmp(pt, "0") == 0) &&
+        pthread_mutex_init(&s->mu, NULL) == 0) {
+        if (pthread_cond_init(&s->wake, NULL) == 0 && pthread_create(&s->thread, NULL, progress_main, s) == 0)
+            s->threaded = d->progress_thread = true;
+        else
+            pthread_mutex_destroy(&s->mu); /* (the cond, if made, is dropped with the process) */
+    }
     return CT_OK;
 }

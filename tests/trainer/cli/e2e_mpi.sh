@@ -12,7 +12,8 @@
 #  - the gradient all-reduce in buckets of one layer (CTUNER_DIST_BUCKET_MB),
 #    each started as the backward passes its layer, gives the adapter of the
 #    same run summing after the backward (CTUNER_DIST_OVERLAP=0) byte for
-#    byte (2 ranks: a + b in any bucketing), and says how many buckets
+#    byte (2 ranks: a + b in any bucketing), also without the MPI progress
+#    thread (CTUNER_DIST_PROGRESS_THREAD=0), and says how many buckets
 #    started during the backward (5 of 5, 0 of 5);
 #  - a 2-rank checkpoint resumed by 1 process and a 1-process checkpoint
 #    resumed by 2 ranks continue with the other run's losses; a global batch
@@ -98,12 +99,15 @@ EOF
 CTUNER_DIST_BUCKET_MB=0.03 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2"
 has "data parallel: 2 ranks (mpi), global batch 1 x 2 x 2 = 4 rows"
 has "iter 12/12"
-has "gradient all-reduce in host memory, 5 buckets of whole layers (at least 0.03 MiB each), each started as the backward passes its layers"
+has "gradient all-reduce in host memory over MPI (a progress thread polls), 5 buckets of whole layers (at least 0.03 MiB each), each started as the backward passes its layers"
 has "gradient all-reduce: 5 buckets per optimizer step, 5.00 of them started during the backward"
 check "grep -q 'rank 1 of 2' '$work/err'"
 CTUNER_DIST_BUCKET_MB=0.03 CTUNER_DIST_OVERLAP=0 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2after"
 has "gradient all-reduce: 5 buckets per optimizer step, 0.00 of them started during the backward"
 check "cmp '$work/r2/adapter/adapter_model.safetensors' '$work/r2after/adapter/adapter_model.safetensors'"
+CTUNER_DIST_BUCKET_MB=0.03 CTUNER_DIST_PROGRESS_THREAD=0 expect 0 mpi 2 "$bin" train "$cfg" --work-dir "$work/r2poll"
+has "gradient all-reduce in host memory over MPI, 5 buckets"
+check "cmp '$work/r2/adapter/adapter_model.safetensors' '$work/r2poll/adapter/adapter_model.safetensors'"
 CTUNER_DIST_OVERLAP=yes expect 2 mpi 2 "$bin" train "$cfg" --work-dir "$work/bad"
 has_err "CTUNER_DIST_OVERLAP=yes: expected 1 (start each bucket as the backward passes its layers, the default) or 0"
 expect 0 "$bin" train "$cfg" --work-dir "$work/r1" "${one[@]}"
