@@ -10,7 +10,8 @@
 # optimizer step), seconds per optimizer step, "exposed": ms per step from the
 # end of the backward to the end of the sums (ctuner's own summary line:
 # what the overlap is meant to shrink), buckets started during the backward,
-# rank 0's peak RSS, and the final loss (the three must agree: same order).
+# rank 0's peak RSS, and the last logged loss (the mean over the last
+# optimizer step's 2 rows: the three must agree, the same micro-batches).
 #
 #   bench/bench_dist.sh [--steps S] [--repeats N] [--seq L] [--r R] [--bucket-mb MB] [--skip-build]
 #   env: BUILD (default /tmp/build-bench-dist), WORK (default /tmp/ctuner-bench-dist)
@@ -118,7 +119,7 @@ EOF
 }
 for rep in $(seq 1 "$REPEATS"); do
     echo "bench_dist: repeat $rep of $REPEATS" >&2
-    run "1 process, acc 2, 2 threads" 2 "--set accumulative_counts=2 --set max_iters=$((2 * STEPS))" \
+    run "1 process, acc 2, 2 threads" 2 "--set accumulative_counts=2 --set max_iters=$((2 * STEPS)) --set logging_interval=2" \
         env OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
     run "2 ranks x 1 thread, overlapped" 1 "" env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
         CTUNER_DIST_BUCKET_MB="$BUCKET_MB" mpirun -np 2 --oversubscribe
