@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
 #include "trainer/model/adapter.h"
@@ -31,12 +32,6 @@ static volatile sig_atomic_t g_stop_signal = 0; /* > 0: a signal number; -1: a r
 
 void ct_train_request_stop(int signo) { g_stop_signal = signo > 0 ? signo : -1; }
 void ct_train_clear_stop(void) { g_stop_signal = 0; }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Forward and backward of the next micro-batch; grads accumulate into the
  * LoRA grad block. *nll: the batch's NLL sum, *targets its trained tokens,
@@ -158,7 +153,7 @@ static int loop(ct_trainer *t) {
                 CT_TRY(ct_trainer_count_window(t, t->window_cursor, left < acc ? left : acc, &t->window_targets));
             }
         }
-        double t0 = now_s(), nll = 0;
+        double t0 = ct_now_s(), nll = 0;
         int64_t targets = 0, tokens = 0;
         bool closes = (t->iter + 1) % acc == 0 || t->iter + 1 == t->total_iters;
         /* the window's last backward: the grads' all-reduce starts layer by
@@ -181,7 +176,7 @@ static int loop(ct_trainer *t) {
         }
         if (t->opt->on_iter) t->opt->on_iter(t->opt->cb_ctx, t->iter - 1, loss);
         if (closes) CT_TRY(optimizer_step(t));
-        CT_TRY(ct_train_log_iter(t, nll, targets, tokens, now_s() - t0));
+        CT_TRY(ct_train_log_iter(t, nll, targets, tokens, ct_now_s() - t0));
         if (t->world > 1 && (t->iter % c->logging_interval == 0 || t->iter == t->total_iters)) {
             char when[64];
             snprintf(when, sizeof when, "after iteration %lld", (long long)t->iter);

@@ -20,16 +20,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "trainer/train_internal.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int env_number(const char *name, double dflt, double lo, double *out) {
     const char *v = getenv(name);
@@ -151,11 +145,11 @@ int ct_grad_sync_finish(ct_trainer *t) {
     t->tape.on_mark = NULL;
     t->tape.mark_ctx = NULL;
     if (!s->on) return CT_OK;
-    double t0 = now_s();
+    double t0 = ct_now_s();
     while (s->next < s->n) CT_TRY(start_next(t));
     CT_TRY(ct_dist_backend_finish(t->dist, ct_model_backend(t->model), ct_lora_grads(t->lora), t->dist_host, 0,
                                   (size_t)ct_lora_numel(t->lora), k_what));
-    s->wait_s += now_s() - t0;
+    s->wait_s += ct_now_s() - t0;
     s->steps++;
     return CT_OK;
 }

@@ -24,17 +24,12 @@
 
 #include <jansson.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "trainer/loss_plot.h"
 #include "trainer/train_internal.h"
 
 #define MIB 1048576.0
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 ct_mem_usage ct_train_device_mem(const ct_trainer *t) {
     const ct_backend *be = t->model ? ct_model_backend(t->model) : NULL;
@@ -96,7 +91,7 @@ int ct_train_log_open(ct_trainer *t) {
     L->hist_iter = malloc(L->cap_hist * sizeof *L->hist_iter);
     L->hist_loss = malloc(L->cap_hist * sizeof *L->hist_loss);
     if (!L->hist_iter || !L->hist_loss) return ct_errorf(CT_ERUNTIME, "out of memory for the loss history");
-    L->t0 = L->t_mark = now_s();
+    L->t0 = L->t_mark = ct_now_s();
     L->iter0 = t->iter;
     if (t->rank != 0) return CT_OK; /* rank 0 writes the logs */
     char path[CT_PATH_MAX];
@@ -176,7 +171,7 @@ int ct_train_log_iter(ct_trainer *t, double nll, int64_t targets, int64_t tokens
     bool live = t->out && t->opt->live;
     if (!due && !live) return CT_OK;
 
-    double now = now_s(), dt = now - L->t_mark, elapsed = now - L->t0;
+    double now = ct_now_s(), dt = now - L->t_mark, elapsed = now - L->t0;
     double loss = L->targets > 0 ? L->nll / (double)L->targets : NAN;
     double lr = ct_sched_lr_at(&t->sched, ct_train_vpos(t, t->iter) - 1);
     double tok_s = dt > 0 ? (double)L->tokens / dt : 0.0, rss = ct_train_peak_rss_mb();

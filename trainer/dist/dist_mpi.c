@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "trainer/dist/dist.h"
 
@@ -48,12 +49,6 @@ static void unlock(mpi_state *s) {
     if (s->threaded) pthread_mutex_unlock(&s->mu);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int mpi_fail(ct_dist *d, int err, const char *call, const char *what) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -70,7 +65,7 @@ static int mpi_fail(ct_dist *d, int err, const char *call, const char *what) {
  * peer, and naps of up to 1 ms spare the core. */
 static int wait_all(ct_dist *d, MPI_Request *req, int n, double timeout_s, const char *call, const char *what) {
     mpi_state *s = d->impl;
-    double t0 = now_s(), t = t0;
+    double t0 = ct_now_s(), t = t0;
     struct timespec nap = {0, 0};
     for (long polls = 0;; polls++) {
         int done = 0;
@@ -79,7 +74,7 @@ static int wait_all(ct_dist *d, MPI_Request *req, int n, double timeout_s, const
         unlock(s);
         if (err != MPI_SUCCESS) return mpi_fail(d, err, call, what);
         if (done) return CT_OK;
-        if ((polls & 63) == 0) t = now_s();
+        if ((polls & 63) == 0) t = ct_now_s();
         if (t - t0 > timeout_s)
             return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): no answer from the other ranks within %.0f s in %s "
                              "(%s): a rank is stuck or gone (CTUNER_DIST_TIMEOUT sets the limit)", d->rank, d->world,

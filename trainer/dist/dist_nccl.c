@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "trainer/dist/dist.h"
 
@@ -47,12 +48,6 @@ typedef struct {
     cudaStream_t stream; /* the sums' stream (non-blocking) */
     cudaEvent_t ready;   /* recorded on the backend's stream before each sum */
 } nccl_state;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* dlsym into a function pointer (POSIX: through the object pointer's bytes) */
 static bool sym(void *lib, const char *name, void *fn_ptr) {
@@ -108,7 +103,7 @@ static int nccl_start_f32(ct_dist *d, float *dev, size_t n, const char *what) {
  * the sums. */
 static int nccl_finish(ct_dist *d, const char *what) {
     nccl_state *s = d->dev_impl;
-    double t0 = now_s();
+    double t0 = ct_now_s();
     struct timespec nap = {0, 20000};
     for (;;) {
         cudaError_t ce = cudaStreamQuery(s->stream);
@@ -122,7 +117,7 @@ static int nccl_finish(ct_dist *d, const char *what) {
             s->comm = NULL;
             return nccl_fail(d, s, ae, "ncclAllReduce", what);
         }
-        if (now_s() - t0 > d->timeout_s) {
+        if (ct_now_s() - t0 > d->timeout_s) {
             s->comm_abort(s->comm); /* frees the kernel that waits for the missing peer */
             s->comm = NULL;
             return ct_errorf(CT_ERUNTIME, "rank %d of %d (%s): no answer from the other ranks within %.0f s in %s "

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
@@ -237,12 +238,6 @@ int ct_gen_feed(ct_generator *g, const int32_t *ids, int64_t n, float **logits) 
 
 /* ---------------- the decode loop ---------------- */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static bool is_stop_id(const ct_gen_limits *lim, int32_t id) {
     for (size_t i = 0; i < lim->n_stop_ids; i++)
         if (lim->stop_ids[i] == id) return true;
@@ -292,11 +287,11 @@ int ct_gen_generate(ct_generator *g, ct_sampler *s, const ct_tokenizer *tok, con
     if (s->vocab != g->vocab)
         return ct_errorf(CT_EINPUT, "generate: the sampler's vocabulary (%d) is not the model's (%d)",
                          s->vocab, g->vocab);
-    double t0 = now_s();
+    double t0 = ct_now_s();
     float *logits;
     CT_TRY(ct_gen_feed(g, prompt, n_prompt, &logits));
     res->n_prompt = n_prompt;
-    double t1 = now_s();
+    double t1 = ct_now_s();
     res->prefill_s = t1 - t0;
 
     ct_text_stream ts;
@@ -307,6 +302,6 @@ int ct_gen_generate(ct_generator *g, ct_sampler *s, const ct_tokenizer *tok, con
         if (!rc) rc = ct_text_stream_finish(&ts, emit, ctx);
         ct_text_stream_free(&ts);
     }
-    res->decode_s = now_s() - t1;
+    res->decode_s = ct_now_s() - t1;
     return rc;
 }
