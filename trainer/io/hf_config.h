@@ -48,6 +48,14 @@ int ct_hf_config_load(const char *path, ct_hf_config *cfg);
 int ct_hf_config_parse(const char *text, size_t len, const char *name, ct_hf_config *cfg);
 void ct_hf_config_free(ct_hf_config *cfg);
 
+/* The block linears' widths that are not plain sizes: wqkv's rows
+ * (num_attention_heads + 2 x num_key_value_heads) x head_dim, and wo's input
+ * num_attention_heads x head_dim. For a config ct_hf_config_load accepted. */
+static inline int64_t ct_hf_config_wqkv_rows(const ct_hf_config *c) {
+    return (c->num_attention_heads + 2 * c->num_key_value_heads) * c->head_dim;
+}
+static inline int64_t ct_hf_config_attn_width(const ct_hf_config *c) { return c->num_attention_heads * c->head_dim; }
+
 /* Parameter count of the model the config describes (embeddings, blocks, norm, head). */
 int64_t ct_hf_config_num_params(const ct_hf_config *cfg);
 

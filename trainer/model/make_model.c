@@ -149,8 +149,8 @@ static int declare_linear(gen_ctx *g, ct_st_writer *w, const char *name, ct_st_d
 /* Declares every tensor in InternLM2ForCausalLM's state_dict order (which decides
  * the sharding), with the shapes of docs/DESIGN.md ("InternLM2 weights"). */
 static int declare_model(gen_ctx *g, ct_st_writer *w, const ct_hf_config *c, ct_st_dtype dt) {
-    int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    int64_t qkv = (c->num_attention_heads + 2 * c->num_key_value_heads) * hd, attn = c->num_attention_heads * hd;
+    int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    int64_t qkv = ct_hf_config_wqkv_rows(c), attn = ct_hf_config_attn_width(c);
     char name[128];
     CT_TRY(ct_st_writer_add(w, "model.tok_embeddings.weight", dt, 2, (int64_t[]){V, D}, NULL));
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {

@@ -79,8 +79,8 @@ static void add_want(want *w, size_t *k, const char *name, int ndim, int64_t row
 /* The tensor list in state_dict order, with slots in the decoder weights. */
 static int build_wants(ct_model *m, bool quant, bool quant_output, want **out, size_t *n_out) {
     const ct_hf_config *c = &m->cfg;
-    int64_t D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    int64_t qkv = (c->num_attention_heads + 2 * c->num_key_value_heads) * hd, attn = c->num_attention_heads * hd;
+    int64_t D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    int64_t qkv = ct_hf_config_wqkv_rows(c), attn = ct_hf_config_attn_width(c);
     size_t L = (size_t)c->num_hidden_layers, n = 2 + 7 * L + (c->tie_word_embeddings ? 0 : 1);
     want *w = calloc(n, sizeof *w);
     if (!w) return ct_errorf(CT_ERUNTIME, "out of memory (model tensor list)");

@@ -76,8 +76,8 @@ static uint64_t moment_floats(const dims *d, unsigned bit, int64_t out, int64_t 
 }
 
 void ct_plan_block_linears(const ct_hf_config *m, unsigned bit[5], int64_t out[5], int64_t in[5]) {
-    const int64_t D = m->hidden_size, F = m->intermediate_size, hd = m->head_dim;
-    const int64_t Q = (m->num_attention_heads + 2 * m->num_key_value_heads) * hd, A = m->num_attention_heads * hd;
+    const int64_t D = m->hidden_size, F = m->intermediate_size;
+    const int64_t Q = ct_hf_config_wqkv_rows(m), A = ct_hf_config_attn_width(m);
     const unsigned bits[5] = {CT_LORA_WQKV, CT_LORA_WO, CT_LORA_W1, CT_LORA_W3, CT_LORA_W2};
     const int64_t o[5] = {Q, D, F, F, D}, i[5] = {D, A, D, D, F};
     for (int k = 0; k < 5; k++) bit[k] = bits[k], out[k] = o[k], in[k] = i[k];
