@@ -2,6 +2,7 @@
  * read and written (see adapter.h). */
 #include "adapter.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -60,12 +61,37 @@ static int targets_from_list(const json_t *list, const char *path, unsigned *bit
 }
 
 /* Bounds on a target_modules regex from a stranger's adapter_config.json:
- * glibc's regcomp expands every counted repetition {m,n} into copies, so
- * nested counts ("(a{0,255}){0,255}") take minutes and gigabytes, and
- * backreferences make matching exponential. PEFT's regexes name a few module
- * alternatives; these limits leave every such pattern alone. */
+ * glibc's regcomp expands every counted repetition {m,n} into copies, and
+ * every '+' into two (x+ is x x*), so nested counts ("(a{0,255}){0,255}")
+ * and nested pluses take minutes and gigabytes; stacked operators
+ * ("w+++...+", 75 of them: fuzzing found it past 2 GB; ".*+++++" took
+ * seconds to match) and backreferences make compiling or matching
+ * exponential. PEFT's regexes name a few module alternatives; these limits
+ * leave every such pattern alone. */
 #define RX_MAX_LEN 256
-#define RX_MAX_REPEAT 256 /* product of all {m,n} upper bounds */
+#define RX_MAX_REPEAT 256 /* product of all {m,n} upper bounds and of 2 per '+' */
+
+/* The largest count of the {m,n} whose '{' is re[i] (RX_MAX_REPEAT + 1 when
+ * unbounded or malformed: "{,}" is glibc's {0,RE_DUP_MAX}); sets *close to
+ * the index of its '}' (len when there is none). */
+static long brace_bound(const char *re, size_t i, size_t len, size_t *close) {
+    const char *p = re + i + 1;
+    char *end = (char *)p;
+    bool has_lo = isdigit((unsigned char)*p);
+    long lo = has_lo ? strtol(p, &end, 10) : 0, hi;
+    if (*end == ',') {
+        if (isdigit((unsigned char)end[1])) {
+            hi = strtol(end + 1, &end, 10);
+        } else { /* {m,}: m copies and a star */
+            end++;
+            hi = has_lo && lo < RX_MAX_REPEAT ? lo + 1 : RX_MAX_REPEAT + 1;
+        }
+    } else {
+        hi = has_lo ? lo : RX_MAX_REPEAT + 1;
+    }
+    *close = *end == '}' ? (size_t)(end - re) : len;
+    return *end != '}' || lo < 0 || hi < lo || hi > RX_MAX_REPEAT ? RX_MAX_REPEAT + 1 : hi;
+}
 
 static int check_regex_bounds(const char *re, const char *path) {
     size_t len = strlen(re);
@@ -73,15 +99,25 @@ static int check_regex_bounds(const char *re, const char *path) {
         return ct_errorf(CT_EINPUT, "%s: target_modules regex is %zu characters long; ctuner accepts up to %d (list "
                          "the module names instead)", path, len, RX_MAX_LEN);
     double product = 1;
+    int stacked = 0; /* repetition operators in a row just before re[i] */
     for (size_t i = 0; i < len; i++) {
-        if (re[i] == '\\') {
+        char c = re[i];
+        bool quant = c == '*' || c == '+' || c == '?' || c == '{';
+        /* "x*?" is Python's lazy x* (the same full matches); any other stack
+         * ("x++", "x*+", ".*+++") nests repetitions that glibc expands or
+         * backtracks through exponentially */
+        if (quant && stacked > 0 && !(c == '?' && stacked == 1))
+            return ct_errorf(CT_EINPUT, "%s: target_modules regex '%s' stacks repetition operators (at character "
+                             "%zu); write one", path, re, i + 1);
+        stacked = quant ? stacked + 1 : 0;
+        if (c == '\\') {
             if (re[i + 1] >= '1' && re[i + 1] <= '9')
                 return ct_errorf(CT_EINPUT, "%s: target_modules regex uses a backreference (\\%c); not supported",
                                  path, re[i + 1]);
             if (re[i + 1]) i++;
             continue;
         }
-        if (re[i] == '[') { /* a bracket expression: its '{' are literal */
+        if (c == '[') { /* a bracket expression: its '{' are literal */
             size_t j = i + 1;
             if (re[j] == '^') j++;
             if (re[j] == ']') j++;
@@ -89,17 +125,17 @@ static int check_regex_bounds(const char *re, const char *path) {
             i = j;
             continue;
         }
-        if (re[i] != '{') continue;
-        long lo = 0, hi = -1;
-        char *end;
-        lo = strtol(re + i + 1, &end, 10);
-        if (*end == ',') hi = end[1] == '}' ? lo + 1 : strtol(end + 1, &end, 10);
-        else hi = lo;
-        if (lo < 0 || hi < 0) hi = RX_MAX_REPEAT + 1;
-        product *= (double)(hi > 0 ? hi : 1);
+        if (c == '+') {
+            product *= 2;
+        } else if (c == '{') {
+            long hi = brace_bound(re, i, len, &i);
+            product *= (double)(hi > 0 ? hi : 1);
+        } else {
+            continue;
+        }
         if (product > RX_MAX_REPEAT)
-            return ct_errorf(CT_EINPUT, "%s: target_modules regex '%s' repeats too much (counted repetitions multiply "
-                             "past %d); list the module names instead", path, re, RX_MAX_REPEAT);
+            return ct_errorf(CT_EINPUT, "%s: target_modules regex '%s' repeats too much (counted repetitions and "
+                             "'+' multiply past %d); list the module names instead", path, re, RX_MAX_REPEAT);
     }
     return CT_OK;
 }

@@ -430,8 +430,9 @@ static void test_peft_style(void) {
     ct_model_free(m);
     /* regex and all-linear targets */
     const char *regexes[] = {"\"all-linear\"", "\"model\\\\.layers\\\\.[0-9]+\\\\.(attention|feed_forward)\\\\.(wqkv|wo|w1|w2|w3)\"",
-                             "\".*(wqkv|wo|w[123])\""};
-    for (int i = 0; i < 3; i++) {
+                             "\".*(wqkv|wo|w[123])\"", "\".*\\\\.(w+qkv|wo+|w[1-3]+)\"" /* a few '+' */,
+                             "\".*?(wqkv|wo|w[123]){1,2}\"" /* Python's lazy .*? */};
+    for (int i = 0; i < 5; i++) {
         write_hand(dir, l, &(hand){.targets = regexes[i]});
         m = load_base();
         CHECK_OK(ct_adapter_load(dir, m, false, &got));
@@ -461,6 +462,13 @@ static void test_peft_style(void) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     write_hand(dir, l, &(hand){.targets = "\"(a{0,255}b{0,255}){0,255}\""});
     expect_bad(dir, "nested counted repetition", "repeats too much", NULL);
+    /* (fuzzing: regcomp's copies of 75 stacked '+' passed 2 GB; "{,}" is {0,32767}) */
+    write_hand(dir, l, &(hand){.targets = "\".*\\\\.(w+++++++++++++++++++++++++++++++++++++++qkv|w[1-3])\""});
+    expect_bad(dir, "stacked pluses", "stacks repetition operators (at character 8)", NULL);
+    write_hand(dir, l, &(hand){.targets = "\"((((((((((w+)+)+)+)+)+)+)+)+)+)\""});
+    expect_bad(dir, "nested pluses", "repeats too much", NULL);
+    write_hand(dir, l, &(hand){.targets = "\"(w1){,}\""});
+    expect_bad(dir, "{,}", "repeats too much", NULL);
     write_hand(dir, l, &(hand){.targets = "\"(.*)\\\\1\""});
     expect_bad(dir, "backreference", "backreference", NULL);
     char longre[400];
