@@ -206,6 +206,7 @@ static void m_abort(ct_dist *d, int code) {
     mpi_state *s = d->impl;
     fflush(stdout);
     fflush(stderr);
+    lock(s); /* (a rank may fail with sums in flight: the progress thread then polls; kept: the process ends) */
     MPI_Abort(s->world, code);
     exit(code); /* not reached */
 }
