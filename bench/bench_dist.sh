@@ -111,7 +111,7 @@ a, b = steps[0], steps[-1]
 log = open(sys.argv[2]).read()
 tps = (b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
 sps = (b["elapsed_s"] - a["elapsed_s"]) / (len(steps) - 1)
-e = re.search(r"(\d+) buckets per optimizer step, ([\d.]+) of them started during the backward; ([\d.]+) ms", log)
+e = re.search(r"(\d+) buckets? per optimizer step, ([\d.]+) of them started during the backward; ([\d.]+) ms", log)
 rss = re.findall(r"mem (\d+) MiB peak RSS", log)
 print("%s|%.1f|%.3f|%s|%s|%s|%.6f" % (sys.argv[3], tps, sps, e.group(3) if e else "-",
       "%s of %s" % (e.group(2), e.group(1)) if e else "-", rss[-1] if rss else "?", b["loss"]))

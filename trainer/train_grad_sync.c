@@ -158,9 +158,9 @@ void ct_grad_sync_summary(const ct_trainer *t, char *buf, size_t cap) {
     const ct_grad_sync *s = &t->gsync;
     buf[0] = '\0';
     if (!s->on || s->steps == 0) return;
-    snprintf(buf, cap, "gradient all-reduce: %d buckets per optimizer step, %.2f of them started during the "
+    snprintf(buf, cap, "gradient all-reduce: %d bucket%s per optimizer step, %.2f of them started during the "
              "backward; %.3f ms per step from the end of the backward to the end of the sums (rank %d)\n", s->n,
-             (double)s->early / (double)s->steps, 1e3 * s->wait_s / (double)s->steps, t->rank);
+             s->n == 1 ? "" : "s", (double)s->early / (double)s->steps, 1e3 * s->wait_s / (double)s->steps, t->rank);
 }
 
 void ct_grad_sync_close(ct_trainer *t) {
