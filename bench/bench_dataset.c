@@ -14,15 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "datasets/dataset.h"
 #include "datasets/tokenizer.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double cpu_s(void) { /* all threads of the process */
     struct timespec ts;
@@ -91,12 +86,12 @@ static int write_data(const char *path, int n) {
 static int run(const ct_ds_config *cfg, const ct_tokenizer *tok, int threads, double mb, ct_dataset *ds) {
     ct_ds_config c = *cfg;
     c.threads = threads;
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = ct_now_s(), c0 = cpu_s();
     if (ct_dataset_prepare(&c, tok, ds)) {
         fprintf(stderr, "error: %s\n", ct_last_error());
         return 1;
     }
-    double dt = now_s() - t0, dc = cpu_s() - c0;
+    double dt = ct_now_s() - t0, dc = cpu_s() - c0;
     printf("%2d thread%s: %.2f s wall (%.2f s CPU), %.0f samples/s, %.2f MB/s, %.2f M tokens/s\n", threads,
            threads > 1 ? "s" : " ", dt, dc, (double)ds->stats.n_records / dt, mb / dt,
            (double)ds->stats.n_tokens / dt * 1e-6);

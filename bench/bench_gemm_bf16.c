@@ -13,16 +13,11 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/arena.h"
 #include "autograd/cpu/gemm_bf16.h"
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void *need(size_t bytes) {
     void *p = malloc(bytes);
@@ -54,7 +49,7 @@ static double time_one(int variant, const gemm_t *g, const float *a, const uint1
     bool prev = ct_bf16_force_fallback(variant == FALLBACK);
     int64_t lda = g->ta ? g->M : g->K, ldb = g->tb ? g->K : g->N;
     for (int r = 0; r < reps + 1; r++) {
-        double t0 = now();
+        double t0 = ct_now_s();
         int rc = CT_OK;
         if (variant == SGEMM)
             cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
@@ -64,7 +59,7 @@ static double time_one(int variant, const gemm_t *g, const float *a, const uint1
             rc = ct_bf16_gemm(g->ta, g->tb, g->M, g->N, g->K, g->alpha, a, lda,
                               g->bf32 ? (const void *)b32 : (const void *)b16,
                               g->bf32 ? CT_F32 : CT_BF16, ldb, g->beta, c, g->N, scratch);
-        double dt = now() - t0;
+        double dt = ct_now_s() - t0;
         if (rc) {
             fprintf(stderr, "error: %s\n", ct_last_error());
             exit(1);
@@ -162,7 +157,7 @@ int main(int argc, char **argv) {
             for (int shared = 0; shared < 2; shared++)
                 for (int rr = 0; rr < reps + 1; rr++) {
                     ct_arena_mark mark = ct_arena_get_mark(&scratch);
-                    double t0 = now();
+                    double t0 = ct_now_s();
                     ct_bf16_rows v = {a, K, NULL, 0, T, K};
                     int rc = shared ? ct_bf16_rows_make(a, K, T, K, &scratch, &v) : CT_OK;
                     /* fwd: y = x·Wᵀ, u = x·Aᵀ; bwd: dx = dY·W, g = s·dY·B */
@@ -172,7 +167,7 @@ int main(int argc, char **argv) {
                     if (!rc)
                         rc = ct_bf16_gemm_rows(&v, !bwd, r, 0.5f, lb, CT_F32, bwd ? r : K, 0.0f,
                                                c2, r, &scratch);
-                    double dt = now() - t0;
+                    double dt = ct_now_s() - t0;
                     ct_arena_rewind(&scratch, mark);
                     if (rc) {
                         fprintf(stderr, "error: %s\n", ct_last_error());

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
 #include "trainer/model/adapter.h"
@@ -27,12 +28,6 @@
 #include "trainer/model/merge.h"
 #include "trainer/model/model.h"
 
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static double peak_mib(void) {
     struct rusage ru;
@@ -63,11 +58,11 @@ static int prepare(const char *work, int layers) {
     int rc = ct_json_write_atomic(in(work, "config.json"), j, 0);
     json_decref(j);
     CT_TRY(rc);
-    double t0 = now();
+    double t0 = ct_now_s();
     ct_make_model_options mo = {.config = in(work, "config.json"), .out = in(work, "base"), .dtype = "bf16",
                                 .max_shard = "2GB"};
     if (!ct_path_exists(in(work, "base"))) CT_TRY(ct_make_model(&mo, NULL));
-    double t1 = now();
+    double t1 = ct_now_s();
     ct_model *m = NULL;
     CT_TRY(ct_model_load(in(work, "base"), NULL, &m));
     ct_lora_config c = {.r = 64, .alpha = 16, .dropout = 0.1f, .targets = CT_LORA_ALL_BLOCK, .seed = 1};
@@ -82,7 +77,7 @@ static int prepare(const char *work, int layers) {
     }
     if (rc == CT_OK)
         printf("prepare: %d layers; base %.1f s, adapter (%lld LoRA params) %.1f s; peak RSS %.0f MiB\n", layers,
-               t1 - t0, (long long)ct_lora_numel(l), now() - t1, peak_mib());
+               t1 - t0, (long long)ct_lora_numel(l), ct_now_s() - t1, peak_mib());
     ct_model_free(m);
     return rc;
 }

@@ -15,16 +15,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "autograd/ct_inline.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void fill(float *x, int64_t n, uint64_t seed, float scale) {
     for (int64_t i = 0; i < n; i++) x[i] = scale * (2.0f * ct_uniform(seed, (uint64_t)i) - 1.0f);
@@ -93,10 +88,10 @@ static double time_case(bench_case *c, ct_tape *t, int reps, double *fwd_s) {
         ct_tape_reset(t);
         /* The previous rep's arena grads are gone with the reset. */
         for (int i = 0; i < g_n_inputs; i++) g_inputs[i]->grad = NULL;
-        double t0 = now();
+        double t0 = ct_now_s();
         ct_tensor *y = c->run(c, t, c->in);
         if (!y) die();
-        double t1 = now(), t1b = t1;
+        double t1 = ct_now_s(), t1b = t1;
         if (ct_numel(y) == 1) {
             if (ct_backward(t, y, 1.0f)) die();
         } else {
@@ -105,14 +100,14 @@ static double time_case(bench_case *c, ct_tape *t, int reps, double *fwd_s) {
             ct_tensor *g = ct_grad(t, y);
             if (!g) die();
             fill(g->data, ct_numel(g), 99, 1e-3f);
-            t1b = now();
+            t1b = ct_now_s();
             /* Walk the tape from y: the seed is y->grad. */
             for (int i = t->n_entries - 1; i >= 0; i--) {
                 ct_tape_entry e = t->entries[i];
                 if (e.out->grad && e.op->backward(t, &e)) die();
             }
         }
-        double t2 = now();
+        double t2 = ct_now_s();
         if (r > 0) { /* first run warms the arenas */
             if ((t1 - t0) + (t2 - t1b) < best) best = (t1 - t0) + (t2 - t1b);
             if (t1 - t0 < best_f) best_f = t1 - t0;
@@ -128,11 +123,11 @@ static double time_sgemm(int m, int n, int k, int reps) {
     fill(b, (int64_t)k * n, 2, 1.0f);
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {
-        double t0 = now();
+        double t0 = ct_now_s();
         /* C[m,n] = A[m,k]·B[k,n], as forward, dX and dW each are one such GEMM */
         for (int i = 0; i < 3; i++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, cc, n);
-        double dt = now() - t0;
+        double dt = ct_now_s() - t0;
         if (r > 0 && dt < best) best = dt;
     }
     free(a);
@@ -152,7 +147,7 @@ static double time_memcpy(char *dst, const char *src, size_t cap, double bytes, 
     if (pass == 0) return 0.0;
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {
-        double t0 = now();
+        double t0 = ct_now_s();
 #pragma omp parallel
         {
             size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
@@ -162,7 +157,7 @@ static double time_memcpy(char *dst, const char *src, size_t cap, double bytes, 
                 memcpy(dst + a, src + a, b - a);
             }
         }
-        double dt = now() - t0;
+        double dt = ct_now_s() - t0;
         if (r > 0 && dt < best) best = dt;
     }
     return best;

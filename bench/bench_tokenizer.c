@@ -21,14 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_error.h"
 #include "datasets/tokenizer.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t rng_next(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -103,7 +98,7 @@ static double run_threads(const ct_tokenizer *t, const char *data, const size_t 
                           size_t *n_ids) {
     pthread_t th[64];
     job jobs[64];
-    double t0 = now_s();
+    double t0 = ct_now_s();
     for (int k = 0; k < nt; k++) {
         jobs[k] = (job){t, data, starts, n_lines * (size_t)k / (size_t)nt, n_lines * (size_t)(k + 1) / (size_t)nt, 0, 0};
         if (nt == 1) encode_lines(&jobs[k]);
@@ -115,13 +110,13 @@ static double run_threads(const ct_tokenizer *t, const char *data, const size_t 
         *n_ids += jobs[k].n_ids;
         if (jobs[k].rc) fprintf(stderr, "encode failed: %s\n", ct_last_error());
     }
-    return now_s() - t0;
+    return ct_now_s() - t0;
 }
 
 static double time_cmd(const char *cmd) {
-    double t0 = now_s();
+    double t0 = ct_now_s();
     int rc = system(cmd);
-    double dt = now_s() - t0;
+    double dt = ct_now_s() - t0;
     if (rc != 0) {
         fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
         return -1;
@@ -208,12 +203,12 @@ int main(int argc, char **argv) {
         if (data[i] == '\n') starts[++n_lines] = i + 1;
 
     ct_tokenizer *t = NULL;
-    double t0 = now_s();
+    double t0 = ct_now_s();
     if (ct_tok_load(dir, &t)) {
         fprintf(stderr, "%s\n", ct_last_error());
         return 2;
     }
-    double load_s = now_s() - t0;
+    double load_s = ct_now_s() - t0;
     char model[1024], cmd[4096];
     snprintf(model, sizeof model, "%s/tokenizer.model", dir);
     printf("text: %s, %.2f MB, %zu lines; ctuner tokenizer load %.3f s\n", file, (double)n / 1e6, n_lines, load_s);
@@ -248,9 +243,9 @@ int main(int argc, char **argv) {
         d = run_threads(t, data, starts, n_lines, nt, &idsT);
         if (d < bestT) bestT = d;
         whole.n = 0;
-        t0 = now_s();
+        t0 = ct_now_s();
         ct_tok_encode_plain(t, data, n, &whole);
-        d = now_s() - t0;
+        d = ct_now_s() - t0;
         if (d < best_whole) best_whole = d;
     }
     double mbytes = (double)n / 1e6;

@@ -13,17 +13,12 @@
 
 #include <hdf5.h>
 
+#include "autograd/ct_clock.h"
 #include "datasets/dataset_cache.h"
 #include "datasets/sha256.h"
 #include "testutil.h"
 
 static char tmpdir[64], cache_dir[128], data_path[128];
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void write_data(int n_records, const char *extra) {
     FILE *f = fopen(data_path, "w");
@@ -63,9 +58,9 @@ static void open_and_check(const char *what, const ct_ds_config *cfg, const ct_t
                            const char *want_reason, double *seconds) {
     ct_dataset ds, fresh;
     ct_ds_cache_info info;
-    double t0 = now_s();
+    double t0 = ct_now_s();
     CHECK_OK(ct_ds_open(cfg, tok, &ds, &info));
-    if (seconds) *seconds = now_s() - t0;
+    if (seconds) *seconds = ct_now_s() - t0;
     CHECK(info.hit == want_hit, "%s: hit %d, want %d (reason: %s)", what, info.hit, want_hit, info.reason);
     CHECK(!want_reason || strstr(info.reason, want_reason), "%s: reason [%s], want [%s]", what, info.reason,
           want_reason);

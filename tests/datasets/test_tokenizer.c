@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/ct_clock.h"
 #include "datasets/sp_model.h"
 #include "datasets/tokenizer.h"
 #include "testutil.h"
@@ -43,12 +44,6 @@ static void texts_free(texts *c) {
     for (size_t i = 0; i < c->n; i++) free(c->v[i].s);
     free(c->v);
     memset(c, 0, sizeof *c);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void print_escaped(FILE *f, const char *s, size_t n) {
@@ -749,9 +744,9 @@ static void test_roundtrip(const ct_tokenizer *lm, const texts *c) {
 
 static double encode_seconds(const ct_tokenizer *t, const char *s, size_t n, ct_ids *ids) {
     ids->n = 0;
-    double t0 = now_s();
+    double t0 = ct_now_s();
     CHECK_OK(ct_tok_encode_plain(t, s, n, ids));
-    return now_s() - t0;
+    return ct_now_s() - t0;
 }
 
 static void test_long(const ct_tokenizer *lm, const texts *corpus) {

@@ -60,6 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_inline.h"
 #include "stack_fixture.h"
 #include "testutil.h"
@@ -101,12 +102,6 @@ static double max_diff(const float *a, const float *b, int64_t n, double *mag) {
     }
     if (mag) *mag = m;
     return d;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(a), 1e-30); }
@@ -397,9 +392,9 @@ int main(void) {
         printf("== cuda-emu with %s activations%s ==\n", g_pass, g_emu == real ? " (the backend's own)" : "");
         void (*const tests[])(void) = {test_forward, test_generate, test_train, test_adapter_load};
         for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-            double t0 = now();
+            double t0 = ct_now_s();
             tests[i]();
-            printf("  (%.1f s)\n", now() - t0);
+            printf("  (%.1f s)\n", ct_now_s() - t0);
         }
     }
     if (ct_test_failures == 0) ct_remove_tree(g_dir);

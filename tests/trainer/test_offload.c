@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "autograd/ct_clock.h"
 #include "autograd/ct_inline.h"
 #include "stack_fixture.h"
 #include "testutil.h"
@@ -41,12 +42,6 @@ static char g_dir[64];
 static char g_model[CT_PATH_MAX], g_tied[CT_PATH_MAX], g_data[CT_PATH_MAX];
 
 static void work_path(char *buf, const char *name) { snprintf(buf, CT_PATH_MAX, "%s/%s", g_dir, name); }
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- eval and generation ---- */
 
@@ -297,30 +292,30 @@ int main(void) {
         emu_f32 = *emu;
         emu_f32.act_dtype = CT_F32;
     }
-    double t0 = now();
+    double t0 = ct_now_s();
     if (grd) {
         test_forward(grd);
         test_generate(grd);
         test_train(grd, "guarded", true);
         test_tied(grd, true);
-        printf("  (guarded: %.1f s)\n", now() - t0);
+        printf("  (guarded: %.1f s)\n", ct_now_s() - t0);
     }
     if (emu) {
-        t0 = now();
+        t0 = ct_now_s();
         test_forward(&emu_f32);
         test_forward(emu);
         test_generate(emu);
         test_tied(emu, false);
-        printf("  (cuda-emu eval and generation: %.1f s)\n", now() - t0);
-        t0 = now();
+        printf("  (cuda-emu eval and generation: %.1f s)\n", ct_now_s() - t0);
+        t0 = ct_now_s();
         test_train(emu, "emu", false);
-        printf("  (cuda-emu training: %.1f s)\n", now() - t0);
+        printf("  (cuda-emu training: %.1f s)\n", ct_now_s() - t0);
     } else if (emu_wanted) {
         printf("cuda-emu skipped: %s\n", no_emu);
     }
-    t0 = now();
+    t0 = ct_now_s();
     test_train(ct_cpu_backend(), "cpu", true);
-    printf("  (cpu: %.1f s)\n", now() - t0);
+    printf("  (cpu: %.1f s)\n", ct_now_s() - t0);
     if (ct_test_failures == 0) ct_remove_tree(g_dir);
     else fprintf(stderr, "work files kept in %s\n", g_dir);
     return ct_test_finish();
