@@ -75,16 +75,22 @@ bool ct_tape_wants_grad(const ct_tape *t, ct_tensor *const *in, int n_in) {
     return false;
 }
 
-static int grow_entries(ct_tape *t) {
+/* A zeroed entry at the end of the tape; NULL with the message set when out of memory. */
+static ct_tape_entry *append_entry(ct_tape *t) {
     if (t->n_entries == t->cap_entries) {
         /* Grows during the first steps only; reset keeps the capacity. */
         int cap = t->cap_entries ? 2 * t->cap_entries : 256;
         ct_tape_entry *e = realloc(t->entries, (size_t)cap * sizeof *e);
-        if (!e) return ct_errorf(CT_ERUNTIME, "tape: out of memory growing to %d entries", cap);
+        if (!e) {
+            ct_errorf(CT_ERUNTIME, "tape: out of memory growing to %d entries", cap);
+            return NULL;
+        }
         t->entries = e;
         t->cap_entries = cap;
     }
-    return CT_OK;
+    ct_tape_entry *e = &t->entries[t->n_entries++];
+    memset(e, 0, sizeof *e);
+    return e;
 }
 
 int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *const *in,
@@ -93,9 +99,8 @@ int ct_tape_record(ct_tape *t, const ct_op_def *op, ct_tensor *out, ct_tensor *c
     if (n_in > CT_MAX_OP_INPUTS)
         return ct_errorf(CT_ERUNTIME, "op %s: %d inputs, at most %d", op->name, n_in,
                          CT_MAX_OP_INPUTS);
-    CT_TRY(grow_entries(t));
-    ct_tape_entry *e = &t->entries[t->n_entries++];
-    memset(e, 0, sizeof *e);
+    ct_tape_entry *e = append_entry(t);
+    if (!e) return CT_ERUNTIME;
     e->op = op;
     e->out = out;
     e->n_in = n_in;
@@ -110,19 +115,14 @@ ct_tensor *ct_grad(ct_tape *tp, ct_tensor *t) {
     return t->grad;
 }
 
-/* A mark: no output, no inputs, only its tag (ct_tape_mark); run_backward calls on_mark instead. */
-static int mark_backward(ct_tape *t, const ct_tape_entry *e) {
-    (void)t;
-    (void)e;
-    return CT_OK;
-}
-static const ct_op_def k_mark_op = {"mark", mark_backward};
+/* A mark: no output, no inputs, only its tag (ct_tape_mark); run_backward
+ * calls on_mark for it, never a backward. */
+static const ct_op_def k_mark_op = {"mark", NULL};
 
 int ct_tape_mark(ct_tape *t, int tag) {
     if (!t->recording || t->in_checkpoint) return CT_OK;
-    CT_TRY(grow_entries(t));
-    ct_tape_entry *e = &t->entries[t->n_entries++];
-    memset(e, 0, sizeof *e);
+    ct_tape_entry *e = append_entry(t);
+    if (!e) return CT_ERUNTIME;
     e->op = &k_mark_op;
     e->tag = tag;
     return CT_OK;
