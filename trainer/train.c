@@ -159,11 +159,7 @@ static int loop(ct_trainer *t) {
         /* the window's last backward: the grads' all-reduce starts layer by
          * layer during it, and ends before the next collective */
         if (closes) CT_TRY(ct_grad_sync_arm(t));
-        int rc = run_iteration(t, &nll, &targets, &tokens);
-        if (rc) {
-            t->tape.on_mark = NULL;
-            return rc;
-        }
+        CT_TRY(run_iteration(t, &nll, &targets, &tokens)); /* (on an error, closing the trainer unhooks the tape) */
         if (closes) CT_TRY(ct_grad_sync_finish(t));
         t->iter++;
         CT_TRY(ct_train_dist_iter(t, &nll, &targets, &tokens, g_stop_signal)); /* sums over the ranks */
@@ -202,9 +198,9 @@ static int loop(ct_trainer *t) {
 
 static int finish(ct_trainer *t) {
     if (t->last_saved_iter != t->iter) CT_TRY(ct_train_state_save(t, false));
-    char dir[CT_PATH_MAX];
-    ct_grad_sync_summary(t, dir, sizeof dir);
-    if (dir[0]) ct_train_log_note(t, "%s", dir);
+    char dir[CT_PATH_MAX], sums[320];
+    ct_grad_sync_summary(t, sums, sizeof sums);
+    if (sums[0]) ct_train_log_note(t, "%s", sums);
     if (t->rank != 0) return CT_OK; /* rank 0 writes the adapter and evaluates */
     CT_TRY(ct_path_join(dir, sizeof dir, t->work_dir, "adapter"));
     CT_TRY(ct_adapter_save(dir, t->lora, ct_model_path(t->model)));
