@@ -32,8 +32,8 @@ typedef struct {
     int n_inflight, cap;
     /* The progress thread (when MPI grants MPI_THREAD_SERIALIZED): while
      * sums are in flight it polls them, so they move while the main thread
-     * computes. `mu` serialises every MPI call made while it may run. */
-    bool threaded;
+     * computes (ct_dist.progress_thread says whether it runs). `mu`
+     * serialises every MPI call made while it may run. */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake;
@@ -42,11 +42,11 @@ typedef struct {
 } mpi_state;
 
 /* Every MPI call while the progress thread lives (MPI_THREAD_SERIALIZED). */
-static void lock(mpi_state *s) {
-    if (s->threaded) pthread_mutex_lock(&s->mu);
+static void lock(ct_dist *d) {
+    if (d->progress_thread) pthread_mutex_lock(&((mpi_state *)d->impl)->mu);
 }
-static void unlock(mpi_state *s) {
-    if (s->threaded) pthread_mutex_unlock(&s->mu);
+static void unlock(ct_dist *d) {
+    if (d->progress_thread) pthread_mutex_unlock(&((mpi_state *)d->impl)->mu);
 }
 
 static int mpi_fail(ct_dist *d, int err, const char *call, const char *what) {
@@ -64,14 +64,13 @@ static int mpi_fail(ct_dist *d, int err, const char *call, const char *what) {
  * 890 ms with 1 ms naps between polls. After that the wait is for a slow
  * peer, and naps of up to 1 ms spare the core. */
 static int wait_all(ct_dist *d, MPI_Request *req, int n, double timeout_s, const char *call, const char *what) {
-    mpi_state *s = d->impl;
     double t0 = ct_now_s(), t = t0;
     struct timespec nap = {0, 0};
     for (long polls = 0;; polls++) {
         int done = 0;
-        lock(s);
+        lock(d);
         int err = MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE);
-        unlock(s);
+        unlock(d);
         if (err != MPI_SUCCESS) return mpi_fail(d, err, call, what);
         if (done) return CT_OK;
         if ((polls & 63) == 0) t = ct_now_s();
@@ -119,7 +118,7 @@ static void *progress_main(void *arg) {
 static int m_start_sum(ct_dist *d, void *buf, size_t n, ct_dist_type type, const char *what) {
     mpi_state *s = d->impl;
     int rc = CT_OK;
-    lock(s);
+    lock(d);
     for (size_t off = 0; off < n && !rc; off += CT_DIST_BUCKET) {
         size_t len = n - off < CT_DIST_BUCKET ? n - off : CT_DIST_BUCKET;
         if (s->n_inflight == s->cap) { /* grows in the first steps only */
@@ -137,17 +136,17 @@ static int m_start_sum(ct_dist *d, void *buf, size_t n, ct_dist_type type, const
         if (err != MPI_SUCCESS) rc = mpi_fail(d, err, "MPI_Iallreduce", what);
         else s->n_inflight++;
     }
-    if (s->threaded) {
+    if (d->progress_thread) {
         s->polling = s->n_inflight > 0;
         pthread_cond_signal(&s->wake);
     }
-    unlock(s);
+    unlock(d);
     return rc;
 }
 
 static int m_progress(ct_dist *d, const char *what) {
     mpi_state *s = d->impl;
-    if (s->threaded || s->n_inflight == 0) return CT_OK; /* (the thread polls) */
+    if (d->progress_thread || s->n_inflight == 0) return CT_OK; /* (the thread polls) */
     int done = 0;
     int err = MPI_Testall(s->n_inflight, s->inflight, &done, MPI_STATUSES_IGNORE);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallreduce", what);
@@ -157,10 +156,10 @@ static int m_progress(ct_dist *d, const char *what) {
 static int m_finish_sums(ct_dist *d, const char *what) {
     mpi_state *s = d->impl;
     int rc = s->n_inflight ? wait_all(d, s->inflight, s->n_inflight, d->timeout_s, "MPI_Iallreduce", what) : CT_OK;
-    lock(s);
+    lock(d);
     s->n_inflight = 0;
     s->polling = false;
-    unlock(s);
+    unlock(d);
     return rc;
 }
 
@@ -175,9 +174,9 @@ static int m_allreduce(ct_dist *d, void *buf, size_t n, ct_dist_type type, const
 static int m_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
-    lock(s);
+    lock(d);
     int err = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, s->world, &req);
-    unlock(s);
+    unlock(d);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Iallgather", what);
     return wait_all(d, &req, 1, d->timeout_s, "MPI_Iallgather", what);
 }
@@ -185,9 +184,9 @@ static int m_allgather(ct_dist *d, const void *mine, void *all, size_t bytes, co
 static int m_bcast(ct_dist *d, void *buf, size_t bytes, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
-    lock(s);
+    lock(d);
     int err = MPI_Ibcast(buf, (int)bytes, MPI_BYTE, 0, s->world, &req);
-    unlock(s);
+    unlock(d);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Ibcast", what);
     return wait_all(d, &req, 1, d->timeout_s, "MPI_Ibcast", what);
 }
@@ -195,9 +194,9 @@ static int m_bcast(ct_dist *d, void *buf, size_t bytes, const char *what) {
 static int m_barrier(ct_dist *d, double timeout_s, const char *what) {
     mpi_state *s = d->impl;
     MPI_Request req;
-    lock(s);
+    lock(d);
     int err = MPI_Ibarrier(s->world, &req);
-    unlock(s);
+    unlock(d);
     if (err != MPI_SUCCESS) return mpi_fail(d, err, "MPI_Ibarrier", what);
     return wait_all(d, &req, 1, timeout_s, "MPI_Ibarrier", what);
 }
@@ -206,14 +205,14 @@ static void m_abort(ct_dist *d, int code) {
     mpi_state *s = d->impl;
     fflush(stdout);
     fflush(stderr);
-    lock(s); /* (a rank may fail with sums in flight: the progress thread then polls; kept: the process ends) */
+    lock(d); /* (a rank may fail with sums in flight: the progress thread then polls; kept: the process ends) */
     MPI_Abort(s->world, code);
     exit(code); /* not reached */
 }
 
 static void m_finalize(ct_dist *d) {
     mpi_state *s = d->impl;
-    if (s->threaded) {
+    if (d->progress_thread) {
         pthread_mutex_lock(&s->mu);
         s->stop = true;
         pthread_cond_signal(&s->wake);
@@ -258,7 +257,7 @@ int ct_dist_mpi_init(ct_dist *d) {
     if (provided >= MPI_THREAD_SERIALIZED && !(pt && strcmp(pt, "0") == 0) &&
         pthread_mutex_init(&s->mu, NULL) == 0) {
         if (pthread_cond_init(&s->wake, NULL) == 0 && pthread_create(&s->thread, NULL, progress_main, s) == 0)
-            s->threaded = d->progress_thread = true;
+            d->progress_thread = true;
         else
             pthread_mutex_destroy(&s->mu); /* (the cond, if made, is dropped with the process) */
     }
