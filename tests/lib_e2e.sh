@@ -1,6 +1,8 @@
 # Helpers shared by the end-to-end tests (tests/trainer/cli/e2e_*.sh), sourced after the
-# test has set $bin (the ctuner binary): counters, assertions, a scratch
-# directory. Not a test itself (the glob is e2e_*.sh).
+# test has set $bin (the ctuner binary) and $fx (the fixtures dir): counters,
+# assertions, a scratch directory. Not a test itself (the glob is e2e_*.sh).
+#   e2e_need_story          $st = the stories260k fixture under $fx; exits 77 (skip)
+#                           without it or without python3
 #   e2e_workdir NAME        $work = a fresh /tmp/ct_e2e_NAME.XXXXXX, removed on exit
 #   ok / bad MSG            count a pass / a failure (MSG printed)
 #   check 'SHELL TEST'      eval'ed; a pass when it succeeds
@@ -15,6 +17,11 @@
 #   finish [CODE]           print the counts; exit 1 on a failure, else CODE (0)
 pass=0
 fail=0
+e2e_need_story() {
+    st="$fx/stories260k-internlm2"
+    [ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
+    command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
+}
 e2e_workdir() {
     work="$(mktemp -d "/tmp/ct_e2e_$1.XXXXXX")"
     trap 'rm -rf "$work"' EXIT

@@ -11,11 +11,9 @@
 # $1 = ctuner binary, $2 = fixtures dir; exit 77 without the fixture or python3.
 set -u
 bin="$1"; fx="${2:-}"
-st="$fx/stories260k-internlm2"
-[ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 . "$(dirname "$0")/../../lib_e2e.sh"
+e2e_need_story
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 e2e_workdir device
 
 e2e_story_data "$work/data.json" 3

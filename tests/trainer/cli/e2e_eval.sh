@@ -9,10 +9,8 @@
 # the fixture or python3.
 set -u
 bin="$1"; fx="${2:-}"
-st="$fx/stories260k-internlm2"
-[ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
 . "$(dirname "$0")/../../lib_e2e.sh"
+e2e_need_story
 e2e_workdir eval
 val() { sed -n "s/^$1 //p" "$work/out"; } # the value of a "name value" line
 

@@ -29,12 +29,10 @@
 # mpirun or a build with MPI.
 set -u
 bin="$1"; fx="${2:-}"
-st="$fx/stories260k-internlm2"
-[ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
+. "$(dirname "$0")/../../lib_e2e.sh"
+e2e_need_story
 command -v mpirun >/dev/null || { echo "mpirun missing (Debian: openmpi-bin): skip"; exit 77; }
 "$bin" info | grep -q "MPI yes" || { echo "ctuner built without MPI: skip"; exit 77; }
-. "$(dirname "$0")/../../lib_e2e.sh"
 e2e_workdir mpi
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none # containers forbid the cross-process reads

@@ -19,11 +19,9 @@
 # $1 = ctuner binary, $2 = fixtures dir; exit 77 without the fixture or python3.
 set -u
 bin="$1"; fx="${2:-}"
-st="$fx/stories260k-internlm2"
-[ -f "$st/model.safetensors" ] || { echo "stories260k fixture missing: skip"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 missing: skip"; exit 77; }
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" # the same thread count in every run: bit-identical results
 . "$(dirname "$0")/../../lib_e2e.sh"
+e2e_need_story
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" # the same thread count in every run: bit-identical results
 e2e_workdir train
 has_out() { if grep -qF -- "$1" "$work/out"; then ok; else bad "stdout lacks '$1'"; fi; } # (no dump: a training log)
 
