@@ -55,15 +55,7 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none # containers forbid the cro
 
 model=$WORK/m125
 if [ ! -f "$model/config.json" ]; then
-    cat >"$WORK/cfg.json" <<'EOF'
-{"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "bias": false,
- "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
- "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
- "num_attention_heads": 12, "num_key_value_heads": 4, "vocab_size": 32000,
- "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
- "rope_scaling": null, "tie_word_embeddings": false, "initializer_range": 0.02}
-EOF
-    "$CT" make-model --config "$WORK/cfg.json" --out "$model" --dtype bf16 --seed 1 \
+    "$CT" make-model --config "$ROOT/bench/internlm2_125m.json" --out "$model" --dtype bf16 --seed 1 \
         --tokenizer "$FIX/internlm2-chat-7b" >/dev/null
 fi
 data=$WORK/rows.jsonl

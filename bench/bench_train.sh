@@ -111,15 +111,7 @@ RES=$WORK/results.jsonl
 TOK7B=$FIX/internlm2-chat-7b # a tokenizer that covers vocab 32000 (ctuner checks ids against it)
 make_100m() { # DIR DTYPE
     [ -f "$1/config.json" ] && return 0
-    cat >"$WORK/cfg100m.json" <<'EOF'
-{"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "bias": false,
- "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
- "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
- "num_attention_heads": 12, "num_key_value_heads": 4, "vocab_size": 32000,
- "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
- "rope_scaling": null, "tie_word_embeddings": false, "initializer_range": 0.02}
-EOF
-    "$CT" make-model --config "$WORK/cfg100m.json" --out "$1" --dtype "$2" --seed 1 --tokenizer "$TOK7B"
+    "$CT" make-model --config "$ROOT/bench/internlm2_125m.json" --out "$1" --dtype "$2" --seed 1 --tokenizer "$TOK7B"
 }
 
 # ---- data: one record of N random ids (first = BOS), fixed seed
