@@ -142,7 +142,9 @@ int ct_cmd_train(int argc, char **argv) {
                           "[--eval-data FILE]",
                  .summary = "Train a LoRA/QLoRA adapter as the config says (docs/CONFIG.md); checkpoints, the "
                             "adapter, metrics.jsonl and loss_curve.svg go to the work dir. SIGINT/SIGTERM save a "
-                            "checkpoint first (exit status 130/143); --resume auto continues.",
+                            "checkpoint first (exit status 130/143); --resume auto continues. Under `mpirun -np N` "
+                            "(or srun) the run is data-parallel over N processes; CTUNER_DIST_TIMEOUT, "
+                            "CTUNER_DIST_BUCKET_MB, CTUNER_DIST_OVERLAP, CTUNER_DIST_NCCL tune it (docs/TRAINING.md).",
                  .specs = specs,
                  .n_specs = (int)(sizeof specs / sizeof specs[0]),
                  .min_positional = 1,
